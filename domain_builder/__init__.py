@@ -1,0 +1,1 @@
+"""libxenctrl bindings (cffi, API mode) and a PV domain builder written in Python."""

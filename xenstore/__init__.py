@@ -1,0 +1,1 @@
+"""XenStore client on pyxs and the xenbus split-driver wiring (console, vbd, vif)."""

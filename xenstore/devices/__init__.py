@@ -1,0 +1,1 @@
+"""Split-driver node sets and hotplug: console, vbd, vif, and the xenbus state machine."""

@@ -1,0 +1,5 @@
+import sys
+
+from xentool.cli import main
+
+sys.exit(main())
