@@ -1,0 +1,545 @@
+"""A typed XenStore client over pyxs.
+
+pyxs supplies the wire protocol (packets, unix-socket and xenbus transports, path checks)
+and the router thread that multiplexes replies and watch events over one connection.
+This layer adds what a toolstack needs on top:
+
+* every failure is a ``XenStoreError(errno, path)``; a dead xenstored never hangs a caller
+  (requests time out and notice a dead router thread);
+* values are ``str`` on the way out, ``str | bytes`` on the way in, any byte except NUL
+  (pyxs itself refuses anything that is not printable 7-bit ASCII);
+* permissions are typed (``Perms`` = owner + default access + ACL);
+* ``with store.transaction() as t:`` commits on success, aborts on exception and survives
+  EAGAIN by *replaying* the recorded requests in a fresh transaction: when every replayed
+  request returns what it returned the first time, the block would have taken the same
+  decisions, so its writes are still right. When something the block read has changed,
+  replay is unsound and the conflict is raised; ``store.transact(fn)`` re-runs a function
+  instead and is the tool for read-modify-write;
+* ``store.watch(path)`` is an iterator and context manager with a deadline.
+
+Protocol reference: Xen ``docs/misc/xenstore.txt`` and ``xen/include/public/io/xs_wire.h``.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import itertools
+import logging
+import os
+import queue
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from pyxs._internal import NUL, Op, Packet, next_rq_id
+from pyxs.client import Router
+from pyxs.connection import UnixSocketConnection, XenBusConnection
+from pyxs.exceptions import InvalidPath, InvalidPayload, InvalidPermission, PyXSError
+from pyxs.helpers import check_path, check_watch_path
+
+from xenstore.errors import XenStoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Where xenstored listens, in the order libxenstore tries them.
+SOCKET_PATHS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
+XENBUS_PATH = "/dev/xen/xenbus"
+
+#: xs_wire.h XENSTORE_PAYLOAD_MAX: the most a value (plus its path) can carry.
+PAYLOAD_MAX = 4096
+
+#: How long one request may take before xenstored is presumed stuck.
+REQUEST_TIMEOUT = 30.0
+
+SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
+
+
+class Access(enum.Enum):
+    """One letter of a XenStore permission entry."""
+
+    NONE = "n"
+    READ = "r"
+    WRITE = "w"
+    BOTH = "b"
+
+
+@dataclass(frozen=True)
+class Perm:
+    """One ACL entry: what ``domid`` may do."""
+
+    domid: int
+    access: Access
+
+    def __str__(self) -> str:
+        return f"{self.access.value}{self.domid}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Perm":
+        if len(text) < 2 or not text[1:].isdigit() or not text[1:].isascii():
+            raise ValueError(f"bad xenstore permission {text!r}")
+        try:
+            access = Access(text[0])
+        except ValueError:
+            raise ValueError(f"bad xenstore permission {text!r}") from None
+        return cls(int(text[1:]), access)
+
+
+@dataclass(frozen=True)
+class Perms:
+    """The permissions of a node as xenstored keeps them.
+
+    ``owner`` may do anything; ``others`` is what every domain not in ``acl`` may do.
+    On the wire this is ``<others><owner>`` followed by the ACL entries, e.g. ``n5 r0``
+    (owner 5, nobody else, but domain 0 may read) — ``xenstore-ls -p`` prints ``(n5,r0)``.
+    """
+
+    owner: int
+    others: Access = Access.NONE
+    acl: tuple[Perm, ...] = ()
+
+    def to_wire(self) -> list[str]:
+        return [f"{self.others.value}{self.owner}", *map(str, self.acl)]
+
+    def __str__(self) -> str:
+        return ",".join(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, entries: Sequence[str]) -> "Perms":
+        if not entries:
+            raise ValueError("empty xenstore permission list")
+        first, *rest = (Perm.parse(e) for e in entries)
+        return cls(first.domid, first.access, tuple(rest))
+
+    @classmethod
+    def private(cls, owner: int, *readers: int) -> "Perms":
+        """Owned by ``owner``, readable by ``readers``, hidden from everybody else."""
+        return cls(owner, Access.NONE, tuple(Perm(d, Access.READ) for d in readers))
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    path: str
+    token: str
+
+
+def _errno_of(name: bytes) -> int:
+    code = getattr(errno, name.decode("ascii", "replace"), None)
+    return code if isinstance(code, int) else errno.EIO
+
+
+def _payload(*parts: str | bytes) -> bytes:
+    out = []
+    for part in parts:
+        b = part.encode() if isinstance(part, str) else bytes(part)
+        out.append(b)
+    return b"".join(out)
+
+
+def _checked_path(path: str, watch: bool = False) -> bytes:
+    raw = path.encode("utf-8", "replace")
+    try:
+        (check_watch_path if watch else check_path)(raw)
+    except InvalidPath:
+        raise XenStoreError(errno.EINVAL, path, "not a valid xenstore path") from None
+    return raw
+
+
+class _Ops:
+    """Requests that work both outside and inside a transaction (tx id 0 vs n)."""
+
+    _store: "Store"
+    _tx_id: int = 0
+
+    def _request(self, op: int, payload: bytes, path: str) -> bytes:
+        return self._store._call(op, payload, self._tx_id, path)
+
+    def read_bytes(self, path: str) -> bytes:
+        """The raw value; ``XenStoreError(ENOENT)`` when the node does not exist."""
+        return self._request(Op.READ, _checked_path(path) + NUL, path)
+
+    def read(self, path: str) -> str:
+        """The value as text; undecodable bytes (a hostile guest) become U+FFFD."""
+        return self.read_bytes(path).decode("utf-8", "replace")
+
+    def get(self, path: str, default: str | None = None) -> str | None:
+        """Like ``read`` but ``default`` for a missing node."""
+        try:
+            return self.read(path)
+        except XenStoreError as e:
+            if e.errno == errno.ENOENT:
+                return default
+            raise
+
+    def read_int(self, path: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
+        """Strictly parse a decimal integer in [lo, hi]: for values a guest may have written."""
+        raw = self.read_bytes(path)
+        text = raw.decode("ascii", "replace")
+        if not (0 < len(raw) <= 20 and (raw.isdigit() or (raw[:1] == b"-" and raw[1:].isdigit()))):
+            raise XenStoreError(errno.EINVAL, path, f"not an integer: {text[:40]!r}")
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise XenStoreError(errno.ERANGE, path, f"{value} not in [{lo}, {hi}]")
+        return value
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.read_bytes(path)
+        except XenStoreError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def ls(self, path: str) -> list[str]:
+        """Names of the children of ``path`` (not full paths)."""
+        raw = self._request(Op.DIRECTORY, _checked_path(path) + NUL, path)
+        return [n.decode("utf-8", "replace") for n in raw.split(NUL) if n]
+
+    def write(self, path: str, value: str | bytes) -> None:
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        if NUL in data:
+            raise XenStoreError(errno.EINVAL, path, "value contains a NUL byte")
+        self._ack(Op.WRITE, _checked_path(path) + NUL + data, path)
+
+    def mkdir(self, path: str) -> None:
+        """Create ``path`` and missing parents with empty values; existing ones are kept."""
+        self._ack(Op.MKDIR, _checked_path(path) + NUL, path)
+
+    def rm(self, path: str, missing_ok: bool = False) -> None:
+        """Remove ``path`` and everything under it."""
+        try:
+            self._ack(Op.RM, _checked_path(path) + NUL, path)
+        except XenStoreError as e:
+            if not (missing_ok and e.errno == errno.ENOENT):
+                raise
+
+    def get_perms(self, path: str) -> Perms:
+        raw = self._request(Op.GET_PERMS, _checked_path(path) + NUL, path)
+        try:
+            return Perms.from_wire([p.decode("ascii") for p in raw.split(NUL) if p])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise XenStoreError(errno.EPROTO, path, str(e)) from None
+
+    def set_perms(self, path: str, perms: Perms | Sequence[Perm]) -> None:
+        """Set owner, default access and ACL; a sequence means owner/default first, then ACL."""
+        if not isinstance(perms, Perms):
+            if not perms:
+                raise XenStoreError(errno.EINVAL, path, "empty permission list")
+            perms = Perms(perms[0].domid, perms[0].access, tuple(perms[1:]))
+        body = b"".join(p.encode() + NUL for p in perms.to_wire())
+        self._ack(Op.SET_PERMS, _checked_path(path) + NUL + body, path)
+
+    def write_node(self, path: str, value: str | bytes, perms: Perms | None = None) -> None:
+        """Write and, if given, set permissions: the pair libxl does for every device node."""
+        self.write(path, value)
+        if perms is not None:
+            self.set_perms(path, perms)
+
+    def get_domain_path(self, domid: int) -> str:
+        return self._request(Op.GET_DOMAIN_PATH, f"{int(domid)}".encode() + NUL,
+                             f"<domain {domid}>").decode()
+
+    def _ack(self, op: int, payload: bytes, path: str) -> None:
+        reply = self._request(op, payload, path)
+        if reply != b"OK":
+            raise XenStoreError(errno.EPROTO, path, f"unexpected reply {reply[:40]!r}")
+
+
+class Store(_Ops):
+    """A connection to xenstored. Thread-safe: requests are multiplexed by the pyxs router."""
+
+    def __init__(self, router: Router, where: str, timeout: float = REQUEST_TIMEOUT) -> None:
+        self._store = self
+        self._router = router
+        self.where = where
+        self.timeout = timeout
+        self._tokens = itertools.count()
+
+    # -- connection -----------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, path: str | None = None, timeout: float = REQUEST_TIMEOUT) -> "Store":
+        """Connect to ``path`` (a unix socket or the xenbus device) or the usual places.
+
+        ``$XENSTORED_PATH`` overrides the default like it does for libxenstore.
+        """
+        candidates = [path] if path else [
+            *filter(None, [os.environ.get("XENSTORED_PATH")]), *SOCKET_PATHS, XENBUS_PATH]
+        last: Exception | None = None
+        for where in candidates:
+            conn = (XenBusConnection(where) if where.startswith("/dev/") or where.startswith("/proc/")
+                    else UnixSocketConnection(where))
+            router = Router(conn)
+            try:
+                router.start()
+            except PyXSError as e:
+                last = e
+                continue
+            log.debug("connected to xenstored at %s", where)
+            return cls(router, where, timeout)
+        tried = ", ".join(candidates)
+        raise XenStoreError(errno.ECONNREFUSED, tried, f"cannot reach xenstored ({last})")
+
+    def close(self) -> None:
+        self._router.terminate()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.where!r})"
+
+    # -- the one place requests go through --------------------------------------------------
+
+    def _call(self, op: int, payload: bytes, tx_id: int, path: str) -> bytes:
+        try:
+            packet = Packet(op, payload, rq_id=next_rq_id(), tx_id=tx_id)
+        except InvalidPayload:
+            raise XenStoreError(errno.E2BIG, path,
+                                f"request larger than {PAYLOAD_MAX} bytes") from None
+        try:
+            rvar = self._router.send(packet)
+        except PyXSError as e:
+            raise XenStoreError(errno.ENOTCONN, path, f"connection lost ({e})") from None
+        deadline = time.monotonic() + self.timeout
+        with rvar.condition:
+            while rvar.target is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise XenStoreError(errno.ETIMEDOUT, path, "xenstored did not answer")
+                if not rvar.condition.wait(min(left, 0.5)) and not self._router.thread.is_alive():
+                    raise XenStoreError(errno.ECONNRESET, path, "connection to xenstored lost")
+        reply = rvar.target
+        if reply.op == Op.ERROR:
+            raise XenStoreError(_errno_of(reply.payload.rstrip(NUL)), path)
+        if reply.op != op:
+            raise XenStoreError(errno.EPROTO, path, f"reply to op {reply.op}, expected {op}")
+        return reply.payload.rstrip(NUL)
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def transaction(self, attempts: int = 16) -> "Transaction":
+        """``with store.transaction() as t:`` — see the module docstring for EAGAIN handling."""
+        return Transaction(self, attempts)
+
+    def transact(self, fn: Callable[["Transaction"], T], attempts: int = 16) -> T:
+        """Run ``fn(t)`` in a transaction, re-running it from scratch on conflict."""
+        for attempt in itertools.count(1):
+            t = Transaction(self, attempts=1)
+            try:
+                with t:
+                    result = fn(t)
+                return result
+            except XenStoreError as e:
+                if e.errno != errno.EAGAIN or attempt >= attempts:
+                    raise
+                _backoff(attempt)
+        raise AssertionError("unreachable")
+
+    # -- watches --------------------------------------------------------------------------
+
+    def watch(self, path: str, token: str | None = None,
+              timeout: float | None = None) -> "Watch":
+        """Watch ``path`` (and everything below) or a special ``@introduceDomain`` /
+        ``@releaseDomain``. xenstored fires once at registration, then on every change."""
+        if isinstance(self._router.connection, XenBusConnection):
+            raise XenStoreError(errno.EOPNOTSUPP, path, "watches need the xenstored socket")
+        return Watch(self, path, token or f"xentool-{os.getpid()}-{next(self._tokens)}", timeout)
+
+    # -- domains --------------------------------------------------------------------------
+
+    def introduce_domain(self, domid: int, mfn: int, evtchn: int) -> None:
+        """Tell xenstored to serve ``domid`` through its ring at ``mfn``/``evtchn``."""
+        if domid <= 0:
+            raise XenStoreError(errno.EINVAL, f"<domain {domid}>", "cannot introduce dom0")
+        self._ack(Op.INTRODUCE, f"{domid}\0{mfn}\0{evtchn}\0".encode(), f"<domain {domid}>")
+
+    def release_domain(self, domid: int) -> None:
+        self._ack(Op.RELEASE, f"{domid}\0".encode(), f"<domain {domid}>")
+
+    def is_domain_introduced(self, domid: int) -> bool:
+        reply = self._request(Op.IS_DOMAIN_INTRODUCED, f"{domid}\0".encode(),
+                              f"<domain {domid}>")
+        return reply == b"T"
+
+    def resume_domain(self, domid: int) -> None:
+        self._ack(Op.RESUME, f"{domid}\0".encode(), f"<domain {domid}>")
+
+
+def _backoff(attempt: int) -> None:
+    # Exponential with full jitter, capped low: xenstore conflicts clear in milliseconds.
+    time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
+
+
+@dataclass
+class _Record:
+    op: int
+    payload: bytes
+    path: str
+    outcome: bytes | int  # reply payload, or the errno it failed with
+
+
+class Transaction(_Ops):
+    """One XenStore transaction; use as a context manager (see the module docstring).
+
+    Not for sharing between threads: give each thread its own ``store.transaction()``.
+    """
+
+    def __init__(self, store: Store, attempts: int = 16) -> None:
+        self._store = store
+        self.attempts = max(1, attempts)
+        self._tx_id = 0
+        self._log: list[_Record] = []
+
+    def __enter__(self) -> "Transaction":
+        self._log = []
+        self._tx_id = self._start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        if self._end(commit=True):
+            return
+        for attempt in range(1, self.attempts):
+            _backoff(attempt)
+            if self._replay():
+                return
+        raise XenStoreError(errno.EAGAIN, self._paths(),
+                            f"transaction still conflicting after {self.attempts} attempts")
+
+    def _request(self, op: int, payload: bytes, path: str) -> bytes:
+        if not self._tx_id:
+            raise XenStoreError(errno.EINVAL, path, "transaction used outside its 'with' block")
+        try:
+            reply = self._store._call(op, payload, self._tx_id, path)
+        except XenStoreError as e:
+            self._log.append(_Record(op, payload, path, e.errno or errno.EIO))
+            raise
+        self._log.append(_Record(op, payload, path, reply))
+        return reply
+
+    def _start(self) -> int:
+        reply = self._store._call(Op.TRANSACTION_START, NUL, 0, "<transaction>")
+        if not reply.isdigit() or int(reply) == 0:
+            raise XenStoreError(errno.EPROTO, "<transaction>", f"bad transaction id {reply!r}")
+        return int(reply)
+
+    def _end(self, commit: bool) -> bool:
+        tx, self._tx_id = self._tx_id, 0
+        try:
+            self._store._call(Op.TRANSACTION_END, b"T\0" if commit else b"F\0", tx,
+                              "<transaction>")
+        except XenStoreError as e:
+            if commit and e.errno == errno.EAGAIN:
+                return False
+            raise
+        return True
+
+    def _abort(self) -> None:
+        if self._tx_id:
+            try:
+                self._end(commit=False)
+            except XenStoreError as e:
+                log.debug("aborting transaction: %s", e)
+
+    def _replay(self) -> bool:
+        """Redo the recorded requests in a new transaction; commit if all answers match."""
+        tx = self._start()
+        for rec in self._log:
+            try:
+                got: bytes | int = self._store._call(rec.op, rec.payload, tx, rec.path)
+            except XenStoreError as e:
+                got = e.errno or errno.EIO
+            if got != rec.outcome:
+                self._store._call(Op.TRANSACTION_END, b"F\0", tx, "<transaction>")
+                raise XenStoreError(errno.EAGAIN, rec.path,
+                                    "changed by someone else during the transaction")
+        self._tx_id = tx
+        return self._end(commit=True)
+
+    def _paths(self) -> str:
+        return ", ".join(dict.fromkeys(r.path for r in self._log)) or "<transaction>"
+
+
+class Watch:
+    """A registered watch: iterate for ``WatchEvent``s; ``XenStoreError(ETIMEDOUT)`` when the
+    deadline (``timeout`` seconds from creation) passes. Unregisters on ``close``/exit."""
+
+    def __init__(self, store: Store, path: str, token: str, timeout: float | None) -> None:
+        self._store = store
+        self.path = path
+        self.token = token
+        self.events: "queue.Queue[Any]" = queue.Queue()
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._raw = _checked_path(path, watch=True)
+        self._btoken = token.encode()
+        store._router.subscribe(self._btoken, self)
+        try:
+            store._ack(Op.WATCH, self._raw + NUL + self._btoken + NUL, path)
+        except BaseException:
+            store._router.unsubscribe(self._btoken, self)
+            raise
+        self._active = True
+
+    def get(self, timeout: float | None = None) -> WatchEvent | None:
+        """The next event, or ``None`` after ``timeout`` seconds (or at the deadline)."""
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        while True:
+            if not self._store._router.thread.is_alive() and self.events.empty():
+                raise XenStoreError(errno.ECONNRESET, self.path, "connection to xenstored lost")
+            try:
+                # Wake up now and then to notice a dead router even without a deadline.
+                step = 0.5 if timeout is None else min(timeout, 0.5)
+                ev = self.events.get(timeout=step)
+            except queue.Empty:
+                if timeout is not None:
+                    timeout -= step
+                    if timeout <= 0:
+                        return None
+                continue
+            path, token = ev
+            return WatchEvent(path.decode("utf-8", "replace"), token.decode("utf-8", "replace"))
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        ev = self.get()
+        if ev is None:
+            raise XenStoreError(errno.ETIMEDOUT, self.path, "timed out waiting for a change")
+        return ev
+
+    def close(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        try:
+            self._store._router.unsubscribe(self._btoken, self)
+        except ValueError:
+            pass
+        if self._store._router.thread.is_alive():
+            try:
+                self._store._ack(Op.UNWATCH, self._raw + NUL + self._btoken + NUL, self.path)
+            except XenStoreError as e:
+                log.debug("unwatch %s: %s", self.path, e)
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Access", "Perm", "Perms", "Store", "Transaction", "Watch", "WatchEvent",
+           "XenStoreError", "InvalidPermission"]
