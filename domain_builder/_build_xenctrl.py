@@ -1,7 +1,9 @@
 """cffi builder (API mode) for libxenctrl and libxenforeignmemory.
 
 Compiled against the real headers of libxen-dev, so struct layouts come from the C compiler,
-never from guesses. Built by ``pip install`` through setup.py's ``cffi_modules``.
+never from guesses: every struct below ends in ``...;`` and names only the fields we use, and
+the constants are ``...`` so their values are read from the headers at build time.
+Built by ``pip install`` through setup.py's ``cffi_modules``.
 """
 
 from cffi import FFI
@@ -10,18 +12,360 @@ ffibuilder = FFI()
 
 ffibuilder.cdef(
     """
+    /* ---- basic types ---------------------------------------------------------------- */
+    typedef uint16_t domid_t;
+    typedef unsigned long xen_pfn_t;
+    typedef uint32_t evtchn_port_t;
+    typedef uint8_t xen_domain_handle_t[16];
+    typedef uint8_t *xc_cpumap_t;
     typedef struct xc_interface_core xc_interface;
+    typedef struct xenforeignmemory_handle xenforeignmemory_handle;
+    typedef struct xenforeignmemory_resource_handle xenforeignmemory_resource_handle;
+
+    void free(void *ptr);
+
+    /* ---- constants -------------------------------------------------------------------- */
+    #define XC_PAGE_SHIFT ...
+    #define XC_PAGE_SIZE ...
+    #define XENVER_version ...
+    #define XENVER_extraversion ...
+    #define XENVER_compile_info ...
+    #define XENVER_capabilities ...
+    #define XENVER_changeset ...
+    #define XENVER_platform_parameters ...
+    #define XENVER_pagesize ...
+    #define XENVER_commandline ...
+    #define XENVER_build_id ...
+
+    #define XEN_DOMCTL_CDF_hvm ...
+    #define XEN_DOMCTL_CDF_hap ...
+    #define XEN_DOMCTL_CDF_s3_integrity ...
+    #define XEN_DOMCTL_CDF_oos_off ...
+    #define XEN_DOMCTL_CDF_xs_domain ...
+    #define XEN_DOMCTL_CDF_iommu ...
+    #define XEN_DOMCTL_CDF_nested_virt ...
+    #define XEN_DOMCTL_CDF_vpmu ...
+    #define XEN_DOMCTL_GRANT_version_mask ...
+
+    #define XEN_DOMINF_dying ...
+    #define XEN_DOMINF_hvm_guest ...
+    #define XEN_DOMINF_shutdown ...
+    #define XEN_DOMINF_paused ...
+    #define XEN_DOMINF_blocked ...
+    #define XEN_DOMINF_running ...
+    #define XEN_DOMINF_debugged ...
+    #define XEN_DOMINF_xs_domain ...
+    #define XEN_DOMINF_hap ...
+    #define XEN_DOMINF_shutdownmask ...
+    #define XEN_DOMINF_shutdownshift ...
+    #define XEN_INVALID_MAX_VCPU_ID ...
+
+    #define XEN_SYSCTL_PHYSCAP_hvm ...
+    #define XEN_SYSCTL_PHYSCAP_pv ...
+    #define XEN_SYSCTL_PHYSCAP_directio ...
+    #define XEN_SYSCTL_PHYSCAP_hap ...
+    #define XEN_SYSCTL_PHYSCAP_shadow ...
+    #define XEN_SYSCTL_PHYSCAP_iommu_hap_pt_share ...
+    #define XEN_SYSCTL_PHYSCAP_vmtrace ...
+    #define XEN_SYSCTL_PHYSCAP_vpmu ...
+    #define XEN_SYSCTL_PHYSCAP_gnttab_v1 ...
+    #define XEN_SYSCTL_PHYSCAP_gnttab_v2 ...
+
+    #define XEN_SCHEDULER_CREDIT ...
+    #define XEN_SCHEDULER_CREDIT2 ...
+    #define XEN_SCHEDULER_ARINC653 ...
+    #define XEN_SCHEDULER_RTDS ...
+    #define XEN_SCHEDULER_NULL ...
+
+    #define XEN_VCPUAFFINITY_HARD ...
+    #define XEN_VCPUAFFINITY_SOFT ...
+
+    #define XENMEMF_populate_on_demand ...
+    #define XENMEMF_exact_node_request ...
+    #define XENMEMF_vnode ...
+    #define XENMEM_resource_grant_table ...
+    #define XENMEM_resource_grant_table_id_shared ...
+
+    #define MMUEXT_PIN_L1_TABLE ...
+    #define MMUEXT_PIN_L2_TABLE ...
+    #define MMUEXT_PIN_L3_TABLE ...
+    #define MMUEXT_PIN_L4_TABLE ...
+    #define MMUEXT_UNPIN_TABLE ...
+
+    #define SHUTDOWN_poweroff ...
+    #define SHUTDOWN_reboot ...
+    #define SHUTDOWN_suspend ...
+    #define SHUTDOWN_crash ...
+    #define SHUTDOWN_watchdog ...
+    #define SHUTDOWN_soft_reset ...
+
+    #define VGCF_in_kernel ...
+    #define VGCF_online ...
+    #define VGCF_failsafe_disables_events ...
+    #define VGCF_syscall_disables_events ...
+
+    #define GTF_permit_access ...
+    #define GNTTAB_RESERVED_CONSOLE ...
+    #define GNTTAB_RESERVED_XENSTORE ...
+
+    #define HVM_PARAM_STORE_PFN ...
+    #define HVM_PARAM_STORE_EVTCHN ...
+    #define HVM_PARAM_CONSOLE_PFN ...
+    #define HVM_PARAM_CONSOLE_EVTCHN ...
+
+    /* ---- structs (partial: the compiler fills in layout) ------------------------------ */
+    typedef struct xen_compile_info {
+        char compiler[64];
+        char compile_by[16];
+        char compile_domain[32];
+        char compile_date[32];
+    } xen_compile_info_t;
+    typedef struct xen_platform_parameters {
+        unsigned long virt_start;
+        ...;
+    } xen_platform_parameters_t;
+    typedef struct xen_build_id {
+        uint32_t len;
+        ...;
+    } xen_build_id_t;
+
+    struct xen_arch_domainconfig {
+        uint32_t emulation_flags;
+        uint32_t misc_flags;
+        ...;
+    };
+    struct xen_domctl_createdomain {
+        uint32_t ssidref;
+        xen_domain_handle_t handle;
+        uint32_t flags;
+        uint32_t iommu_opts;
+        uint32_t max_vcpus;
+        uint32_t max_evtchn_port;
+        int32_t max_grant_frames;
+        int32_t max_maptrack_frames;
+        uint32_t grant_opts;
+        uint32_t vmtrace_size;
+        uint32_t cpupool_id;
+        struct xen_arch_domainconfig arch;
+        ...;
+    };
+
+    typedef struct xen_domctl_getdomaininfo {
+        domid_t domain;
+        uint32_t flags;
+        uint64_t tot_pages;
+        uint64_t max_pages;
+        uint64_t outstanding_pages;
+        uint64_t shr_pages;
+        uint64_t paged_pages;
+        uint64_t shared_info_frame;
+        uint64_t cpu_time;
+        uint32_t nr_online_vcpus;
+        uint32_t max_vcpu_id;
+        uint32_t ssidref;
+        xen_domain_handle_t handle;
+        uint32_t cpupool;
+        uint8_t gpaddr_bits;
+        ...;
+    } xc_domaininfo_t;
+
+    typedef struct xen_domctl_getvcpuinfo {
+        uint32_t vcpu;
+        uint8_t online;
+        uint8_t blocked;
+        uint8_t running;
+        uint64_t cpu_time;
+        uint32_t cpu;
+        ...;
+    } xc_vcpuinfo_t;
+
+    typedef struct xen_sysctl_physinfo {
+        uint32_t threads_per_core;
+        uint32_t cores_per_socket;
+        uint32_t nr_cpus;
+        uint32_t max_cpu_id;
+        uint32_t nr_nodes;
+        uint32_t max_node_id;
+        uint32_t cpu_khz;
+        uint32_t capabilities;
+        uint32_t arch_capabilities;
+        uint64_t total_pages;
+        uint64_t free_pages;
+        uint64_t scrub_pages;
+        uint64_t outstanding_pages;
+        uint64_t max_mfn;
+        uint32_t hw_cap[8];
+        ...;
+    } xc_physinfo_t;
+
+    struct xen_domctl_sched_credit { uint16_t weight; uint16_t cap; ...; };
+    struct xen_domctl_sched_credit2 { uint16_t weight; uint16_t cap; ...; };
+    struct xen_sysctl_credit_schedule {
+        uint32_t tslice_ms;
+        uint32_t ratelimit_us;
+        uint32_t vcpu_migr_delay_us;
+        ...;
+    };
+    struct xen_sysctl_credit2_schedule { uint32_t ratelimit_us; ...; };
+
+    typedef struct xc_cpupoolinfo {
+        uint32_t cpupool_id;
+        uint32_t sched_id;
+        uint32_t n_dom;
+        xc_cpumap_t cpumap;
+    } xc_cpupoolinfo_t;
+
+    struct mmuext_op {
+        unsigned int cmd;
+        union { xen_pfn_t mfn; unsigned long linear_addr; } arg1;
+        ...;
+    };
+
+    /* x86_64 PV vCPU context; register names are the 64-bit members of Xen's unions. */
+    struct cpu_user_regs_x86_64 {
+        uint64_t r15; uint64_t r14; uint64_t r13; uint64_t r12;
+        uint64_t rbp; uint64_t rbx; uint64_t r11; uint64_t r10; uint64_t r9; uint64_t r8;
+        uint64_t rax; uint64_t rcx; uint64_t rdx; uint64_t rsi; uint64_t rdi;
+        uint64_t rip;
+        uint16_t cs;
+        uint8_t saved_upcall_mask;
+        uint64_t rflags;
+        uint64_t rsp;
+        uint16_t ss; uint16_t es; uint16_t ds; uint16_t fs; uint16_t gs;
+        ...;
+    };
+    typedef struct vcpu_guest_context_x86_64 {
+        uint64_t flags;
+        struct cpu_user_regs_x86_64 user_regs;
+        uint64_t ldt_base; uint64_t ldt_ents;
+        uint64_t gdt_frames[16]; uint64_t gdt_ents;
+        uint64_t kernel_ss; uint64_t kernel_sp;
+        uint64_t ctrlreg[8];
+        uint64_t debugreg[8];
+        uint64_t event_callback_eip;
+        uint64_t failsafe_callback_eip;
+        uint64_t syscall_callback_eip;
+        uint64_t vm_assist;
+        uint64_t fs_base; uint64_t gs_base_kernel; uint64_t gs_base_user;
+        ...;
+    } vcpu_guest_context_x86_64_t;
+    typedef union {
+        vcpu_guest_context_x86_64_t x64;
+        ...;
+    } vcpu_guest_context_any_t;
+
+    typedef struct grant_entry_v1 {
+        uint16_t flags;
+        domid_t domid;
+        uint32_t frame;
+    } grant_entry_v1_t;
+
+    /* ---- libxenctrl --------------------------------------------------------------------- */
     xc_interface *xc_interface_open(void *logger, void *dombuild_logger, unsigned open_flags);
     int xc_interface_close(xc_interface *xch);
     int xc_version(xc_interface *xch, int cmd, void *arg);
+    int xc_physinfo(xc_interface *xch, xc_physinfo_t *info);
+    int xc_sched_id(xc_interface *xch, int *sched_id);
+    int xc_get_max_cpus(xc_interface *xch);
+    int xc_get_online_cpus(xc_interface *xch);
+    int xc_get_cpumap_size(xc_interface *xch);
+    long xc_sharing_freed_pages(xc_interface *xch);
+    long xc_sharing_used_frames(xc_interface *xch);
+
+    xc_cpupoolinfo_t *xc_cpupool_getinfo(xc_interface *xch, uint32_t poolid);
+    void xc_cpupool_infofree(xc_interface *xch, xc_cpupoolinfo_t *info);
+    xc_cpumap_t xc_cpupool_freeinfo(xc_interface *xch);
+
+    int xc_domain_create(xc_interface *xch, uint32_t *pdomid,
+                         struct xen_domctl_createdomain *config);
+    int xc_domain_max_vcpus(xc_interface *xch, uint32_t domid, unsigned int max);
+    int xc_domain_pause(xc_interface *xch, uint32_t domid);
+    int xc_domain_unpause(xc_interface *xch, uint32_t domid);
+    int xc_domain_destroy(xc_interface *xch, uint32_t domid);
+    int xc_domain_shutdown(xc_interface *xch, uint32_t domid, int reason);
+    int xc_domain_sethandle(xc_interface *xch, uint32_t domid, xen_domain_handle_t handle);
+    int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain,
+                              unsigned int max_domains, xc_domaininfo_t *info);
+    int xc_domain_setmaxmem(xc_interface *xch, uint32_t domid, uint64_t max_memkb);
+    int xc_domain_set_memmap_limit(xc_interface *xch, uint32_t domid,
+                                   unsigned long map_limitkb);
+    int xc_domain_populate_physmap_exact(xc_interface *xch, uint32_t domid,
+                                         unsigned long nr_extents, unsigned int extent_order,
+                                         unsigned int mem_flags, xen_pfn_t *extent_start);
+    int xc_domain_increase_reservation_exact(xc_interface *xch, uint32_t domid,
+                                             unsigned long nr_extents,
+                                             unsigned int extent_order,
+                                             unsigned int mem_flags, xen_pfn_t *extent_start);
+    int xc_domain_decrease_reservation_exact(xc_interface *xch, uint32_t domid,
+                                             unsigned long nr_extents,
+                                             unsigned int extent_order,
+                                             xen_pfn_t *extent_start);
+    int xc_domain_claim_pages(xc_interface *xch, uint32_t domid, unsigned long nr_pages);
+    long xc_get_tot_pages(xc_interface *xch, uint32_t domid);
+    int xc_mmuext_op(xc_interface *xch, struct mmuext_op *op, unsigned int nr_ops,
+                     uint32_t dom);
+
+    int xc_vcpu_setcontext(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                           vcpu_guest_context_any_t *ctxt);
+    int xc_vcpu_getcontext(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                           vcpu_guest_context_any_t *ctxt);
+    int xc_vcpu_getinfo(xc_interface *xch, uint32_t domid, uint32_t vcpu, xc_vcpuinfo_t *info);
+    int xc_vcpu_setaffinity(xc_interface *xch, uint32_t domid, int vcpu,
+                            xc_cpumap_t cpumap_hard_inout, xc_cpumap_t cpumap_soft_inout,
+                            uint32_t flags);
+    int xc_vcpu_getaffinity(xc_interface *xch, uint32_t domid, int vcpu,
+                            xc_cpumap_t cpumap_hard, xc_cpumap_t cpumap_soft, uint32_t flags);
+
+    int xc_sched_credit_domain_set(xc_interface *xch, uint32_t domid,
+                                   struct xen_domctl_sched_credit *sdom);
+    int xc_sched_credit_domain_get(xc_interface *xch, uint32_t domid,
+                                   struct xen_domctl_sched_credit *sdom);
+    int xc_sched_credit_params_set(xc_interface *xch, uint32_t cpupool_id,
+                                   struct xen_sysctl_credit_schedule *schedule);
+    int xc_sched_credit_params_get(xc_interface *xch, uint32_t cpupool_id,
+                                   struct xen_sysctl_credit_schedule *schedule);
+    int xc_sched_credit2_domain_set(xc_interface *xch, uint32_t domid,
+                                    struct xen_domctl_sched_credit2 *sdom);
+    int xc_sched_credit2_domain_get(xc_interface *xch, uint32_t domid,
+                                    struct xen_domctl_sched_credit2 *sdom);
+    int xc_sched_credit2_params_set(xc_interface *xch, uint32_t cpupool_id,
+                                    struct xen_sysctl_credit2_schedule *schedule);
+    int xc_sched_credit2_params_get(xc_interface *xch, uint32_t cpupool_id,
+                                    struct xen_sysctl_credit2_schedule *schedule);
+
+    int xc_evtchn_alloc_unbound(xc_interface *xch, uint32_t dom, uint32_t remote_dom);
+    int xc_hvm_param_set(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t value);
+    int xc_hvm_param_get(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t *value);
+
+    /* ---- libxenforeignmemory ------------------------------------------------------------ */
+    xenforeignmemory_handle *xenforeignmemory_open(void *logger, unsigned open_flags);
+    int xenforeignmemory_close(xenforeignmemory_handle *fmem);
+    void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot,
+                               size_t pages, const xen_pfn_t arr[], int err[]);
+    int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr, size_t pages);
+    xenforeignmemory_resource_handle *xenforeignmemory_map_resource(
+        xenforeignmemory_handle *fmem, domid_t domid, unsigned int type,
+        unsigned int id, unsigned long frame, unsigned long nr_frames,
+        void **paddr, int prot, int flags);
+    int xenforeignmemory_unmap_resource(xenforeignmemory_handle *fmem,
+                                        xenforeignmemory_resource_handle *fres);
+    int xenforeignmemory_resource_size(xenforeignmemory_handle *fmem, domid_t domid,
+                                       unsigned int type, unsigned int id, size_t *size);
+
+    #define PROT_READ ...
+    #define PROT_WRITE ...
     """
 )
 
 ffibuilder.set_source(
     "domain_builder._xenctrl",
     """
+    #include <stdlib.h>
+    #include <sys/mman.h>
     #include <xenctrl.h>
     #include <xenforeignmemory.h>
+    #include <xen/grant_table.h>
+    #include <xen/hvm/params.h>
     """,
     libraries=["xenctrl", "xenforeignmemory"],
 )

@@ -1,0 +1,932 @@
+"""Typed, Pythonic access to libxenctrl and libxenforeignmemory (Xen 4.17).
+
+Contract:
+- ``XenCtrl`` is a context manager owning one ``xc_interface`` handle (and, lazily, one
+  ``xenforeignmemory`` handle); both are closed on every exit path.
+- Every failing call raises ``XenError(op, errno)``; no cffi pointer, NULL or C integer
+  status ever leaves this module.  Results are frozen dataclasses.
+- Guest memory mappings (``map_foreign``, ``map_grant_table``) are context managers that
+  expose one writable ``memoryview`` and unmap when the ``with`` block ends.  The view is
+  released at that point: do not keep slices of it beyond the block.
+
+Grant-table seeding: the shared grant frame 0 of the guest is mapped with
+``xenforeignmemory_map_resource(XENMEM_resource_grant_table, id_shared)``, which Xen 4.17
+supports for PV and HVM guests alike (it is what libxenguest itself tries first); the v1
+entries are written from Python.  No libxenguest code is involved.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from types import TracebackType
+from typing import Any
+
+from domain_builder.errors import XenError
+
+try:  # the compiled extension exists only where libxen-dev was available at build time
+    from domain_builder._xenctrl import ffi as _ffi, lib as _lib
+except ImportError as _exc:  # pragma: no cover - exercised only on broken installs
+    _ffi = _lib = None
+    _IMPORT_ERROR: ImportError | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+PRIVCMD = "/dev/xen/privcmd"
+
+# XENMEMF_* flags for populate_physmap (xen/memory.h).
+XENMEMF_populate_on_demand = 1 << 16
+XENMEMF_exact_node_request = 1 << 17
+XENMEMF_vnode = 1 << 18
+
+
+def XENMEMF_address_bits(bits: int) -> int:
+    return bits & 0xFF
+
+
+def XENMEMF_node(node: int) -> int:
+    return ((node + 1) & 0xFF) << 8
+
+
+def XENMEMF_exact_node(node: int) -> int:
+    return XENMEMF_node(node) | XENMEMF_exact_node_request
+
+
+# XEN_DOMCTL_CDF_* (domain creation flags, xen/domctl.h).
+CDF_HVM = 1 << 0
+CDF_HAP = 1 << 1
+CDF_S3_INTEGRITY = 1 << 2
+CDF_OOS_OFF = 1 << 3
+CDF_XS_DOMAIN = 1 << 4
+CDF_IOMMU = 1 << 5
+CDF_NESTED_VIRT = 1 << 6
+CDF_VPMU = 1 << 7
+
+# VGCF_* vcpu context flags (xen/arch-x86/xen.h).
+VGCF_IN_KERNEL = 1 << 2
+VGCF_FAILSAFE_DISABLES_EVENTS = 1 << 3
+VGCF_SYSCALL_DISABLES_EVENTS = 1 << 4
+VGCF_ONLINE = 1 << 5
+
+MMUEXT_PIN_L1_TABLE = 0
+MMUEXT_PIN_L2_TABLE = 1
+MMUEXT_PIN_L3_TABLE = 2
+MMUEXT_PIN_L4_TABLE = 3
+MMUEXT_UNPIN_TABLE = 4
+
+GTF_PERMIT_ACCESS = 1 << 0
+GNTTAB_RESERVED_CONSOLE = 0
+GNTTAB_RESERVED_XENSTORE = 1
+_GRANT_V1 = struct.Struct("<HHI")  # flags, domid, frame
+
+
+class ShutdownReason(enum.IntEnum):
+    """SHUTDOWN_* codes (xen/sched.h); xl prints them as the letters ``-rscwS``."""
+
+    POWEROFF = 0
+    REBOOT = 1
+    SUSPEND = 2
+    CRASH = 3
+    WATCHDOG = 4
+    SOFT_RESET = 5
+
+
+class Scheduler(enum.IntEnum):
+    """XEN_SCHEDULER_* ids; ``name`` in lower case is what xl prints."""
+
+    CREDIT = 5
+    CREDIT2 = 6
+    ARINC653 = 7
+    RTDS = 8
+    NULL = 9
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# --------------------------------------------------------------------------------------
+# Result types
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    major: int
+    minor: int
+    extra: str
+    capabilities: str
+    changeset: str
+    commandline: str
+    compiler: str
+    compile_by: str
+    compile_domain: str
+    compile_date: str
+    pagesize: int
+    virt_start: int
+    build_id: str
+
+    @property
+    def version(self) -> str:
+        return f"{self.major}.{self.minor}{self.extra}"
+
+
+@dataclass(frozen=True)
+class PhysInfo:
+    threads_per_core: int
+    cores_per_socket: int
+    nr_cpus: int
+    max_cpu_id: int
+    nr_nodes: int
+    max_node_id: int
+    cpu_khz: int
+    capabilities: int
+    total_pages: int
+    free_pages: int
+    scrub_pages: int
+    outstanding_pages: int
+    max_mfn: int
+    hw_cap: tuple[int, ...]
+    sharing_freed_pages: int = 0
+    sharing_used_frames: int = 0
+
+    def has_cap(self, name: str) -> bool:
+        """``name`` is a XEN_SYSCTL_PHYSCAP_* suffix: pv, hvm, directio, hap, shadow, ..."""
+        return bool(self.capabilities & _PHYSCAPS[name])
+
+
+_PHYSCAPS = {
+    "hvm": 1 << 0, "pv": 1 << 1, "directio": 1 << 2, "hap": 1 << 3, "shadow": 1 << 4,
+    "iommu_hap_pt_share": 1 << 5, "vmtrace": 1 << 6, "vpmu": 1 << 7,
+    "gnttab_v1": 1 << 8, "gnttab_v2": 1 << 9,
+}
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """One domain as ``XEN_SYSCTL_getdomaininfolist`` reports it (memory in pages)."""
+
+    domid: int
+    flags: int
+    tot_pages: int
+    max_pages: int
+    outstanding_pages: int
+    shr_pages: int
+    paged_pages: int
+    shared_info_frame: int
+    cpu_time_ns: int
+    nr_online_vcpus: int
+    max_vcpu_id: int
+    ssidref: int
+    handle: bytes
+    cpupool: int
+    gpaddr_bits: int = 0
+
+    dying = property(lambda self: bool(self.flags & (1 << 0)))
+    hvm = property(lambda self: bool(self.flags & (1 << 1)))
+    shutdown = property(lambda self: bool(self.flags & (1 << 2)))
+    paused = property(lambda self: bool(self.flags & (1 << 3)))
+    blocked = property(lambda self: bool(self.flags & (1 << 4)))
+    running = property(lambda self: bool(self.flags & (1 << 5)))
+    debugged = property(lambda self: bool(self.flags & (1 << 6)))
+    xs_domain = property(lambda self: bool(self.flags & (1 << 7)))
+    hap = property(lambda self: bool(self.flags & (1 << 8)))
+
+    @property
+    def shutdown_reason(self) -> int | None:
+        """The guest's SHUTDOWN_* code, or None while it has not shut down."""
+        return (self.flags >> 16) & 0xFF if self.shutdown else None
+
+    @property
+    def current_memkb(self) -> int:
+        return self.tot_pages * (PAGE_SIZE // 1024)
+
+    @property
+    def outstanding_memkb(self) -> int:
+        return self.outstanding_pages * (PAGE_SIZE // 1024)
+
+    @property
+    def max_memkb(self) -> int:
+        return self.max_pages * (PAGE_SIZE // 1024)
+
+    @property
+    def uuid(self) -> str:
+        h = self.handle.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True)
+class VcpuInfo:
+    vcpu: int
+    online: bool
+    blocked: bool
+    running: bool
+    cpu_time_ns: int
+    cpu: int
+
+
+@dataclass(frozen=True)
+class SchedCredit:
+    """Per-domain parameters of the credit (and credit2) scheduler."""
+
+    weight: int
+    cap: int = 0
+
+
+@dataclass(frozen=True)
+class CreditParams:
+    """Per-cpupool parameters of the credit scheduler."""
+
+    tslice_ms: int
+    ratelimit_us: int
+    vcpu_migr_delay_us: int
+
+
+@dataclass(frozen=True)
+class Credit2Params:
+    ratelimit_us: int
+
+
+@dataclass(frozen=True)
+class CpupoolInfo:
+    poolid: int
+    sched_id: int
+    n_dom: int
+    cpus: frozenset[int]
+
+
+@dataclass(frozen=True)
+class CreateConfig:
+    """Inputs of ``XEN_DOMCTL_createdomain``; the defaults describe a plain PV guest."""
+
+    flags: int = 0
+    max_vcpus: int = 1
+    max_evtchn_port: int = 1023
+    max_grant_frames: int = -1  # < 0: hypervisor default
+    max_maptrack_frames: int = -1
+    grant_version: int = 1
+    ssidref: int = 0
+    handle: bytes = bytes(16)
+    cpupool_id: int = 0
+    emulation_flags: int = 0  # must be 0 for PV on x86
+    misc_flags: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.handle) != 16:
+            raise ValueError("domain handle (uuid) must be 16 bytes")
+        if not 1 <= self.grant_version <= 2:
+            raise ValueError(f"grant table version {self.grant_version} is not 1 or 2")
+
+
+@dataclass(frozen=True)
+class UserRegs:
+    """x86_64 ``cpu_user_regs`` as a PV boot needs it."""
+
+    rip: int = 0
+    rsp: int = 0
+    rsi: int = 0
+    rdi: int = 0
+    rax: int = 0
+    rbx: int = 0
+    rcx: int = 0
+    rdx: int = 0
+    rbp: int = 0
+    rflags: int = 0
+    cs: int = 0
+    ss: int = 0
+    ds: int = 0
+    es: int = 0
+    fs: int = 0
+    gs: int = 0
+
+
+@dataclass(frozen=True)
+class VcpuContext:
+    """x86_64 PV ``vcpu_guest_context`` fields that a boot (or a dump) needs.
+
+    ``ctrlreg[3]`` holds the top-level page table as ``xen_pfn_to_cr3(mfn)``.
+    Fields not named here are zero on ``set_vcpu_context`` (like libxenguest does).
+    """
+
+    user_regs: UserRegs = field(default_factory=UserRegs)
+    flags: int = 0
+    ctrlreg: tuple[int, ...] = (0,) * 8
+    kernel_ss: int = 0
+    kernel_sp: int = 0
+    event_callback_eip: int = 0
+    failsafe_callback_eip: int = 0
+    syscall_callback_eip: int = 0
+    gdt_ents: int = 0
+    gdt_frames: tuple[int, ...] = ()
+    vm_assist: int = 0
+    fs_base: int = 0
+    gs_base_kernel: int = 0
+    gs_base_user: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.ctrlreg) != 8:
+            raise ValueError("ctrlreg needs exactly 8 entries")
+        if len(self.gdt_frames) > 16:
+            raise ValueError("at most 16 gdt_frames")
+
+
+# --------------------------------------------------------------------------------------
+# Pure helpers (unit-tested without Xen)
+# --------------------------------------------------------------------------------------
+
+
+def cpumap_to_set(raw: bytes) -> frozenset[int]:
+    """Decode a libxenctrl cpumap (bit i of byte i//8 = cpu i)."""
+    return frozenset(i * 8 + b for i, byte in enumerate(raw) for b in range(8) if byte >> b & 1)
+
+
+def set_to_cpumap(cpus: Iterable[int], size: int) -> bytes:
+    """Encode cpus into a cpumap of ``size`` bytes; a cpu beyond it is a ValueError."""
+    out = bytearray(size)
+    for cpu in cpus:
+        if not 0 <= cpu < size * 8:
+            raise ValueError(f"cpu {cpu} is out of range (0-{size * 8 - 1})")
+        out[cpu // 8] |= 1 << (cpu % 8)
+    return bytes(out)
+
+
+def grant_entry_v1(backend_domid: int, frame: int) -> bytes:
+    """One v1 grant entry giving ``backend_domid`` access to ``frame`` (read/write)."""
+    return _GRANT_V1.pack(GTF_PERMIT_ACCESS, backend_domid, frame)
+
+
+def xen_pfn_to_cr3(pfn: int) -> int:
+    return pfn << PAGE_SHIFT
+
+
+def _cstr(buf: Any) -> str:
+    return _ffi.string(buf).decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------
+# Mappings
+# --------------------------------------------------------------------------------------
+
+
+class ForeignMapping:
+    """Guest pages mapped into dom0; ``view`` is a writable memoryview over all of them."""
+
+    def __init__(self, release: Any, addr: Any, nbytes: int) -> None:
+        self._release = release
+        self._addr = addr
+        self.view: memoryview | None = memoryview(_ffi.buffer(addr, nbytes))
+
+    def __enter__(self) -> memoryview:
+        assert self.view is not None
+        return self.view
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.view is None:
+            return
+        view, self.view = self.view, None
+        try:
+            view.release()
+        finally:
+            self._release()
+
+    def __del__(self) -> None:  # last resort: never leak a mapping of guest memory
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing sensible to do at finalisation
+            pass
+
+
+# --------------------------------------------------------------------------------------
+# The handle
+# --------------------------------------------------------------------------------------
+
+
+class XenCtrl:
+    """An open libxenctrl interface.  Use as ``with XenCtrl() as xc: ...``."""
+
+    def __init__(self) -> None:
+        self._xch: Any = None
+        self._fmem: Any = None
+        self._cpumap_size: int | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def __enter__(self) -> XenCtrl:
+        self.open()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self._xch is not None:
+            return
+        if _lib is None:
+            raise XenError("xc_interface_open", 38,  # ENOSYS
+                           f"xentool's libxenctrl binding is not built ({_IMPORT_ERROR})")
+        # Check first: libxenctrl's own message for this is multi-line and cryptic.
+        if not os.path.exists(PRIVCMD):
+            raise XenError("xc_interface_open", 2,
+                           f"{PRIVCMD} is missing: not running in a Xen dom0 (or xen "
+                           "modules not loaded)")
+        if not os.access(PRIVCMD, os.R_OK | os.W_OK):
+            raise XenError("xc_interface_open", 13,
+                           f"cannot open {PRIVCMD}: this command must be run as root")
+        xch = _lib.xc_interface_open(_ffi.NULL, _ffi.NULL, 0)
+        if xch == _ffi.NULL:
+            raise XenError("xc_interface_open", _ffi.errno or 5)
+        self._xch = xch
+
+    def close(self) -> None:
+        fmem, self._fmem = self._fmem, None
+        xch, self._xch = self._xch, None
+        try:
+            if fmem is not None:
+                _lib.xenforeignmemory_close(fmem)
+        finally:
+            if xch is not None:
+                _lib.xc_interface_close(xch)
+
+    @property
+    def _h(self) -> Any:
+        if self._xch is None:
+            raise XenError("xenctrl", 9, "interface is not open")  # EBADF
+        return self._xch
+
+    def _fm(self) -> Any:
+        if self._fmem is None:
+            self._h  # noqa: B018 - same "not open" error as other calls
+            fmem = _lib.xenforeignmemory_open(_ffi.NULL, 0)
+            if fmem == _ffi.NULL:
+                raise XenError("xenforeignmemory_open", _ffi.errno or 5)
+            self._fmem = fmem
+        return self._fmem
+
+    @staticmethod
+    def _check(op: str, rc: int, detail: str = "") -> int:
+        if rc < 0:
+            # libxenctrl returns -1 + errno, a few calls return -errno directly.
+            err = _ffi.errno if rc == -1 else -rc
+            raise XenError(op, err or 5, detail)
+        return rc
+
+    # -- host ---------------------------------------------------------------------------
+    def version(self) -> VersionInfo:
+        h = self._h
+        ver = self._check("xc_version", _lib.xc_version(h, _lib.XENVER_version, _ffi.NULL))
+        extra = _ffi.new("char[16]")
+        cc = _ffi.new("xen_compile_info_t *")
+        caps = _ffi.new("char[1024]")
+        chg = _ffi.new("char[64]")
+        plat = _ffi.new("xen_platform_parameters_t *")
+        cmdline = _ffi.new("char[1024]")
+        for cmd, arg in ((_lib.XENVER_extraversion, extra), (_lib.XENVER_compile_info, cc),
+                         (_lib.XENVER_capabilities, caps), (_lib.XENVER_changeset, chg),
+                         (_lib.XENVER_platform_parameters, plat),
+                         (_lib.XENVER_commandline, cmdline)):
+            self._check("xc_version", _lib.xc_version(h, cmd, arg))
+        pagesize = self._check("xc_version",
+                               _lib.xc_version(h, _lib.XENVER_pagesize, _ffi.NULL))
+        return VersionInfo(
+            major=ver >> 16, minor=ver & 0xFF, extra=_cstr(extra),
+            capabilities=_cstr(caps), changeset=_cstr(chg), commandline=_cstr(cmdline),
+            compiler=_cstr(cc.compiler), compile_by=_cstr(cc.compile_by),
+            compile_domain=_cstr(cc.compile_domain), compile_date=_cstr(cc.compile_date),
+            pagesize=pagesize, virt_start=plat.virt_start, build_id=self._build_id(),
+        )
+
+    def _build_id(self) -> str:
+        # Same buffer size as xl (1 KiB union); an absent build id reads as "".
+        raw = _ffi.new("char[]", 1024)
+        bid = _ffi.cast("xen_build_id_t *", raw)
+        bid.len = 1024 - _ffi.sizeof("xen_build_id_t")
+        n = _lib.xc_version(self._h, _lib.XENVER_build_id, bid)
+        if n <= 0:
+            return ""
+        start = _ffi.sizeof("xen_build_id_t")
+        return bytes(_ffi.buffer(raw, start + n))[start:].hex()
+
+    def physinfo(self) -> PhysInfo:
+        h = self._h
+        p = _ffi.new("xc_physinfo_t *")
+        self._check("xc_physinfo", _lib.xc_physinfo(h, p))
+        freed = _lib.xc_sharing_freed_pages(h)
+        used = _lib.xc_sharing_used_frames(h)
+        # No memory sharing compiled in (the normal case) reads as 0, like libxl.
+        if freed < 0:
+            if _ffi.errno != 38:
+                self._check("xc_sharing_freed_pages", -1)
+            freed = 0
+        if used < 0:
+            if _ffi.errno != 38:
+                self._check("xc_sharing_used_frames", -1)
+            used = 0
+        return PhysInfo(
+            threads_per_core=p.threads_per_core, cores_per_socket=p.cores_per_socket,
+            nr_cpus=p.nr_cpus, max_cpu_id=p.max_cpu_id, nr_nodes=p.nr_nodes,
+            max_node_id=p.max_node_id, cpu_khz=p.cpu_khz, capabilities=p.capabilities,
+            total_pages=p.total_pages, free_pages=p.free_pages, scrub_pages=p.scrub_pages,
+            outstanding_pages=p.outstanding_pages, max_mfn=p.max_mfn,
+            hw_cap=tuple(p.hw_cap), sharing_freed_pages=freed, sharing_used_frames=used,
+        )
+
+    def sched_id(self) -> int:
+        out = _ffi.new("int *")
+        self._check("xc_sched_id", _lib.xc_sched_id(self._h, out))
+        return out[0]
+
+    def max_cpus(self) -> int:
+        return self._check("xc_get_max_cpus", _lib.xc_get_max_cpus(self._h))
+
+    def online_cpus(self) -> int:
+        return self._check("xc_get_online_cpus", _lib.xc_get_online_cpus(self._h))
+
+    def cpumap_size(self) -> int:
+        if self._cpumap_size is None:
+            self._cpumap_size = self._check("xc_get_cpumap_size",
+                                            _lib.xc_get_cpumap_size(self._h))
+        return self._cpumap_size
+
+    def cpupool_info(self, poolid: int) -> CpupoolInfo:
+        """The pool with the smallest id ``>= poolid`` (libxenctrl semantics)."""
+        info = _lib.xc_cpupool_getinfo(self._h, poolid)
+        if info == _ffi.NULL:
+            raise XenError("xc_cpupool_getinfo", _ffi.errno or 2, f"pool {poolid}")
+        try:
+            cpus = cpumap_to_set(bytes(_ffi.buffer(info.cpumap, self.cpumap_size())))
+            return CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus)
+        finally:
+            _lib.xc_cpupool_infofree(self._h, info)
+
+    def cpupools(self) -> list[CpupoolInfo]:
+        pools: list[CpupoolInfo] = []
+        nxt = 0
+        while True:
+            info = _lib.xc_cpupool_getinfo(self._h, nxt)
+            if info == _ffi.NULL:
+                if _ffi.errno in (0, 2):  # ENOENT: no more pools
+                    return pools
+                raise XenError("xc_cpupool_getinfo", _ffi.errno)
+            try:
+                cpus = cpumap_to_set(bytes(_ffi.buffer(info.cpumap, self.cpumap_size())))
+                pools.append(CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus))
+                nxt = info.cpupool_id + 1
+            finally:
+                _lib.xc_cpupool_infofree(self._h, info)
+
+    def free_cpus(self) -> frozenset[int]:
+        """CPUs in no cpupool."""
+        raw = _lib.xc_cpupool_freeinfo(self._h)
+        if raw == _ffi.NULL:
+            raise XenError("xc_cpupool_freeinfo", _ffi.errno or 5)
+        try:
+            return cpumap_to_set(bytes(_ffi.buffer(raw, self.cpumap_size())))
+        finally:
+            _lib.free(raw)
+
+    # -- domains: query -----------------------------------------------------------------
+    def domains(self, first: int = 0, batch: int = 1024) -> list[DomainInfo]:
+        """All domains with id >= first, in domid order."""
+        buf = _ffi.new("xc_domaininfo_t[]", batch)
+        out: list[DomainInfo] = []
+        while True:
+            n = self._check("xc_domain_getinfolist",
+                            _lib.xc_domain_getinfolist(self._h, first, batch, buf))
+            out.extend(_dominfo(buf[i]) for i in range(n))
+            if n < batch:
+                return out
+            first = out[-1].domid + 1
+
+    def domain_info(self, domid: int) -> DomainInfo | None:
+        """The domain ``domid``, or None if there is no such domain."""
+        buf = _ffi.new("xc_domaininfo_t *")
+        n = self._check("xc_domain_getinfolist",
+                        _lib.xc_domain_getinfolist(self._h, domid, 1, buf))
+        if n != 1 or buf.domain != domid:
+            return None
+        return _dominfo(buf[0])
+
+    def vcpu_info(self, domid: int, vcpu: int) -> VcpuInfo:
+        v = _ffi.new("xc_vcpuinfo_t *")
+        self._check("xc_vcpu_getinfo", _lib.xc_vcpu_getinfo(self._h, domid, vcpu, v),
+                    f"domain {domid} vcpu {vcpu}")
+        return VcpuInfo(v.vcpu, bool(v.online), bool(v.blocked), bool(v.running),
+                        v.cpu_time, v.cpu)
+
+    def vcpu_affinity(self, domid: int, vcpu: int) -> tuple[frozenset[int], frozenset[int]]:
+        """(hard, soft) affinity of one vcpu."""
+        size = self.cpumap_size()
+        hard = _ffi.new("uint8_t[]", size)
+        soft = _ffi.new("uint8_t[]", size)
+        flags = _lib.XEN_VCPUAFFINITY_HARD | _lib.XEN_VCPUAFFINITY_SOFT
+        self._check("xc_vcpu_getaffinity",
+                    _lib.xc_vcpu_getaffinity(self._h, domid, vcpu, hard, soft, flags),
+                    f"domain {domid} vcpu {vcpu}")
+        return (cpumap_to_set(bytes(_ffi.buffer(hard, size))),
+                cpumap_to_set(bytes(_ffi.buffer(soft, size))))
+
+    def set_vcpu_affinity(self, domid: int, vcpu: int, hard: Iterable[int] | None,
+                          soft: Iterable[int] | None) -> tuple[frozenset[int], frozenset[int]]:
+        """Set hard and/or soft affinity (None leaves it); returns the effective maps."""
+        size = self.cpumap_size()
+        flags = 0
+        hard_c = _ffi.new("uint8_t[]", size)
+        soft_c = _ffi.new("uint8_t[]", size)
+        if hard is not None:
+            _ffi.memmove(hard_c, set_to_cpumap(hard, size), size)
+            flags |= _lib.XEN_VCPUAFFINITY_HARD
+        if soft is not None:
+            _ffi.memmove(soft_c, set_to_cpumap(soft, size), size)
+            flags |= _lib.XEN_VCPUAFFINITY_SOFT
+        if not flags:
+            return self.vcpu_affinity(domid, vcpu)
+        self._check("xc_vcpu_setaffinity",
+                    _lib.xc_vcpu_setaffinity(self._h, domid, vcpu, hard_c, soft_c, flags),
+                    f"domain {domid} vcpu {vcpu}")
+        return (cpumap_to_set(bytes(_ffi.buffer(hard_c, size))),
+                cpumap_to_set(bytes(_ffi.buffer(soft_c, size))))
+
+    # -- domains: control ---------------------------------------------------------------
+    def pause(self, domid: int) -> None:
+        self._check("xc_domain_pause", _lib.xc_domain_pause(self._h, domid), f"domain {domid}")
+
+    def unpause(self, domid: int) -> None:
+        self._check("xc_domain_unpause", _lib.xc_domain_unpause(self._h, domid),
+                    f"domain {domid}")
+
+    def destroy(self, domid: int) -> None:
+        self._check("xc_domain_destroy", _lib.xc_domain_destroy(self._h, domid),
+                    f"domain {domid}")
+
+    def shutdown(self, domid: int, reason: ShutdownReason | int) -> None:
+        self._check("xc_domain_shutdown",
+                    _lib.xc_domain_shutdown(self._h, domid, int(reason)), f"domain {domid}")
+
+    # -- domains: build -----------------------------------------------------------------
+    def create_domain(self, cfg: CreateConfig, domid: int = 0) -> int:
+        """Create a (paused) domain; ``domid`` 0 lets Xen choose.  Returns the new domid."""
+        c = _ffi.new("struct xen_domctl_createdomain *")
+        c.ssidref = cfg.ssidref
+        _ffi.memmove(c.handle, cfg.handle, 16)
+        c.flags = cfg.flags
+        c.max_vcpus = cfg.max_vcpus
+        c.max_evtchn_port = cfg.max_evtchn_port
+        c.max_grant_frames = cfg.max_grant_frames
+        c.max_maptrack_frames = cfg.max_maptrack_frames
+        c.grant_opts = cfg.grant_version & _lib.XEN_DOMCTL_GRANT_version_mask
+        c.cpupool_id = cfg.cpupool_id
+        c.arch.emulation_flags = cfg.emulation_flags
+        c.arch.misc_flags = cfg.misc_flags
+        pdomid = _ffi.new("uint32_t *", domid)
+        self._check("xc_domain_create", _lib.xc_domain_create(self._h, pdomid, c))
+        return pdomid[0]
+
+    def set_handle(self, domid: int, handle: bytes) -> None:
+        if len(handle) != 16:
+            raise ValueError("domain handle (uuid) must be 16 bytes")
+        self._check("xc_domain_sethandle",
+                    _lib.xc_domain_sethandle(self._h, domid, _ffi.new("uint8_t[16]", handle)))
+
+    def set_max_vcpus(self, domid: int, n: int) -> None:
+        self._check("xc_domain_max_vcpus", _lib.xc_domain_max_vcpus(self._h, domid, n))
+
+    def set_max_mem(self, domid: int, max_memkb: int) -> None:
+        self._check("xc_domain_setmaxmem", _lib.xc_domain_setmaxmem(self._h, domid, max_memkb))
+
+    def set_memmap_limit(self, domid: int, limit_kb: int) -> None:
+        self._check("xc_domain_set_memmap_limit",
+                    _lib.xc_domain_set_memmap_limit(self._h, domid, limit_kb))
+
+    def claim_pages(self, domid: int, nr_pages: int) -> None:
+        """Reserve ``nr_pages`` for the domain up front (0 releases the claim)."""
+        self._check("xc_domain_claim_pages",
+                    _lib.xc_domain_claim_pages(self._h, domid, nr_pages))
+
+    def tot_pages(self, domid: int) -> int:
+        return self._check("xc_get_tot_pages", _lib.xc_get_tot_pages(self._h, domid))
+
+    def populate_physmap(self, domid: int, pfns: Sequence[int], order: int = 0,
+                         mem_flags: int = 0) -> list[int]:
+        """Back guest pfns with memory; returns the frame numbers Xen put in the array.
+
+        For a PV guest these are the MFNs backing each extent (the p2m); HVM gets pfns back.
+        Fails as a whole (``-exact`` semantics) if not every extent was populated.
+        """
+        arr = _ffi.new("xen_pfn_t[]", list(pfns))
+        self._check("xc_domain_populate_physmap_exact",
+                    _lib.xc_domain_populate_physmap_exact(self._h, domid, len(pfns), order,
+                                                          mem_flags, arr),
+                    f"{len(pfns)} extents of order {order}")
+        return list(arr)
+
+    def increase_reservation(self, domid: int, nr_extents: int, order: int = 0,
+                             mem_flags: int = 0) -> list[int]:
+        """Allocate extents to a PV domain without placing them; returns their MFNs."""
+        arr = _ffi.new("xen_pfn_t[]", nr_extents)
+        self._check("xc_domain_increase_reservation_exact",
+                    _lib.xc_domain_increase_reservation_exact(self._h, domid, nr_extents,
+                                                              order, mem_flags, arr))
+        return list(arr)
+
+    def decrease_reservation(self, domid: int, frames: Sequence[int], order: int = 0) -> None:
+        arr = _ffi.new("xen_pfn_t[]", list(frames))
+        self._check("xc_domain_decrease_reservation_exact",
+                    _lib.xc_domain_decrease_reservation_exact(self._h, domid, len(frames),
+                                                              order, arr))
+
+    def mmuext_op(self, domid: int, cmd: int, mfn: int) -> None:
+        op = _ffi.new("struct mmuext_op *")
+        op.cmd = cmd
+        op.arg1.mfn = mfn
+        self._check("xc_mmuext_op", _lib.xc_mmuext_op(self._h, op, 1, domid),
+                    f"cmd {cmd} mfn {mfn:#x}")
+
+    def pin_l4_table(self, domid: int, mfn: int) -> None:
+        """Pin the guest's top-level (L4) page table, as the PV boot protocol requires."""
+        self.mmuext_op(domid, MMUEXT_PIN_L4_TABLE, mfn)
+
+    def set_vcpu_context(self, domid: int, vcpu: int, ctx: VcpuContext) -> None:
+        any_ = _ffi.new("vcpu_guest_context_any_t *")  # zeroed, like libxenguest's
+        c = any_.x64
+        r = ctx.user_regs
+        for f in fields(UserRegs):
+            setattr(c.user_regs, f.name, getattr(r, f.name))
+        c.flags = ctx.flags
+        for i, v in enumerate(ctx.ctrlreg):
+            c.ctrlreg[i] = v
+        for i, v in enumerate(ctx.gdt_frames):
+            c.gdt_frames[i] = v
+        for name in ("kernel_ss", "kernel_sp", "event_callback_eip", "failsafe_callback_eip",
+                     "syscall_callback_eip", "gdt_ents", "vm_assist", "fs_base",
+                     "gs_base_kernel", "gs_base_user"):
+            setattr(c, name, getattr(ctx, name))
+        self._check("xc_vcpu_setcontext", _lib.xc_vcpu_setcontext(self._h, domid, vcpu, any_),
+                    f"domain {domid} vcpu {vcpu}")
+
+    def vcpu_context(self, domid: int, vcpu: int) -> VcpuContext:
+        any_ = _ffi.new("vcpu_guest_context_any_t *")
+        self._check("xc_vcpu_getcontext", _lib.xc_vcpu_getcontext(self._h, domid, vcpu, any_),
+                    f"domain {domid} vcpu {vcpu}")
+        c = any_.x64
+        regs = UserRegs(**{f.name: getattr(c.user_regs, f.name) for f in fields(UserRegs)})
+        return VcpuContext(
+            user_regs=regs, flags=c.flags, ctrlreg=tuple(c.ctrlreg),
+            kernel_ss=c.kernel_ss, kernel_sp=c.kernel_sp,
+            event_callback_eip=c.event_callback_eip,
+            failsafe_callback_eip=c.failsafe_callback_eip,
+            syscall_callback_eip=c.syscall_callback_eip, gdt_ents=c.gdt_ents,
+            gdt_frames=tuple(c.gdt_frames), vm_assist=c.vm_assist, fs_base=c.fs_base,
+            gs_base_kernel=c.gs_base_kernel, gs_base_user=c.gs_base_user,
+        )
+
+    def evtchn_alloc_unbound(self, domid: int, remote_domid: int) -> int:
+        """A new unbound port in ``domid`` that ``remote_domid`` may bind to."""
+        return self._check("xc_evtchn_alloc_unbound",
+                           _lib.xc_evtchn_alloc_unbound(self._h, domid, remote_domid))
+
+    def hvm_param(self, domid: int, param: int) -> int:
+        out = _ffi.new("uint64_t *")
+        self._check("xc_hvm_param_get", _lib.xc_hvm_param_get(self._h, domid, param, out))
+        return out[0]
+
+    def set_hvm_param(self, domid: int, param: int, value: int) -> None:
+        self._check("xc_hvm_param_set", _lib.xc_hvm_param_set(self._h, domid, param, value))
+
+    # -- memory mapping -----------------------------------------------------------------
+    def map_foreign(self, domid: int, pfns: Sequence[int], writable: bool = True
+                    ) -> ForeignMapping:
+        """Map guest frames (gfns; MFNs for PV) contiguously; use as a context manager."""
+        if not pfns:
+            raise ValueError("nothing to map")
+        fm = self._fm()
+        n = len(pfns)
+        arr = _ffi.new("xen_pfn_t[]", list(pfns))
+        errs = _ffi.new("int[]", n)
+        prot = _lib.PROT_READ | (_lib.PROT_WRITE if writable else 0)
+        addr = _lib.xenforeignmemory_map(fm, domid, prot, n, arr, errs)
+        if addr == _ffi.NULL:
+            raise XenError("xenforeignmemory_map", _ffi.errno or 5,
+                           f"domain {domid}, {n} pages from pfn {pfns[0]:#x}")
+        bad = next((i for i in range(n) if errs[i]), None)
+        if bad is not None:
+            _lib.xenforeignmemory_unmap(fm, addr, n)
+            raise XenError("xenforeignmemory_map", -errs[bad],
+                           f"domain {domid} pfn {pfns[bad]:#x}")
+
+        def release() -> None:
+            if _lib.xenforeignmemory_unmap(fm, addr, n) != 0:
+                raise XenError("xenforeignmemory_unmap", _ffi.errno or 5)
+
+        return ForeignMapping(release, addr, n * PAGE_SIZE)
+
+    def map_grant_table(self, domid: int, frame: int = 0, nr_frames: int = 1
+                        ) -> ForeignMapping:
+        """Map the guest's shared grant-table frames (XENMEM_resource_grant_table)."""
+        fm = self._fm()
+        paddr = _ffi.new("void **")
+        fres = _lib.xenforeignmemory_map_resource(
+            fm, domid, _lib.XENMEM_resource_grant_table,
+            _lib.XENMEM_resource_grant_table_id_shared, frame, nr_frames, paddr,
+            _lib.PROT_READ | _lib.PROT_WRITE, 0)
+        if fres == _ffi.NULL:
+            raise XenError("xenforeignmemory_map_resource", _ffi.errno or 5,
+                           f"grant table of domain {domid}")
+
+        def release() -> None:
+            if _lib.xenforeignmemory_unmap_resource(fm, fres) != 0:
+                raise XenError("xenforeignmemory_unmap_resource", _ffi.errno or 5)
+
+        return ForeignMapping(release, paddr[0], nr_frames * PAGE_SIZE)
+
+    def seed_grant_table(self, domid: int, console: tuple[int, int] | None,
+                         xenstore: tuple[int, int] | None) -> None:
+        """Write the reserved v1 grant entries a PV guest finds at boot.
+
+        ``console``/``xenstore`` are ``(backend_domid, frame)``; the frame is the guest's
+        gfn (the MFN for a PV guest).  None, or a backend equal to the guest, skips it.
+        """
+        with self.map_grant_table(domid) as gt:
+            for idx, entry in ((GNTTAB_RESERVED_CONSOLE, console),
+                               (GNTTAB_RESERVED_XENSTORE, xenstore)):
+                if entry is None or entry[0] == domid:
+                    continue
+                off = idx * _GRANT_V1.size
+                # domid/frame first, flags last: the entry becomes valid only when complete.
+                gt[off + 2:off + 8] = grant_entry_v1(*entry)[2:]
+                gt[off:off + 2] = grant_entry_v1(*entry)[:2]
+
+    # -- schedulers -----------------------------------------------------------------------
+    def sched_credit(self, domid: int) -> SchedCredit:
+        s = _ffi.new("struct xen_domctl_sched_credit *")
+        self._check("xc_sched_credit_domain_get",
+                    _lib.xc_sched_credit_domain_get(self._h, domid, s), f"domain {domid}")
+        return SchedCredit(s.weight, s.cap)
+
+    def set_sched_credit(self, domid: int, params: SchedCredit) -> None:
+        s = _ffi.new("struct xen_domctl_sched_credit *")
+        s.weight = params.weight
+        s.cap = params.cap
+        self._check("xc_sched_credit_domain_set",
+                    _lib.xc_sched_credit_domain_set(self._h, domid, s), f"domain {domid}")
+
+    def sched_credit2(self, domid: int) -> SchedCredit:
+        s = _ffi.new("struct xen_domctl_sched_credit2 *")
+        self._check("xc_sched_credit2_domain_get",
+                    _lib.xc_sched_credit2_domain_get(self._h, domid, s), f"domain {domid}")
+        return SchedCredit(s.weight, s.cap)
+
+    def set_sched_credit2(self, domid: int, params: SchedCredit) -> None:
+        s = _ffi.new("struct xen_domctl_sched_credit2 *")
+        s.weight = params.weight
+        s.cap = params.cap
+        self._check("xc_sched_credit2_domain_set",
+                    _lib.xc_sched_credit2_domain_set(self._h, domid, s), f"domain {domid}")
+
+    def credit_params(self, poolid: int) -> CreditParams:
+        s = _ffi.new("struct xen_sysctl_credit_schedule *")
+        self._check("xc_sched_credit_params_get",
+                    _lib.xc_sched_credit_params_get(self._h, poolid, s), f"pool {poolid}")
+        return CreditParams(s.tslice_ms, s.ratelimit_us, s.vcpu_migr_delay_us)
+
+    def set_credit_params(self, poolid: int, params: CreditParams) -> CreditParams:
+        s = _ffi.new("struct xen_sysctl_credit_schedule *")
+        s.tslice_ms = params.tslice_ms
+        s.ratelimit_us = params.ratelimit_us
+        s.vcpu_migr_delay_us = params.vcpu_migr_delay_us
+        self._check("xc_sched_credit_params_set",
+                    _lib.xc_sched_credit_params_set(self._h, poolid, s), f"pool {poolid}")
+        return CreditParams(s.tslice_ms, s.ratelimit_us, s.vcpu_migr_delay_us)
+
+    def credit2_params(self, poolid: int) -> Credit2Params:
+        s = _ffi.new("struct xen_sysctl_credit2_schedule *")
+        self._check("xc_sched_credit2_params_get",
+                    _lib.xc_sched_credit2_params_get(self._h, poolid, s), f"pool {poolid}")
+        return Credit2Params(s.ratelimit_us)
+
+    def set_credit2_params(self, poolid: int, params: Credit2Params) -> Credit2Params:
+        s = _ffi.new("struct xen_sysctl_credit2_schedule *")
+        s.ratelimit_us = params.ratelimit_us
+        self._check("xc_sched_credit2_params_set",
+                    _lib.xc_sched_credit2_params_set(self._h, poolid, s), f"pool {poolid}")
+        return Credit2Params(s.ratelimit_us)
+
+
+def _dominfo(d: Any) -> DomainInfo:
+    return DomainInfo(
+        domid=d.domain, flags=d.flags, tot_pages=d.tot_pages, max_pages=d.max_pages,
+        outstanding_pages=d.outstanding_pages, shr_pages=d.shr_pages,
+        paged_pages=d.paged_pages, shared_info_frame=d.shared_info_frame,
+        cpu_time_ns=d.cpu_time, nr_online_vcpus=d.nr_online_vcpus,
+        max_vcpu_id=d.max_vcpu_id, ssidref=d.ssidref, handle=bytes(d.handle),
+        cpupool=d.cpupool, gpaddr_bits=d.gpaddr_bits,
+    )
+
