@@ -1,0 +1,785 @@
+"""Kernel image loading for PV guests: ELF32/ELF64, x86 bzImage, compressed kernels, Xen notes.
+
+Every input is treated as hostile: all offsets and sizes are bounds-checked before use,
+decompression output is capped, and every failure is an :class:`ImageError` whose message
+names the offending field and value. Loading is lazy: a segment's bytes are sliced from the
+(decompressed) ELF only when the builder copies them into the guest, so a huge ``p_memsz``
+costs nothing here; the layout decides whether it fits.
+"""
+
+from __future__ import annotations
+
+import bz2
+import enum
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from domain_builder.errors import ImageError
+
+PAGE_SIZE = 4096
+DEFAULT_MAX_SIZE = 256 << 20
+# A PV kernel larger than this is a corrupt header, not a kernel (Linux is ~60 MiB with BTF).
+MAX_KERNEL_SPAN = 1 << 30
+MAX_PHDRS = 4096
+MAX_SHDRS = 65535
+MAX_NOTES = 1024
+
+EM_386 = 3
+EM_X86_64 = 62
+PT_LOAD = 1
+PT_NOTE = 4
+SHT_NOTE = 7
+SHT_PROGBITS = 1
+
+
+class NoteType(enum.IntEnum):
+    """Xen ELF note types (xen/include/public/elfnote.h)."""
+
+    INFO = 0
+    ENTRY = 1
+    HYPERCALL_PAGE = 2
+    VIRT_BASE = 3
+    PADDR_OFFSET = 4
+    XEN_VERSION = 5
+    GUEST_OS = 6
+    GUEST_VERSION = 7
+    LOADER = 8
+    PAE_MODE = 9
+    FEATURES = 10
+    BSD_SYMTAB = 11
+    HV_START_LOW = 12
+    L1_MFN_VALID = 13
+    SUSPEND_CANCEL = 14
+    INIT_P2M = 15
+    MOD_START_PFN = 16
+    SUPPORTED_FEATURES = 17
+    PHYS32_ENTRY = 18
+
+
+_STRING_NOTES = frozenset({
+    NoteType.XEN_VERSION, NoteType.GUEST_OS, NoteType.GUEST_VERSION, NoteType.LOADER,
+    NoteType.PAE_MODE, NoteType.FEATURES, NoteType.BSD_SYMTAB,
+})
+# L1_MFN_VALID is an array of masks; we only record that it is there.
+_NUMERIC_NOTES = frozenset(NoteType) - _STRING_NOTES - {NoteType.INFO, NoteType.L1_MFN_VALID}
+
+# Index = XENFEAT_* bit number (xen/include/public/features.h), the names Xen's parser knows.
+FEATURE_BITS: dict[str, int] = {
+    "writable_page_tables": 0,
+    "writable_descriptor_tables": 1,
+    "auto_translated_physmap": 2,
+    "supervisor_mode_kernel": 3,
+    "pae_pgdir_above_4gb": 4,
+    "hvm_callback_vector": 8,
+    "dom0": 11,
+}
+
+
+class Compression(enum.Enum):
+    NONE = "none"
+    GZIP = "gzip"
+    BZIP2 = "bzip2"
+    XZ = "xz"
+    LZMA = "lzma"
+    LZ4_LEGACY = "lz4-legacy"
+    LZ4_FRAME = "lz4"
+    ZSTD = "zstd"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One PT_LOAD segment: file bytes [offset, offset+filesz) land at paddr, then zeros to memsz."""
+
+    paddr: int
+    vaddr: int
+    offset: int
+    filesz: int
+    memsz: int
+
+
+@dataclass(frozen=True)
+class XenNotes:
+    """What the kernel tells the builder. Numbers are None when the note is absent."""
+
+    source: str  # "notes" (PT_NOTE/SHT_NOTE) or "__xen_guest" (legacy section)
+    entry: int | None = None
+    hypercall_page: int | None = None
+    virt_base: int | None = None
+    paddr_offset: int | None = None
+    xen_version: str = ""
+    guest_os: str = ""
+    guest_version: str = ""
+    loader: str = ""
+    pae_mode: str = ""
+    features: tuple[str, ...] = ()
+    features_supported: frozenset[str] = frozenset()
+    features_required: frozenset[str] = frozenset()
+    supported_features_mask: int = 0
+    bsd_symtab: bool = False
+    hv_start_low: int | None = None
+    l1_mfn_valid: bool = False
+    suspend_cancel: int | None = None
+    init_p2m: int | None = None
+    mod_start_pfn: bool = False
+    phys32_entry: int | None = None
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    """A parsed PV kernel: the ELF bytes, its load segments and the resolved Xen parameters."""
+
+    elf: bytes = field(repr=False)
+    elf_class: int  # 32 or 64
+    machine: int
+    container: str  # "elf" or "bzImage"
+    compression: Compression
+    segments: tuple[Segment, ...]
+    notes: XenNotes
+    pstart: int
+    pend: int
+    virt_base: int
+    paddr_offset: int
+    virt_kstart: int
+    virt_kend: int
+    virt_entry: int
+    virt_hypercall: int | None
+
+    @property
+    def arch(self) -> str:
+        return "x86_64" if self.machine == EM_X86_64 else "x86_32"
+
+    def segment_data(self, seg: Segment) -> memoryview:
+        """The file bytes of ``seg`` (bounds were checked at parse time)."""
+        return memoryview(self.elf)[seg.offset:seg.offset + seg.filesz]
+
+    def vaddr_of(self, paddr: int) -> int:
+        return paddr - self.paddr_offset + self.virt_base
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-friendly description (``xentool image-info --json``)."""
+        n = self.notes
+
+        def hx(v: int | None) -> str | None:
+            return None if v is None else f"{v:#x}"
+
+        return {
+            "container": self.container,
+            "compression": self.compression.value,
+            "class": f"ELF{self.elf_class}",
+            "arch": self.arch,
+            "elf_size": len(self.elf),
+            "segments": [
+                {"paddr": hx(s.paddr), "vaddr": hx(s.vaddr), "offset": hx(s.offset),
+                 "filesz": s.filesz, "memsz": s.memsz}
+                for s in self.segments
+            ],
+            "virt_base": hx(self.virt_base),
+            "paddr_offset": hx(self.paddr_offset),
+            "virt_kstart": hx(self.virt_kstart),
+            "virt_kend": hx(self.virt_kend),
+            "virt_entry": hx(self.virt_entry),
+            "virt_hypercall": hx(self.virt_hypercall),
+            "notes": {
+                "source": n.source,
+                "ENTRY": hx(n.entry),
+                "HYPERCALL_PAGE": hx(n.hypercall_page),
+                "VIRT_BASE": hx(n.virt_base),
+                "PADDR_OFFSET": hx(n.paddr_offset),
+                "XEN_VERSION": n.xen_version,
+                "GUEST_OS": n.guest_os,
+                "GUEST_VERSION": n.guest_version,
+                "LOADER": n.loader,
+                "PAE_MODE": n.pae_mode,
+                "FEATURES": list(n.features),
+                "FEATURES_REQUIRED": sorted(n.features_required),
+                "SUPPORTED_FEATURES": hx(n.supported_features_mask),
+                "HV_START_LOW": hx(n.hv_start_low),
+                "INIT_P2M": hx(n.init_p2m),
+                "MOD_START_PFN": n.mod_start_pfn,
+                "SUSPEND_CANCEL": n.suspend_cancel,
+                "BSD_SYMTAB": n.bsd_symtab,
+                "PHYS32_ENTRY": hx(n.phys32_entry),
+            },
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompression with an output cap
+
+_MAGICS: tuple[tuple[bytes, Compression], ...] = (
+    (b"\x1f\x8b", Compression.GZIP),
+    (b"BZh", Compression.BZIP2),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+    (b"\x02\x21\x4c\x18", Compression.LZ4_LEGACY),
+    (b"\x04\x22\x4d\x18", Compression.LZ4_FRAME),
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+    # .lzma ("alone") has no magic; its first bytes are the usual properties byte and a
+    # power-of-two dictionary size, which is what Xen and Linux test for too.
+    (b"\x5d\x00\x00", Compression.LZMA),
+)
+
+_CHUNK = 1 << 20
+_LZ4_LEGACY_BLOCK = 8 << 20
+
+
+def detect_compression(data: bytes | memoryview) -> Compression:
+    head = bytes(data[:8])
+    for magic, kind in _MAGICS:
+        if head.startswith(magic):
+            return kind
+    return Compression.NONE
+
+
+class _Capped:
+    """Collects decompressed output and refuses to grow past ``limit`` bytes."""
+
+    def __init__(self, kind: Compression, limit: int) -> None:
+        self.kind = kind
+        self.limit = limit
+        self.buf = bytearray()
+
+    def room(self) -> int:
+        return self.limit - len(self.buf)
+
+    def add(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) > self.limit:
+            raise ImageError(
+                f"{self.kind.value} data decompresses to more than {self.limit} bytes "
+                f"(the limit; raise it with max_size if the image is genuine)")
+
+
+def _stream(kind: Compression, data: bytes, out: _Capped, dec) -> None:
+    """Drive a bz2/lzma decompressor (``decompress(data, max_length)``, ``eof``, ``needs_input``)."""
+    out.add(dec.decompress(data, min(_CHUNK, out.room() + 1)))
+    while not dec.eof:
+        if dec.needs_input:
+            raise ImageError(f"{kind.value} stream is truncated after {len(out.buf)} "
+                             f"output bytes")
+        out.add(dec.decompress(b"", min(_CHUNK, out.room() + 1)))
+
+
+def _gzip(data: bytes, out: _Capped) -> None:
+    # zlib hands back unread input in unconsumed_tail instead of buffering it.
+    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    pending = data
+    while not dec.eof:
+        chunk = dec.decompress(pending, min(_CHUNK, out.room() + 1))
+        out.add(chunk)
+        pending = dec.unconsumed_tail
+        if not pending and not chunk and not dec.eof:
+            chunk = dec.flush()
+            out.add(chunk)
+            if not dec.eof:
+                raise ImageError(f"gzip stream is truncated after {len(out.buf)} output bytes")
+
+
+def _lz4_legacy(data: bytes, out: _Capped) -> None:
+    import lz4.block
+
+    pos = 4
+    n = len(data)
+    while pos < n:
+        # The kernel's build appends the output size as 4 bytes; fewer than 8 left is that.
+        if n - pos < 8:
+            break
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if size == 0x184C2102:  # a concatenated stream starts; keep going
+            continue
+        if size > n - pos:
+            raise ImageError(f"lz4-legacy block at offset {pos - 4} claims {size} bytes but "
+                             f"only {n - pos} remain")
+        if size > _LZ4_LEGACY_BLOCK + _LZ4_LEGACY_BLOCK // 255 + 16:
+            raise ImageError(f"lz4-legacy block at offset {pos - 4} is {size} bytes, "
+                             f"larger than any 8 MiB block can compress to")
+        try:
+            block = lz4.block.decompress(data[pos:pos + size],
+                                         uncompressed_size=_LZ4_LEGACY_BLOCK)
+        except lz4.block.LZ4BlockError as exc:
+            raise ImageError(f"lz4-legacy block at offset {pos - 4}: {exc}") from None
+        out.add(block)
+        pos += size
+
+
+def _lz4_frame(data: bytes, out: _Capped) -> None:
+    import lz4.frame
+
+    dec = lz4.frame.LZ4FrameDecompressor()
+    try:
+        chunk = dec.decompress(data, max_length=min(_CHUNK, out.room() + 1))
+        out.add(chunk)
+        while not dec.eof:
+            if dec.needs_input:
+                raise ImageError(f"lz4 frame is truncated after {len(out.buf)} output bytes")
+            out.add(dec.decompress(b"", max_length=min(_CHUNK, out.room() + 1)))
+    except RuntimeError as exc:
+        raise ImageError(f"lz4 frame is corrupt: {exc}") from None
+
+
+def _zstd(data: bytes, out: _Capped) -> None:
+    import zstandard
+
+    # The window bounds the decoder's memory; the kernel uses at most 2^27 (zstd -22 --ultra).
+    # Input goes in small steps because decompressobj has no output limit: an RLE block
+    # expands at most ~32000x, so one step can overshoot the cap by a bounded amount only.
+    dobj = zstandard.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
+    step = 512
+    pos = 0
+    try:
+        while pos < len(data) and not getattr(dobj, "eof", False):
+            out.add(dobj.decompress(data[pos:pos + step]))
+            pos += step
+    except zstandard.ZstdError as exc:
+        raise ImageError(f"zstd data is corrupt: {exc}") from None
+    if hasattr(dobj, "eof") and not dobj.eof:
+        raise ImageError(f"zstd stream is truncated after {len(out.buf)} output bytes")
+
+
+def decompress(data: bytes, kind: Compression, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """Decompress ``data`` of the given kind, refusing to produce more than ``max_size`` bytes.
+
+    Trailing bytes after the end of the stream are ignored: the kernel build appends the
+    decompressed size as 4 bytes, and bzImage payloads may be padded.
+    """
+    out = _Capped(kind, max_size)
+    try:
+        if kind is Compression.GZIP:
+            _gzip(data, out)
+        elif kind is Compression.BZIP2:
+            _stream(kind, data, out, bz2.BZ2Decompressor())
+        elif kind is Compression.XZ:
+            _stream(kind, data, out, lzma.LZMADecompressor(lzma.FORMAT_XZ))
+        elif kind is Compression.LZMA:
+            _stream(kind, data, out, lzma.LZMADecompressor(lzma.FORMAT_ALONE,
+                                                           memlimit=256 << 20))
+        elif kind is Compression.LZ4_LEGACY:
+            _lz4_legacy(data, out)
+        elif kind is Compression.LZ4_FRAME:
+            _lz4_frame(data, out)
+        elif kind is Compression.ZSTD:
+            _zstd(data, out)
+        else:
+            return bytes(data)
+    except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, MemoryError) as exc:
+        raise ImageError(f"{kind.value} data is corrupt: {exc}") from None
+    return bytes(out.buf)
+
+
+# ---------------------------------------------------------------------------------------------
+# bzImage (Documentation/arch/x86/boot.rst)
+
+_BZ_SETUP_SECTS = 0x1F1
+_BZ_BOOT_FLAG = 0x1FE
+_BZ_HEADER = 0x202
+_BZ_VERSION = 0x206
+_BZ_PAYLOAD_OFFSET = 0x248
+_BZ_PAYLOAD_LENGTH = 0x24C
+
+
+def is_bzimage(data: bytes) -> bool:
+    return len(data) >= 0x250 and data[_BZ_HEADER:_BZ_HEADER + 4] == b"HdrS"
+
+
+def bzimage_payload(data: bytes) -> bytes:
+    """The compressed kernel inside a bzImage (boot protocol ≥ 2.08 records where it is)."""
+    if data[_BZ_BOOT_FLAG:_BZ_BOOT_FLAG + 2] != b"\x55\xaa":
+        raise ImageError("bzImage: boot_flag at 0x1fe is not 0xaa55")
+    (version,) = struct.unpack_from("<H", data, _BZ_VERSION)
+    if version < 0x208:
+        raise ImageError(f"bzImage: boot protocol {version >> 8}.{version & 0xff:02d} is older "
+                         f"than 2.08 and does not locate its payload")
+    setup_sects = data[_BZ_SETUP_SECTS] or 4
+    off, length = struct.unpack_from("<II", data, _BZ_PAYLOAD_OFFSET)
+    start = (setup_sects + 1) * 512 + off
+    if length == 0 or start + length > len(data):
+        raise ImageError(f"bzImage: payload at {start:#x} of {length} bytes lies outside the "
+                         f"{len(data)}-byte file")
+    return data[start:start + length]
+
+
+# ---------------------------------------------------------------------------------------------
+# ELF
+
+
+@dataclass(frozen=True)
+class _Elf:
+    cls: int
+    machine: int
+    entry: int
+    phoff: int
+    shoff: int
+    phentsize: int
+    phnum: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ImageError(msg)
+
+
+def _parse_ehdr(data: bytes) -> _Elf:
+    _need(len(data) >= 52, f"ELF file is truncated: {len(data)} bytes, shorter than a header")
+    cls = {1: 32, 2: 64}.get(data[4])
+    _need(cls is not None, f"ELF e_ident[EI_CLASS] = {data[4]} is neither ELF32 (1) nor ELF64 (2)")
+    _need(data[5] == 1, f"ELF e_ident[EI_DATA] = {data[5]}: only little-endian x86 is supported")
+    if cls == 64:
+        _need(len(data) >= 64, f"ELF64 header is truncated: file has {len(data)} bytes")
+        (_, machine, _, entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
+         shstrndx) = struct.unpack_from("<HHIQQQIHHHHHH", data, 16)
+        want_ph, want_sh = 56, 64
+    else:
+        (_, machine, _, entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
+         shstrndx) = struct.unpack_from("<HHIIIIIHHHHHH", data, 16)
+        want_ph, want_sh = 32, 40
+    _need(machine in (EM_X86_64, EM_386),
+          f"ELF e_machine = {machine}: not an x86 kernel (want {EM_X86_64} or {EM_386})")
+    _need(phnum > 0, "ELF has no program headers (e_phnum = 0)")
+    _need(phentsize == want_ph, f"ELF e_phentsize = {phentsize}, expected {want_ph}")
+    _need(phnum <= MAX_PHDRS, f"ELF e_phnum = {phnum} is absurd (limit {MAX_PHDRS})")
+    _need(phoff + phnum * phentsize <= len(data),
+          f"ELF program headers at e_phoff={phoff:#x} ({phnum}×{phentsize} bytes) run past the "
+          f"end of the {len(data)}-byte file")
+    if shnum:
+        _need(shentsize == want_sh, f"ELF e_shentsize = {shentsize}, expected {want_sh}")
+        _need(shoff + shnum * shentsize <= len(data),
+              f"ELF section headers at e_shoff={shoff:#x} ({shnum}×{shentsize} bytes) run past "
+              f"the end of the {len(data)}-byte file")
+        _need(shstrndx < shnum, f"ELF e_shstrndx = {shstrndx} is not below e_shnum = {shnum}")
+    return _Elf(cls, machine, entry, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx)
+
+
+def _phdrs(data: bytes, e: _Elf) -> list[tuple[int, int, int, int, int, int]]:
+    """(type, offset, vaddr, paddr, filesz, memsz) of each program header."""
+    out = []
+    for i in range(e.phnum):
+        base = e.phoff + i * e.phentsize
+        if e.cls == 64:
+            ptype, _, off, vaddr, paddr, filesz, memsz, _ = struct.unpack_from(
+                "<IIQQQQQQ", data, base)
+        else:
+            ptype, off, vaddr, paddr, filesz, memsz, _, _ = struct.unpack_from(
+                "<IIIIIIII", data, base)
+        out.append((ptype, off, vaddr, paddr, filesz, memsz))
+    return out
+
+
+def _shdrs(data: bytes, e: _Elf) -> list[tuple[int, int, int, int]]:
+    """(name, type, offset, size) of each section header."""
+    out = []
+    for i in range(e.shnum):
+        base = e.shoff + i * e.shentsize
+        if e.cls == 64:
+            name, stype, _, _, off, size = struct.unpack_from("<IIQQQQ", data, base)
+        else:
+            name, stype, _, _, off, size = struct.unpack_from("<IIIIII", data, base)
+        out.append((name, stype, off, size))
+    return out
+
+
+def _in_file(data: bytes, off: int, size: int, what: str) -> None:
+    _need(off <= len(data) and size <= len(data) - off,
+          f"{what} at offset {off:#x} with size {size} runs past the end of the "
+          f"{len(data)}-byte file")
+
+
+def _iter_notes(data: bytes, off: int, size: int, what: str):
+    """Yield (name, type, desc) of each note in [off, off+size), checking every bound."""
+    end = off + size
+    pos = off
+    count = 0
+    while end - pos >= 12:
+        count += 1
+        _need(count <= MAX_NOTES, f"{what}: more than {MAX_NOTES} notes")
+        namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+        name_off = pos + 12
+        desc_off = name_off + ((namesz + 3) & ~3)
+        nxt = desc_off + ((descsz + 3) & ~3)
+        _need(desc_off + descsz <= end,
+              f"{what}: note at offset {pos:#x} (namesz={namesz}, descsz={descsz}) runs past "
+              f"the end of its segment at {end:#x}")
+        name = bytes(data[name_off:name_off + namesz]).rstrip(b"\0")
+        yield name, ntype, bytes(data[desc_off:desc_off + descsz]), pos
+        pos = nxt
+
+
+def _note_str(desc: bytes, ntype: NoteType, pos: int) -> str:
+    raw = desc.split(b"\0", 1)[0]
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ImageError(f"Xen note {ntype.name} at offset {pos:#x} is not an ASCII "
+                         f"string: {raw[:40]!r}") from None
+
+
+def _note_num(desc: bytes, ntype: NoteType, pos: int) -> int:
+    _need(len(desc) in (1, 2, 4, 8),
+          f"Xen note {ntype.name} at offset {pos:#x} has a {len(desc)}-byte value; "
+          f"numeric notes are 1, 2, 4 or 8 bytes")
+    return int.from_bytes(desc, "little")
+
+
+def parse_features(text: str, where: str) -> tuple[tuple[str, ...], frozenset[str],
+                                                     frozenset[str]]:
+    """Split a FEATURES string; ``!name`` marks a feature the kernel requires.
+
+    Unknown optional features are kept and ignored (the kernel merely offers them); an
+    unknown *required* feature makes the image unbootable, as in Xen's own parser.
+    """
+    items = tuple(f for f in text.split("|") if f)
+    supported: set[str] = set()
+    required: set[str] = set()
+    for f in items:
+        name = f[1:] if f.startswith("!") else f
+        if f.startswith("!"):
+            _need(name in FEATURE_BITS,
+                  f"{where}: the kernel requires feature '{name}', which is unknown")
+            required.add(name)
+        if name in FEATURE_BITS:
+            supported.add(name)
+    return items, frozenset(supported), frozenset(required)
+
+
+def _notes_from_elfnotes(found: list[tuple[int, bytes, int]]) -> XenNotes:
+    kw: dict[str, object] = {}
+    for ntype_raw, desc, pos in found:
+        try:
+            ntype = NoteType(ntype_raw)
+        except ValueError:
+            continue  # unknown notes are ignored, as Xen does
+        if ntype in _STRING_NOTES:
+            s = _note_str(desc, ntype, pos)
+            if ntype is NoteType.FEATURES:
+                items, sup, req = parse_features(s, f"Xen note FEATURES at offset {pos:#x}")
+                kw["features"] = items
+                kw["features_supported"] = sup
+                kw["features_required"] = req
+            elif ntype is NoteType.BSD_SYMTAB:
+                kw["bsd_symtab"] = s == "yes"
+            else:
+                kw[ntype.name.lower()] = s
+        elif ntype is NoteType.SUPPORTED_FEATURES:
+            _need(len(desc) >= 4, f"Xen note SUPPORTED_FEATURES at offset {pos:#x} is "
+                                  f"{len(desc)} bytes, shorter than a 32-bit mask")
+            kw["supported_features_mask"] = int.from_bytes(desc[:4], "little")
+        elif ntype is NoteType.L1_MFN_VALID:
+            kw["l1_mfn_valid"] = True
+        elif ntype is NoteType.MOD_START_PFN:
+            kw["mod_start_pfn"] = _note_num(desc, ntype, pos) != 0
+        elif ntype in _NUMERIC_NOTES:
+            kw[ntype.name.lower()] = _note_num(desc, ntype, pos)
+    return XenNotes(source="notes", **kw)  # type: ignore[arg-type]
+
+
+def _notes_from_guest_info(text: str) -> XenNotes:
+    """The pre-ELF-note ``__xen_guest`` section: ``KEY=VALUE,KEY=VALUE,...``."""
+    kw: dict[str, object] = {}
+    hypercall_pfn = None
+    for item in text.split(","):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+
+        def num(v: str = value, k: str = key) -> int:
+            try:
+                return int(v, 0)
+            except ValueError:
+                raise ImageError(f"__xen_guest: {k}={v!r} is not a number") from None
+
+        if key == "LOADER":
+            kw["loader"] = value
+        elif key == "GUEST_OS":
+            kw["guest_os"] = value
+        elif key == "GUEST_VER":
+            kw["guest_version"] = value
+        elif key == "XEN_VER":
+            kw["xen_version"] = value
+        elif key == "PAE":
+            kw["pae_mode"] = value
+        elif key == "BSD_SYMTAB":
+            kw["bsd_symtab"] = True
+        elif key == "VIRT_BASE":
+            kw["virt_base"] = num()
+        elif key == "VIRT_ENTRY":
+            kw["entry"] = num()
+        elif key == "ELF_PADDR_OFFSET":
+            kw["paddr_offset"] = num()
+        elif key == "HYPERCALL_PAGE":
+            hypercall_pfn = num()  # legacy: a page number relative to VIRT_BASE
+        elif key == "FEATURES":
+            items, sup, req = parse_features(value, "__xen_guest FEATURES")
+            kw["features"], kw["features_supported"], kw["features_required"] = items, sup, req
+    if hypercall_pfn is not None and kw.get("virt_base") is not None:
+        kw["hypercall_page"] = (hypercall_pfn << 12) + int(kw["virt_base"])  # type: ignore
+    return XenNotes(source="__xen_guest", **kw)  # type: ignore[arg-type]
+
+
+def _find_notes(data: bytes, e: _Elf, phdrs) -> XenNotes | None:
+    found: list[tuple[int, bytes, int]] = []
+    for ptype, off, _, _, filesz, _ in phdrs:
+        if ptype == PT_NOTE:
+            _in_file(data, off, filesz, "PT_NOTE segment")
+            found += [(t, d, p) for n, t, d, p in _iter_notes(data, off, filesz, "PT_NOTE")
+                      if n == b"Xen"]
+    if found:
+        return _notes_from_elfnotes(found)
+    if not e.shnum:
+        return None
+    shdrs = _shdrs(data, e)
+    _, _, stroff, strsize = shdrs[e.shstrndx]
+    _in_file(data, stroff, strsize, "ELF section name table")
+    strtab = data[stroff:stroff + strsize]
+    for name_off, stype, off, size in shdrs:
+        if stype == SHT_NOTE:
+            _in_file(data, off, size, "SHT_NOTE section")
+            found += [(t, d, p) for n, t, d, p in _iter_notes(data, off, size, "SHT_NOTE")
+                      if n == b"Xen"]
+    if found:
+        return _notes_from_elfnotes(found)
+    for name_off, stype, off, size in shdrs:
+        if name_off < len(strtab) and strtab[name_off:].split(b"\0", 1)[0] == b"__xen_guest":
+            _in_file(data, off, size, "__xen_guest section")
+            raw = data[off:off + size].split(b"\0", 1)[0]
+            try:
+                return _notes_from_guest_info(raw.decode("ascii"))
+            except UnicodeDecodeError:
+                raise ImageError(f"__xen_guest section at offset {off:#x} is not "
+                                 f"ASCII text") from None
+    return None
+
+
+def parse_elf(data: bytes, *, container: str = "elf",
+              compression: Compression = Compression.NONE) -> KernelImage:
+    """Parse a Xen PV kernel ELF and resolve its load addresses the way Xen's libelf does."""
+    _need(data[:4] == b"\x7fELF", f"not an ELF file (magic {bytes(data[:4])!r})")
+    e = _parse_ehdr(data)
+    phdrs = _phdrs(data, e)
+    addr_max = (1 << e.cls) - 1
+    segs: list[Segment] = []
+    for i, (ptype, off, vaddr, paddr, filesz, memsz) in enumerate(phdrs):
+        if ptype != PT_LOAD or memsz == 0:
+            continue
+        _in_file(data, off, filesz, f"PT_LOAD segment {i}")
+        _need(filesz <= memsz, f"PT_LOAD segment {i}: p_filesz={filesz} exceeds "
+                               f"p_memsz={memsz}")
+        _need(memsz <= MAX_KERNEL_SPAN, f"PT_LOAD segment {i}: p_memsz={memsz} is absurd "
+                                        f"(limit {MAX_KERNEL_SPAN})")
+        _need(paddr + memsz - 1 <= addr_max,
+              f"PT_LOAD segment {i}: p_paddr={paddr:#x} + p_memsz={memsz:#x} wraps around "
+              f"the {e.cls}-bit address space")
+        segs.append(Segment(paddr, vaddr, off, filesz, memsz))
+    _need(bool(segs), "ELF has no PT_LOAD segment with memory")
+    segs.sort(key=lambda s: s.paddr)
+    for a, b in zip(segs, segs[1:]):
+        _need(a.paddr + a.memsz <= b.paddr,
+              f"PT_LOAD segments overlap: [{a.paddr:#x}, {a.paddr + a.memsz:#x}) and "
+              f"[{b.paddr:#x}, {b.paddr + b.memsz:#x})")
+    pstart = segs[0].paddr
+    pend = segs[-1].paddr + segs[-1].memsz
+    _need(pend - pstart <= MAX_KERNEL_SPAN,
+          f"PT_LOAD segments span {pend - pstart:#x} bytes, more than the {MAX_KERNEL_SPAN:#x} "
+          f"limit")
+
+    notes = _find_notes(data, e, phdrs)
+    _need(notes is not None,
+          "not a Xen PV kernel: no Xen ELF notes and no __xen_guest section")
+    assert notes is not None
+    _need(notes.loader.startswith("generic") or notes.guest_os.startswith("linux"),
+          f"kernel is built for loader {notes.loader!r} and guest OS {notes.guest_os!r}; "
+          f"only the 'generic' loader or 'linux' is supported")
+    _need(notes.xen_version.startswith("xen-3.0"),
+          f"kernel is built for Xen version {notes.xen_version!r}, not 'xen-3.0'")
+    _need(not (notes.paddr_offset is not None and notes.virt_base is None),
+          "PADDR_OFFSET is set but VIRT_BASE is not")
+
+    virt_base = notes.virt_base if notes.virt_base is not None else 0
+    if notes.paddr_offset is not None:
+        paddr_offset = notes.paddr_offset
+    else:
+        # Legacy images put virtual addresses in p_paddr; note-based ones default to 0.
+        paddr_offset = virt_base if notes.source == "__xen_guest" else 0
+    mask = (1 << 64) - 1
+    virt_offset = (virt_base - paddr_offset) & mask
+    kstart = (pstart + virt_offset) & mask
+    kend = (pend + virt_offset) & mask
+    entry = notes.entry if notes.entry is not None else e.entry
+    _need(kstart < kend, f"kernel virtual range [{kstart:#x}, {kend:#x}) wraps around")
+    _need(virt_base <= kstart,
+          f"VIRT_BASE={virt_base:#x} is above the kernel start {kstart:#x}")
+    _need(kstart <= entry < kend,
+          f"entry point {entry:#x} is outside the kernel [{kstart:#x}, {kend:#x})")
+    hyp = notes.hypercall_page
+    if hyp is not None:
+        _need(kstart <= hyp and hyp + PAGE_SIZE <= kend,
+              f"HYPERCALL_PAGE {hyp:#x} is outside the kernel [{kstart:#x}, {kend:#x})")
+    return KernelImage(
+        elf=data, elf_class=e.cls, machine=e.machine, container=container,
+        compression=compression, segments=tuple(segs), notes=notes, pstart=pstart, pend=pend,
+        virt_base=virt_base, paddr_offset=paddr_offset, virt_kstart=kstart, virt_kend=kend,
+        virt_entry=entry, virt_hypercall=hyp,
+    )
+
+
+def parse_kernel(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> KernelImage:
+    """Parse a kernel in any supported container: ELF, bzImage, or a compressed ELF/bzImage."""
+    _need(len(data) > 0, "kernel image is empty")
+    _need(len(data) <= max_size, f"kernel image is {len(data)} bytes, more than the "
+                                 f"{max_size}-byte limit")
+    container = "elf"
+    kind = Compression.NONE
+    if is_bzimage(data):
+        container = "bzImage"
+        payload = bzimage_payload(data)
+        kind = detect_compression(payload)
+        _need(kind is not Compression.NONE or payload[:4] == b"\x7fELF",
+              f"bzImage payload starts with {bytes(payload[:4]).hex()}: not a known "
+              f"compression format nor ELF")
+        data = decompress(payload, kind, max_size=max_size)
+    elif data[:4] != b"\x7fELF":
+        kind = detect_compression(data)
+        _need(kind is not Compression.NONE,
+              f"not a kernel image: starts with {bytes(data[:8]).hex()}, which is neither ELF, "
+              f"bzImage nor a known compression format")
+        data = decompress(data, kind, max_size=max_size)
+        if is_bzimage(data):  # e.g. a gzipped bzImage; one more level, never more
+            container = "bzImage"
+            payload = bzimage_payload(data)
+            kind2 = detect_compression(payload)
+            data = decompress(payload, kind2, max_size=max_size)
+    _need(data[:4] == b"\x7fELF",
+          f"decompressed {container} payload is not an ELF file "
+          f"(starts with {bytes(data[:4]).hex()})")
+    return parse_elf(data, container=container, compression=kind)
+
+
+def read_file(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE, what: str = "file") -> bytes:
+    """Read a whole file, refusing more than ``max_size`` bytes (without reading them)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = f.read(max_size + 1)
+    except OSError as exc:
+        raise ImageError(f"{what} {p}: {exc.strerror or exc}") from None
+    _need(len(data) <= max_size, f"{what} {p} is larger than the {max_size}-byte limit")
+    return data
+
+
+def load_kernel(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> KernelImage:
+    data = read_file(path, max_size=max_size, what="kernel")
+    try:
+        return parse_kernel(data, max_size=max_size)
+    except ImageError as exc:
+        raise ImageError(f"kernel {path}: {exc}") from None
+
+
+def load_ramdisk(path: str | Path, *, max_size: int = 1 << 30) -> bytes:
+    """A ramdisk goes to the guest as is: Linux decompresses its own initramfs."""
+    data = read_file(path, max_size=max_size, what="ramdisk")
+    _need(len(data) > 0, f"ramdisk {path} is empty")
+    return data
+
