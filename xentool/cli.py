@@ -40,6 +40,8 @@ class Verb:
 
 # Keep sorted by group, then as `xl help` lists them.
 VERBS: tuple[Verb, ...] = (
+    Verb("console", "console", "Attach to domain's console"),
+    Verb("image-info", "image", "Show what the PV builder finds in a kernel image"),
 )
 
 _BY_NAME = {v.name: v for v in VERBS}
