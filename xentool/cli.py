@@ -41,6 +41,18 @@ class Verb:
 # Keep sorted by group, then as `xl help` lists them.
 VERBS: tuple[Verb, ...] = (
     Verb("console", "console", "Attach to domain's console"),
+    Verb("info", "query", "Get information about Xen host"),
+    Verb("list", "query", "List information about all/some domains"),
+    Verb("domid", "query", "Convert a domain name to domain id"),
+    Verb("domname", "query", "Convert a domain id to domain name"),
+    Verb("uptime", "query", "Print uptime for all/some domains"),
+    Verb("vcpu-list", "query", "List the VCPUs for all/some domains"),
+    Verb("pause", "control", "Pause execution of a domain"),
+    Verb("unpause", "control", "Unpause a paused domain"),
+    Verb("destroy", "control", "Terminate a domain immediately"),
+    Verb("vcpu-pin", "control", "Set which CPUs a VCPU can use"),
+    Verb("sched-credit", "sched", "Get/set credit scheduler parameters"),
+    Verb("sched-credit2", "sched", "Get/set credit2 scheduler parameters"),
     Verb("image-info", "image", "Show what the PV builder finds in a kernel image"),
 )
 

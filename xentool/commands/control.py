@@ -1,0 +1,162 @@
+"""Domain control verbs: pause, unpause, destroy, vcpu-pin."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+
+from xentool.domains import Session
+from xentool.errors import UsageError, XentoolError
+
+log = logging.getLogger(__name__)
+
+#: Where libxl keeps per-domain files (``userdata-d<domid>.<uuid>.<key>``).
+LIBXL_USERDATA_DIR = "/var/lib/xen"
+
+
+def _domain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
+
+
+def configure_pause(p: argparse.ArgumentParser) -> None:
+    _domain_arg(p)
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with Session() as s:
+        s.xc.pause(s.resolve(args.domain))
+    return 0
+
+
+def configure_unpause(p: argparse.ArgumentParser) -> None:
+    _domain_arg(p)
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    with Session() as s:
+        s.xc.unpause(s.resolve(args.domain))
+    return 0
+
+
+# -- destroy -------------------------------------------------------------------------------
+
+
+def configure_destroy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", dest="force", action="store_true",
+                   help="allow destroying domain 0 (refused without it, like xl)")
+    _domain_arg(p)
+
+
+def xenstore_paths_to_remove(domid: int, vm_path: str | None,
+                             backends: list[str]) -> list[str]:
+    """What libxl removes from XenStore when it destroys a domain, backends first."""
+    paths = list(backends)
+    if vm_path:
+        paths.append(vm_path)
+    paths += [f"/local/domain/{domid}", f"/libxl/{domid}"]
+    return paths
+
+
+def _backend_paths(s: Session, domid: int) -> list[str]:
+    """Backend directories libxl recorded under /libxl/<domid>/device/<kind>/<devid>."""
+    out = []
+    base = f"/libxl/{domid}/device"
+    for kind in _ls(s, base):
+        for devid in _ls(s, f"{base}/{kind}"):
+            be = s.xs.get(f"{base}/{kind}/{devid}/backend")
+            if be:
+                out.append(be)
+    return out
+
+
+def _ls(s: Session, path: str) -> list[str]:
+    from xenstore.errors import XenStoreError
+
+    try:
+        return s.xs.ls(path)
+    except XenStoreError:
+        return []
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    with Session() as s:
+        domid = s.resolve(args.domain)
+        if domid == 0 and not args.force:
+            raise XentoolError("cannot destroy privileged domain 0 (use -f to insist)")
+        info = s.xc.domain_info(domid)
+        # Stop the guest first so it cannot react to its devices going away.
+        s.xc.pause(domid)
+        vm = s.xs.get(f"/local/domain/{domid}/vm")
+        paths = xenstore_paths_to_remove(domid, vm, _backend_paths(s, domid))
+        s.xc.destroy(domid)
+        for path in paths:
+            try:
+                s.xs.rm(path, missing_ok=True)
+            except OSError as e:  # a leftover node is not worth failing the destroy
+                log.warning("could not remove %s: %s", path, e)
+        if info is not None:
+            for f in glob.glob(os.path.join(LIBXL_USERDATA_DIR,
+                                            f"userdata-d{domid}.{info.uuid}.*")):
+                try:
+                    os.unlink(f)
+                except OSError as e:
+                    log.warning("could not remove %s: %s", f, e)
+    return 0
+
+
+# -- vcpu-pin ------------------------------------------------------------------------------
+
+
+def configure_vcpu_pin(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true",
+                   help="accepted for xl compatibility (affinity is always set directly)")
+    p.add_argument("-i", "--ignore-global-affinity-masks", action="store_true",
+                   help="accepted for xl compatibility (xentool has no global masks)")
+    _domain_arg(p)
+    p.add_argument("vcpu", metavar="VCPU", help="vcpu number or 'all'")
+    p.add_argument("hard", metavar="CPUS", help="hard affinity: 'all', '0-3,^2', or '-'")
+    p.add_argument("soft", metavar="CPUS_SOFT", nargs="?", default="-",
+                   help="soft affinity (default '-': leave it alone)")
+
+
+def _parse_vcpu(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise UsageError(f"invalid vcpu '{text}': a number or 'all'")
+    return int(text)
+
+
+def cmd_vcpu_pin(args: argparse.Namespace) -> int:
+    from xentool.output import parse_cpu_list
+
+    vcpu = _parse_vcpu(args.vcpu)
+    with Session() as s:
+        domid = s.resolve(args.domain)
+        max_cpus = s.xc.max_cpus()
+        try:
+            hard = None if args.hard == "-" else parse_cpu_list(args.hard, max_cpus)
+            soft = None if args.soft == "-" else parse_cpu_list(args.soft, max_cpus)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if hard is not None and not hard:
+            raise UsageError(f"hard affinity '{args.hard}' selects no cpu")
+        info = s.xc.domain_info(domid)
+        if info is None:
+            from xentool.errors import DomainNotFound
+
+            raise DomainNotFound(args.domain)
+        if vcpu is not None and vcpu > info.max_vcpu_id:
+            raise XentoolError(f"domain '{args.domain}' has no vcpu {vcpu} "
+                               f"(vcpus 0-{info.max_vcpu_id})")
+        vcpus = range(info.max_vcpu_id + 1) if vcpu is None else [vcpu]
+        for v in vcpus:
+            eff_hard, _ = s.xc.set_vcpu_affinity(domid, v, hard, soft)
+            if hard is not None and eff_hard != hard:
+                # Like libxl: the request succeeded, but Xen restricts it to the pool's cpus.
+                print(f"xentool: vcpu {v}: effective hard affinity is "
+                      f"{sorted(eff_hard)} (restricted by the cpupool)", file=sys.stderr)
+    return 0
