@@ -1,0 +1,261 @@
+"""Plugging and unplugging split devices, following libxl 4.17's sequence.
+
+attach:   write the node set in one transaction -> wait for the backend to reach InitWait
+          -> run the hotplug script (vbd: block, vif: vif-bridge) -> done (the frontend
+          connects whenever the guest runs; a paused guest is fine).
+detach:   online=0 and state=Closing on the backend (one transaction) -> wait for Closed
+          -> run the script's remove/offline -> remove the frontend, backend and libxl
+          directories and every parent they leave empty.
+          ``Force.OFF`` fails if the guest does not let go in time (xl block-detach),
+          ``Force.AUTO`` then pulls the frontend away and waits again (xl network-detach,
+          domain destroy), ``Force.ON`` does that from the start (xl block-detach -f).
+
+Only nodes in the backend and the toolstack's /libxl copy are trusted; anything under the
+guest's frontend is parsed strictly and only ever displayed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+from xenstore import paths
+from xenstore.client import Store
+from xenstore.devices import hotplug
+from xenstore.devices.common import DeviceNodes, add_nodes, destroy_nodes, path_cleanup
+from xenstore.devices.xenbus import XenbusState, read_state, wait_for_state
+from xenstore.errors import XenStoreError
+
+log = logging.getLogger(__name__)
+
+INIT_TIMEOUT = 10.0     # LIBXL_INIT_TIMEOUT
+DESTROY_TIMEOUT = 10.0  # LIBXL_DESTROY_TIMEOUT
+TOOLSTACK_DOMID = 0
+HOTPLUG_KINDS = (paths.VBD, paths.VIF)
+
+
+class Force(Enum):
+    OFF = "off"
+    AUTO = "auto"
+    ON = "on"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    init: float = INIT_TIMEOUT
+    destroy: float = DESTROY_TIMEOUT
+    hotplug: float = hotplug.HOTPLUG_TIMEOUT
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """Where a live device's nodes are; resolved from trusted nodes only."""
+
+    kind: str
+    domid: int
+    devid: int
+    backend_domid: int
+    frontend: str
+    backend: str
+    libxl: str
+
+
+def ref_of(dev: DeviceNodes) -> DeviceRef:
+    return DeviceRef(dev.kind, dev.domid, dev.devid, dev.backend_domid,
+                     dev.frontend, dev.backend, dev.libxl)
+
+
+def find_device(store: Store, domid: int, kind: str, devid: int) -> DeviceRef | None:
+    """The device as the toolstack recorded it (/libxl), else by the standard layout."""
+    lx = paths.libxl_path(domid, kind, devid)
+    fe = paths.frontend_path(domid, kind, devid)
+    recorded = store.get(f"{lx}/backend")
+    if recorded is not None:
+        try:
+            ref = paths.parse_backend_path(recorded)
+        except ValueError as e:
+            raise XenStoreError(errno.EINVAL, f"{lx}/backend", str(e)) from None
+        return DeviceRef(kind, domid, devid, ref.backend_domid, fe, recorded, lx)
+    be = paths.backend_path(TOOLSTACK_DOMID, kind, domid, devid)
+    if store.exists(be) or store.exists(fe):
+        return DeviceRef(kind, domid, devid, TOOLSTACK_DOMID, fe, be, lx)
+    return None
+
+
+def list_devids(store: Store, domid: int, kind: str) -> list[int]:
+    """Device ids of ``kind``: the toolstack's record, plus any backend dom0 serves."""
+    ids: set[int] = set()
+    for parent in (f"{paths.libxl_domain_path(domid)}/device/{kind}",
+                   f"{paths.domain_path(TOOLSTACK_DOMID)}/backend/{kind}/{domid}"):
+        try:
+            names = store.ls(parent)
+        except XenStoreError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            continue
+        ids.update(int(n) for n in names if n.isascii() and n.isdigit() and len(n) <= 10)
+    return sorted(ids)
+
+
+# -- attach ---------------------------------------------------------------------------------
+
+
+def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts()) -> None:
+    """Plug ``dev`` in; on any failure it is unplugged again before the error propagates."""
+    add_nodes(store, dev)
+    ref = ref_of(dev)
+    try:
+        if dev.kind in HOTPLUG_KINDS and dev.backend_domid == TOOLSTACK_DOMID:
+            wait_for_state(store, f"{dev.backend}/state", [XenbusState.INIT_WAIT],
+                           timeouts.init)
+            _run_script(store, ref, hotplug.Action.ADD, timeouts.hotplug)
+    except BaseException as exc:
+        log.debug("attach of %s failed (%s), rolling back", dev.backend, exc)
+        try:
+            detach(store, ref, Force.ON, Timeouts(init=timeouts.init,
+                                                  destroy=min(timeouts.destroy, 5.0),
+                                                  hotplug=timeouts.hotplug))
+        except (OSError, XenStoreError) as e:
+            log.warning("cleaning up %s after a failed attach: %s", dev.backend, e)
+        raise
+
+
+def _run_script(store: Store, ref: DeviceRef, action: hotplug.Action, timeout: float) -> None:
+    script = store.get(f"{ref.backend}/script")
+    if not script:
+        if action is hotplug.Action.ADD:
+            raise XenStoreError(errno.ENOENT, f"{ref.backend}/script", "no hotplug script")
+        return
+    inv = hotplug.invocation(ref.kind, ref.domid, ref.devid, script, action,
+                             gatewaydev=store.get(f"{ref.backend}/gatewaydev", "") or "")
+    if inv is None:
+        return
+    hotplug.run(inv, ref.backend, timeout,
+                read_error=lambda: store.get(f"{ref.backend}/hotplug-error"))
+
+
+# -- detach ---------------------------------------------------------------------------------
+
+
+def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
+           timeouts: Timeouts = Timeouts()) -> None:
+    """Unplug a device (libxl__initiate_device_generic_remove and what follows it)."""
+    state_path = f"{ref.backend}/state"
+    forced = force is Force.ON
+    while True:
+        present = _request_close(store, ref, forced)
+        if not present:
+            break
+        try:
+            wait_for_state(store, state_path, [XenbusState.CLOSED], timeouts.destroy,
+                           missing_ok=True)
+            break
+        except XenStoreError as e:
+            if e.errno != errno.ETIMEDOUT or forced:
+                if forced:
+                    log.warning("%s did not close, removing it anyway: %s", ref.backend, e)
+                    break
+                raise
+            if force is Force.OFF:
+                raise XenStoreError(errno.EBUSY, ref.backend,
+                                    "the guest did not release the device in "
+                                    f"{timeouts.destroy:g}s (use --force)") from None
+            log.info("%s: guest did not release the device, forcing", ref.backend)
+            forced = True
+    if ref.kind in HOTPLUG_KINDS and ref.backend_domid == TOOLSTACK_DOMID \
+            and store.exists(ref.backend):
+        try:
+            _run_script(store, ref, hotplug.Action.REMOVE, timeouts.hotplug)
+        except (OSError, XenStoreError) as e:
+            # libxl too goes on removing: the device is gone from the guest either way.
+            log.warning("%s", e)
+    destroy_nodes(store, ref.frontend, ref.backend, ref.libxl)
+
+
+def _request_close(store: Store, ref: DeviceRef, forced: bool) -> bool:
+    """Ask the backend to close; False if there is no backend left to wait for."""
+    with store.transaction() as t:
+        if forced:
+            path_cleanup(t, ref.frontend)
+        raw = t.get(f"{ref.backend}/state")
+        if raw is None:
+            return False
+        t.write(f"{ref.backend}/online", "0")
+        if XenbusState.parse(raw) is not XenbusState.CLOSED:
+            t.write(f"{ref.backend}/state", str(int(XenbusState.CLOSING)))
+    return True
+
+
+def destroy_all(store: Store, domid: int, timeouts: Timeouts = Timeouts()) -> list[str]:
+    """Unplug every device of a domain that is going away (console too); return errors.
+
+    For domain destruction: the guest is not asked (Force.ON), scripts still run so loop
+    devices and vif interfaces are freed, and every node goes.
+    """
+    problems: list[str] = []
+    for kind in (paths.VBD, paths.VIF, paths.CONSOLE):
+        for devid in list_devids(store, domid, kind):
+            try:
+                ref = find_device(store, domid, kind, devid)
+                if ref is None:
+                    continue
+                if kind == paths.CONSOLE:
+                    destroy_nodes(store, ref.frontend, ref.backend, ref.libxl)
+                else:
+                    detach(store, ref, Force.ON, timeouts)
+            except (OSError, XenStoreError) as e:
+                problems.append(str(e))
+    return problems
+
+
+# -- listing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str
+    domid: int
+    devid: int
+    backend_domid: int
+    backend: str
+    frontend: str
+    state: int           # frontend's state, -1 when missing or garbage
+    evtch: int
+    ring_refs: tuple[int, ...]
+    mac: str | None = None
+
+
+def _guest_int(store: Store, path: str) -> int:
+    try:
+        return store.read_int(path, 0, 2**32 - 1)
+    except XenStoreError:
+        return -1
+
+
+def device_info(store: Store, ref: DeviceRef) -> DeviceInfo:
+    fe = ref.frontend
+    state = XenbusState.parse(store.get(f"{fe}/state"))
+    if ref.kind == paths.VIF:
+        rings = (_guest_int(store, f"{fe}/tx-ring-ref"), _guest_int(store, f"{fe}/rx-ring-ref"))
+        mac = store.get(f"{ref.libxl}/mac") or store.get(f"{ref.backend}/mac")
+    else:
+        rings = (_guest_int(store, f"{fe}/ring-ref"),)
+        mac = None
+    return DeviceInfo(ref.kind, ref.domid, ref.devid, ref.backend_domid, ref.backend, fe,
+                      -1 if state is None else int(state),
+                      _guest_int(store, f"{fe}/event-channel"), rings, mac)
+
+
+def list_devices(store: Store, domid: int, kind: str) -> list[DeviceInfo]:
+    out = []
+    for devid in list_devids(store, domid, kind):
+        ref = find_device(store, domid, kind, devid)
+        if ref is not None:
+            out.append(device_info(store, ref))
+    return out
+
+
+def backend_state(store: Store, ref: DeviceRef) -> XenbusState | None:
+    return read_state(store, f"{ref.backend}/state")
