@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -389,6 +389,3 @@ def params_json(params: Any | None) -> dict[str, int] | None:
 def sched_row_json(name: str | None, domid: int, weight: int, cap: int) -> dict[str, Any]:
     return {"domid": domid, "name": name, "weight": weight, "cap": cap}
 
-
-def dump(obj: Mapping[str, Any] | Sequence[Any]) -> str:
-    return to_json(obj)
