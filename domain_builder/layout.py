@@ -1,0 +1,374 @@
+"""Pure computation of the x86_64 PV boot layout (no Xen, no I/O).
+
+The PV boot protocol (xen/include/public/xen.h, "start_info"): the guest starts with paging
+on, its initial page tables mapping one contiguous virtual region from VIRT_BASE, in this
+order, page after page:
+
+    kernel | ramdisk | p2m list | start_info | xenstore | console | page tables | stack
+    | at least 512 KiB of padding, the whole region rounded up to 4 MiB
+
+Guest pseudo-physical frame ``pfn`` is mapped at ``VIRT_BASE + pfn * 4096``. The page tables
+themselves are mapped read-only (Xen refuses writable mappings of pinned tables). A kernel
+announcing MOD_START_PFN may get its ramdisk *outside* the mapping, after the stack, and
+find it by pfn (SIF_MOD_START_PFN).
+
+Everything here is expressed in pfns; :func:`page_tables` and :func:`start_info` take the
+p2m (pfn -> mfn) that populating memory produced and return the exact bytes to write.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+from domain_builder.errors import LayoutError
+from domain_builder.image import KernelImage
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PTES_PER_TABLE = 512
+BOOT_PADDING = 512 << 10
+MAP_ALIGN = 4 << 20
+MAX_CMDLINE = 1024  # MAX_GUEST_CMDLINE, including the NUL
+
+_PAGE_PRESENT = 0x001
+_PAGE_RW = 0x002
+_PAGE_USER = 0x004
+_PAGE_ACCESSED = 0x020
+_PAGE_DIRTY = 0x040
+# A 64-bit PV kernel runs in ring 3, hence _PAGE_USER on every level.
+L1_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_USER
+L1_PROT_RO = L1_PROT & ~_PAGE_RW
+UPPER_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_USER
+PTE_MFN_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)
+
+SIF_MOD_START_PFN = 1 << 3
+START_INFO_MAGIC = b"xen-3.0-x86_64"
+# struct start_info offsets for x86_64 (checked against xen/xen.h with a C compiler).
+_SI_HEAD = struct.Struct("<32sQQI4xQI4xQI4xQQQQQ")  # up to mod_len, 128 bytes
+_SI_CMDLINE = 128
+_SI_TAIL = struct.Struct("<QQ")  # first_p2m_pfn, nr_p2m_frames at 1152
+SI_SIZE = 1168
+
+# Shifts of the page-table levels L1..L4: bits of virtual address each entry covers.
+_LEVEL_SHIFT = {1: 12, 2: 21, 3: 30, 4: 39}
+_VA_MASK = (1 << 48) - 1
+
+# Features a PV guest can be given by this builder (it cannot do auto-translated PV).
+_UNSATISFIABLE = frozenset({"auto_translated_physmap", "supervisor_mode_kernel",
+                            "hvm_callback_vector", "dom0"})
+
+
+def _pages(nbytes: int) -> int:
+    return (nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+
+
+def _round_up(v: int, align: int) -> int:
+    return (v + align - 1) // align * align
+
+
+@dataclass(frozen=True)
+class Region:
+    """``pages`` guest pages from ``pfn``; mapped at ``vstart`` unless ``mapped`` is False."""
+
+    name: str
+    pfn: int
+    pages: int
+    vstart: int
+    mapped: bool = True
+
+    @property
+    def pfn_end(self) -> int:
+        return self.pfn + self.pages
+
+    @property
+    def vend(self) -> int:
+        return self.vstart + self.pages * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything the builder will do, decided before touching Xen."""
+
+    virt_base: int
+    virt_entry: int
+    virt_hypercall: int | None
+    nr_pages: int  # populated at boot (memory=)
+    max_pages: int  # the balloon ceiling (maxmem=)
+    vcpus: int  # online at boot
+    max_vcpus: int
+    kernel: Region
+    ramdisk: Region | None
+    ramdisk_size: int
+    p2m: Region
+    start_info: Region
+    xenstore: Region
+    console: Region
+    pagetables: Region
+    pt_counts: tuple[int, int, int, int]  # tables at L4, L3, L2, L1
+    bootstack: Region
+    virt_map_end: int  # the boot mapping is [virt_base, virt_map_end)
+    cmdline: str
+    flags: int  # SIF_*
+    mod_start: int  # virtual address of the ramdisk, or its pfn with SIF_MOD_START_PFN
+    mod_len: int
+
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        rs = [self.kernel, self.ramdisk, self.p2m, self.start_info, self.xenstore,
+              self.console, self.pagetables, self.bootstack]
+        return tuple(r for r in rs if r is not None)
+
+    @property
+    def map_pages(self) -> int:
+        return (self.virt_map_end - self.virt_base) >> PAGE_SHIFT
+
+    @property
+    def stack_top(self) -> int:
+        return self.bootstack.vend
+
+    @property
+    def l4_pfn(self) -> int:
+        return self.pagetables.pfn
+
+    def pfn_to_va(self, pfn: int) -> int:
+        return self.virt_base + (pfn << PAGE_SHIFT)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly, addresses in hex (``xentool create --plan``)."""
+
+        def hx(v: object) -> object:
+            return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else v
+
+        out: dict[str, object] = {}
+        for k, v in asdict(self).items():
+            if isinstance(v, dict):  # a Region
+                v = {rk: (hx(rv) if rk == "vstart" else rv) for rk, rv in v.items()}
+                v["pfn"] = hx(v["pfn"])
+            elif k in ("virt_base", "virt_entry", "virt_hypercall", "virt_map_end", "mod_start",
+                       "flags"):
+                v = hx(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[k] = v
+        out["stack_top"] = hx(self.stack_top)
+        return out
+
+
+def _table_counts(vstart: int, vend: int) -> tuple[int, int, int, int]:
+    """Tables per level (L4, L3, L2, L1) needed to map [vstart, vend) with 4 KiB pages."""
+    last = vend - 1
+    counts = []
+    for level in (4, 3, 2, 1):
+        if level == 4:
+            counts.append(1)
+        else:
+            # An L<n> table covers the range an L<n+1> entry does.
+            shift = _LEVEL_SHIFT[level + 1]
+            counts.append((last >> shift) - (vstart >> shift) + 1)
+    return counts[0], counts[1], counts[2], counts[3]
+
+
+def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = None,
+            vcpus: int = 1, max_vcpus: int | None = None, ramdisk_size: int = 0,
+            cmdline: str = "", unmapped_ramdisk: bool | None = None) -> BuildPlan:
+    """The x86_64 PV layout of ``image`` in a guest of ``memory_mib`` MiB.
+
+    ``unmapped_ramdisk``: place the ramdisk outside the boot mapping (needs MOD_START_PFN);
+    None means only when the kernel supports it and the mapped layout would not fit.
+    """
+    if image.arch != "x86_64":
+        raise LayoutError(f"{image.arch} PV guests are not supported, only x86_64")
+    bad = image.notes.features_required & _UNSATISFIABLE
+    if bad:
+        raise LayoutError(f"the kernel requires feature(s) {', '.join(sorted(bad))}, which a "
+                          f"PV guest built here cannot have")
+    if memory_mib <= 0:
+        raise LayoutError(f"memory={memory_mib} MiB: must be positive")
+    maxmem = memory_mib if maxmem_mib is None else maxmem_mib
+    if maxmem < memory_mib:
+        raise LayoutError(f"maxmem={maxmem} MiB is below memory={memory_mib} MiB")
+    max_v = vcpus if max_vcpus is None else max_vcpus
+    if not 1 <= vcpus <= max_v:
+        raise LayoutError(f"vcpus={vcpus} must be between 1 and maxvcpus={max_v}")
+    raw_cmdline = cmdline.encode()
+    if len(raw_cmdline) >= MAX_CMDLINE or b"\0" in raw_cmdline:
+        raise LayoutError(f"kernel command line is {len(raw_cmdline)} bytes; at most "
+                          f"{MAX_CMDLINE - 1} bytes without NUL fit in start_info")
+    if ramdisk_size < 0:
+        raise LayoutError(f"ramdisk size {ramdisk_size} is negative")
+    nr_pages = memory_mib << (20 - PAGE_SHIFT)
+    if unmapped_ramdisk and not image.notes.mod_start_pfn:
+        raise LayoutError("an unmapped ramdisk needs a kernel with the MOD_START_PFN note")
+
+    if unmapped_ramdisk is None:
+        # Mapped first (every kernel understands it), unmapped if that does not fit.
+        order = [False] + ([True] if image.notes.mod_start_pfn and ramdisk_size else [])
+    else:
+        order = [bool(unmapped_ramdisk and ramdisk_size)]
+    err: LayoutError | None = None
+    for unmapped in order:
+        try:
+            return _compute(image, nr_pages, maxmem << (20 - PAGE_SHIFT), vcpus, max_v,
+                            ramdisk_size, cmdline, unmapped)
+        except LayoutError as exc:
+            err = err or exc
+    assert err is not None
+    raise err
+
+
+def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_vcpus: int,
+             ramdisk_size: int, cmdline: str, unmapped: bool) -> BuildPlan:
+    vbase = image.virt_base
+    if vbase % PAGE_SIZE:
+        raise LayoutError(f"VIRT_BASE {vbase:#x} is not page aligned")
+
+    def region(name: str, pfn: int, pages: int) -> Region:
+        return Region(name, pfn, pages, vbase + (pfn << PAGE_SHIFT))
+
+    kpfn = (image.virt_kstart - vbase) >> PAGE_SHIFT
+    kernel = region("kernel", kpfn, _pages(image.virt_kend - vbase) - kpfn)
+    nxt = kernel.pfn_end
+    ramdisk = None
+    if ramdisk_size and not unmapped:
+        ramdisk = region("ramdisk", nxt, _pages(ramdisk_size))
+        nxt = ramdisk.pfn_end
+    p2m = region("p2m", nxt, _pages(nr_pages * 8))
+    start_info = region("start_info", p2m.pfn_end, 1)
+    xenstore = region("xenstore", start_info.pfn_end, 1)
+    console = region("console", xenstore.pfn_end, 1)
+    pt_pfn = console.pfn_end
+    alloc_end = vbase + (pt_pfn << PAGE_SHIFT)
+
+    # The tables must map themselves, the stack and the padding: iterate to the fixed point
+    # (the count only grows with the region, so this ends in a step or two).
+    n = 0
+    while True:
+        map_end = _round_up(alloc_end + (n + 1) * PAGE_SIZE + BOOT_PADDING, MAP_ALIGN)
+        if map_end > 1 << 64:
+            raise LayoutError(f"the boot mapping would end at {map_end:#x}, past the top of "
+                              f"the address space (VIRT_BASE {vbase:#x} is too high for "
+                              f"this much memory)")
+        counts = _table_counts(vbase, map_end)
+        need = sum(counts)
+        if need <= n:
+            break
+        n = need
+    # Keep n == sum(counts) exactly: every table page is a real, used table.
+    pagetables = region("pagetables", pt_pfn, sum(counts))
+    bootstack = region("bootstack", pagetables.pfn_end, 1)
+    map_end = _round_up(bootstack.vend + BOOT_PADDING, MAP_ALIGN)
+    if _table_counts(vbase, map_end) != counts:  # padding rounding never crosses; be sure
+        raise LayoutError("internal: page-table count changed after placing the stack")
+    map_pages = (map_end - vbase) >> PAGE_SHIFT
+
+    flags = 0
+    mod_start = mod_len = 0
+    if ramdisk is not None:
+        mod_start, mod_len = ramdisk.vstart, ramdisk_size
+    elif ramdisk_size:
+        ramdisk = Region("ramdisk", map_pages, _pages(ramdisk_size),
+                         vbase + (map_pages << PAGE_SHIFT), mapped=False)
+        flags |= SIF_MOD_START_PFN
+        mod_start, mod_len = ramdisk.pfn, ramdisk_size
+    used = max(map_pages, ramdisk.pfn_end if ramdisk else 0)
+    if used > nr_pages:
+        raise LayoutError(
+            f"memory={nr_pages >> 8} MiB is too small: the kernel, ramdisk and boot structures "
+            f"need {used} pages ({_round_up(used, 256) >> 8} MiB) before the guest even starts")
+    if image.virt_hypercall is not None and not (
+            kernel.vstart <= image.virt_hypercall < kernel.vend):
+        raise LayoutError(f"HYPERCALL_PAGE {image.virt_hypercall:#x} is outside the kernel")
+
+    return BuildPlan(
+        virt_base=vbase, virt_entry=image.virt_entry, virt_hypercall=image.virt_hypercall,
+        nr_pages=nr_pages, max_pages=max_pages, vcpus=vcpus, max_vcpus=max_vcpus,
+        kernel=kernel, ramdisk=ramdisk, ramdisk_size=ramdisk_size, p2m=p2m,
+        start_info=start_info, xenstore=xenstore, console=console, pagetables=pagetables,
+        pt_counts=counts, bootstack=bootstack, virt_map_end=map_end, cmdline=cmdline,
+        flags=flags, mod_start=mod_start, mod_len=mod_len,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Page contents (pure functions of the plan and the p2m)
+
+
+def kernel_pages(image: KernelImage, plan: BuildPlan) -> bytearray:
+    """The kernel region's bytes: each PT_LOAD segment's file data at its place, zeros around."""
+    buf = bytearray(plan.kernel.pages * PAGE_SIZE)
+    base = plan.kernel.vstart
+    for seg in image.segments:
+        off = image.vaddr_of(seg.paddr) - base
+        if off < 0 or off + seg.memsz > len(buf):
+            raise LayoutError(f"segment at paddr {seg.paddr:#x} falls outside the kernel "
+                              f"region")
+        buf[off:off + seg.filesz] = image.segment_data(seg)
+    return buf
+
+
+def p2m_bytes(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
+    """The guest's pfn -> mfn list as it finds it at ``start_info.mfn_list``."""
+    if len(p2m) != plan.nr_pages:
+        raise LayoutError(f"p2m has {len(p2m)} entries, expected nr_pages={plan.nr_pages}")
+    raw = struct.pack(f"<{len(p2m)}Q", *p2m)
+    return raw + bytes(plan.p2m.pages * PAGE_SIZE - len(raw))
+
+
+def page_tables(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
+    """The L4, L3s, L2s and L1s (in that order) mapping exactly the boot region.
+
+    Table pages are laid out level by level from ``plan.pagetables.pfn``; entries hold
+    MFNs from ``p2m``. Pages of the tables themselves are mapped read-only.
+    """
+    vbase, vend = plan.virt_base, plan.virt_map_end
+    n4, n3, n2, n1 = plan.pt_counts
+    first = {4: plan.pagetables.pfn}
+    first[3] = first[4] + n4
+    first[2] = first[3] + n3
+    first[1] = first[2] + n2
+    pt_lo, pt_hi = plan.pagetables.pfn, plan.pagetables.pfn_end
+    entries = [0] * (plan.pagetables.pages * PTES_PER_TABLE)
+
+    def table_index(level: int, va: int) -> int:
+        """Which table of ``level`` (0-based, within the level) holds va's entry."""
+        if level == 4:
+            return 0
+        shift = _LEVEL_SHIFT[level + 1]
+        return (va >> shift) - (vbase >> shift)
+
+    for level in (4, 3, 2):
+        shift = _LEVEL_SHIFT[level]
+        # One entry per child table: children of this level cover 1 << shift bytes each.
+        va = vbase & ~((1 << shift) - 1)
+        while va < vend:
+            tbl = first[level] + table_index(level, va) - plan.pagetables.pfn
+            idx = (va >> shift) & (PTES_PER_TABLE - 1)
+            child_pfn = first[level - 1] + table_index(level - 1, max(va, vbase))
+            entries[tbl * PTES_PER_TABLE + idx] = (p2m[child_pfn] << PAGE_SHIFT) | UPPER_PROT
+            va += 1 << shift
+    for pfn in range(plan.map_pages):
+        va = vbase + (pfn << PAGE_SHIFT)
+        tbl = first[1] + table_index(1, va) - plan.pagetables.pfn
+        idx = (va >> PAGE_SHIFT) & (PTES_PER_TABLE - 1)
+        prot = L1_PROT_RO if pt_lo <= pfn < pt_hi else L1_PROT
+        entries[tbl * PTES_PER_TABLE + idx] = (p2m[pfn] << PAGE_SHIFT) | prot
+    return struct.pack(f"<{len(entries)}Q", *entries)
+
+
+def start_info(plan: BuildPlan, p2m: Sequence[int], *, shared_info_mfn: int,
+               store_evtchn: int, console_evtchn: int) -> bytes:
+    """The start_info page (struct start_info of xen/xen.h, x86_64) for this plan."""
+    head = _SI_HEAD.pack(
+        START_INFO_MAGIC, plan.nr_pages, shared_info_mfn << PAGE_SHIFT, plan.flags,
+        p2m[plan.xenstore.pfn], store_evtchn, p2m[plan.console.pfn], console_evtchn,
+        plan.pagetables.vstart, plan.pagetables.pages, plan.p2m.vstart,
+        plan.mod_start, plan.mod_len,
+    )
+    page = bytearray(PAGE_SIZE)
+    page[:len(head)] = head
+    cmd = plan.cmdline.encode()
+    page[_SI_CMDLINE:_SI_CMDLINE + len(cmd)] = cmd
+    # first_p2m_pfn / nr_p2m_frames describe an INIT_P2M list; ours is in the boot mapping.
+    return bytes(page)
