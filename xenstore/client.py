@@ -154,7 +154,9 @@ class _Ops:
     _store: "Store"
     _tx_id: int = 0
 
-    def _request(self, op: int, payload: bytes, path: str) -> bytes:
+    def _request(self, op: int, payload: bytes, path: str, tolerated: int = 0) -> bytes:
+        """Send one request. ``tolerated`` is an errno the caller treats as success (a
+        transaction replay must not see a difference between the two)."""
         return self._store._call(op, payload, self._tx_id, path)
 
     def read_bytes(self, path: str) -> bytes:
@@ -212,7 +214,8 @@ class _Ops:
     def rm(self, path: str, missing_ok: bool = False) -> None:
         """Remove ``path`` and everything under it."""
         try:
-            self._ack(Op.RM, _checked_path(path) + NUL, path)
+            self._ack(Op.RM, _checked_path(path) + NUL, path,
+                      tolerated=errno.ENOENT if missing_ok else 0)
         except XenStoreError as e:
             if not (missing_ok and e.errno == errno.ENOENT):
                 raise
@@ -243,8 +246,8 @@ class _Ops:
         return self._request(Op.GET_DOMAIN_PATH, f"{int(domid)}".encode() + NUL,
                              f"<domain {domid}>").decode()
 
-    def _ack(self, op: int, payload: bytes, path: str) -> None:
-        reply = self._request(op, payload, path)
+    def _ack(self, op: int, payload: bytes, path: str, tolerated: int = 0) -> None:
+        reply = self._request(op, payload, path, tolerated)
         if reply != b"OK":
             raise XenStoreError(errno.EPROTO, path, f"unexpected reply {reply[:40]!r}")
 
@@ -384,6 +387,13 @@ class _Record:
     payload: bytes
     path: str
     outcome: bytes | int  # reply payload, or the errno it failed with
+    tolerated: int = 0
+
+
+def _outcome(e: XenStoreError, tolerated: int) -> bytes | int:
+    """What the caller observed: a tolerated error looks like success to it."""
+    err = e.errno or errno.EIO
+    return b"OK" if tolerated and err == tolerated else err
 
 
 class Transaction(_Ops):
@@ -416,15 +426,15 @@ class Transaction(_Ops):
         raise XenStoreError(errno.EAGAIN, self._paths(),
                             f"transaction still conflicting after {self.attempts} attempts")
 
-    def _request(self, op: int, payload: bytes, path: str) -> bytes:
+    def _request(self, op: int, payload: bytes, path: str, tolerated: int = 0) -> bytes:
         if not self._tx_id:
             raise XenStoreError(errno.EINVAL, path, "transaction used outside its 'with' block")
         try:
             reply = self._store._call(op, payload, self._tx_id, path)
         except XenStoreError as e:
-            self._log.append(_Record(op, payload, path, e.errno or errno.EIO))
+            self._log.append(_Record(op, payload, path, _outcome(e, tolerated), tolerated))
             raise
-        self._log.append(_Record(op, payload, path, reply))
+        self._log.append(_Record(op, payload, path, reply, tolerated))
         return reply
 
     def _start(self) -> int:
@@ -458,7 +468,7 @@ class Transaction(_Ops):
             try:
                 got: bytes | int = self._store._call(rec.op, rec.payload, tx, rec.path)
             except XenStoreError as e:
-                got = e.errno or errno.EIO
+                got = _outcome(e, rec.tolerated)
             if got != rec.outcome:
                 self._store._call(Op.TRANSACTION_END, b"F\0", tx, "<transaction>")
                 raise XenStoreError(errno.EAGAIN, rec.path,

@@ -268,3 +268,14 @@ def test_dead_xenstored_does_not_hang(fake_xenstored) -> None:  # noqa: F811
         with pytest.raises(XenStoreError) as ei:
             xs.read("/x")
         assert ei.value.errno == errno.ETIMEDOUT
+
+
+def test_replay_treats_tolerated_rm_outcomes_alike(xs: Store, fake) -> None:
+    # First attempt: /p is missing, rm of /p/q fails ENOENT (tolerated). Someone creates
+    # /p before commit; the replayed rm now succeeds. The block cannot tell the difference,
+    # so replay must go ahead rather than report a conflict.
+    with xs.transaction() as t:
+        t.rm("/p/q", missing_ok=True)
+        xs.mkdir("/p")
+        t.write("/p/q/r", "1")
+    assert fake.value("/p/q/r") == b"1"

@@ -106,17 +106,20 @@ def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts()) -> N
     """Plug ``dev`` in; on any failure it is unplugged again before the error propagates."""
     add_nodes(store, dev)
     ref = ref_of(dev)
+    script_started = False
     try:
         if dev.kind in HOTPLUG_KINDS and dev.backend_domid == TOOLSTACK_DOMID:
             wait_for_state(store, f"{dev.backend}/state", [XenbusState.INIT_WAIT],
                            timeouts.init)
+            script_started = True
             _run_script(store, ref, hotplug.Action.ADD, timeouts.hotplug)
     except BaseException as exc:
         log.debug("attach of %s failed (%s), rolling back", dev.backend, exc)
         try:
             detach(store, ref, Force.ON, Timeouts(init=timeouts.init,
                                                   destroy=min(timeouts.destroy, 5.0),
-                                                  hotplug=timeouts.hotplug))
+                                                  hotplug=timeouts.hotplug),
+                   scripts=script_started)
         except (OSError, XenStoreError) as e:
             log.warning("cleaning up %s after a failed attach: %s", dev.backend, e)
         raise
@@ -140,8 +143,10 @@ def _run_script(store: Store, ref: DeviceRef, action: hotplug.Action, timeout: f
 
 
 def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
-           timeouts: Timeouts = Timeouts()) -> None:
-    """Unplug a device (libxl__initiate_device_generic_remove and what follows it)."""
+           timeouts: Timeouts = Timeouts(), *, scripts: bool = True) -> None:
+    """Unplug a device (libxl__initiate_device_generic_remove and what follows it).
+
+    ``scripts=False`` skips the hotplug script's remove (its add never ran)."""
     state_path = f"{ref.backend}/state"
     forced = force is Force.ON
     while True:
@@ -164,7 +169,7 @@ def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
                                     f"{timeouts.destroy:g}s (use --force)") from None
             log.info("%s: guest did not release the device, forcing", ref.backend)
             forced = True
-    if ref.kind in HOTPLUG_KINDS and ref.backend_domid == TOOLSTACK_DOMID \
+    if scripts and ref.kind in HOTPLUG_KINDS and ref.backend_domid == TOOLSTACK_DOMID \
             and store.exists(ref.backend):
         try:
             _run_script(store, ref, hotplug.Action.REMOVE, timeouts.hotplug)

@@ -124,7 +124,7 @@ def path_cleanup(t: Transaction | Store, path: str) -> None:
     """Remove ``path``, then each parent that is left empty (no value, no children)."""
     t.rm(path, missing_ok=True)
     parent = path.rsplit("/", 1)[0]
-    while parent and parent.count("/") > 1:
+    while parent:
         value = t.get(parent)
         if value is None or value != "":
             break
