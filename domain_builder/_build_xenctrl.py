@@ -354,6 +354,10 @@ ffibuilder.cdef(
 
     #define PROT_READ ...
     #define PROT_WRITE ...
+
+    /* Domctls libxenctrl has no wrapper for (helpers in set_source below). */
+    int xentool_hypercall_init(xc_interface *xch, uint32_t domid, uint64_t gmfn);
+    int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits);
     """
 )
 
@@ -366,6 +370,22 @@ ffibuilder.set_source(
     #include <xenforeignmemory.h>
     #include <xen/grant_table.h>
     #include <xen/hvm/params.h>
+
+    /* The PV builder needs two domctls that only libxenguest wraps; xc_domctl fills in
+       the interface version. */
+    static int xentool_hypercall_init(xc_interface *xch, uint32_t domid, uint64_t gmfn)
+    {
+        struct xen_domctl d = { .cmd = XEN_DOMCTL_hypercall_init, .domain = domid };
+        d.u.hypercall_init.gmfn = gmfn;
+        return xc_domctl(xch, &d);
+    }
+
+    static int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits)
+    {
+        struct xen_domctl d = { .cmd = XEN_DOMCTL_set_address_size, .domain = domid };
+        d.u.address_size.size = bits;
+        return xc_domctl(xch, &d);
+    }
     """,
     libraries=["xenctrl", "xenforeignmemory"],
 )

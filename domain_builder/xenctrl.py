@@ -793,6 +793,18 @@ class XenCtrl:
         return self._check("xc_evtchn_alloc_unbound",
                            _lib.xc_evtchn_alloc_unbound(self._h, domid, remote_domid))
 
+    def hypercall_init(self, domid: int, gmfn: int) -> None:
+        """Have Xen fill the guest's hypercall page (XEN_ELFNOTE_HYPERCALL_PAGE) at ``gmfn``."""
+        self._check("XEN_DOMCTL_hypercall_init",
+                    _lib.xentool_hypercall_init(self._h, domid, gmfn),
+                    f"domain {domid} mfn {gmfn:#x}")
+
+    def set_address_size(self, domid: int, bits: int) -> None:
+        """Declare a PV guest 64- or 32-bit (XEN_DOMCTL_set_address_size)."""
+        self._check("XEN_DOMCTL_set_address_size",
+                    _lib.xentool_set_address_size(self._h, domid, bits),
+                    f"domain {domid} {bits}-bit")
+
     def hvm_param(self, domid: int, param: int) -> int:
         out = _ffi.new("uint64_t *")
         self._check("xc_hvm_param_get", _lib.xc_hvm_param_get(self._h, domid, param, out))
