@@ -54,6 +54,12 @@ VERBS: tuple[Verb, ...] = (
     Verb("sched-credit", "sched", "Get/set credit scheduler parameters"),
     Verb("sched-credit2", "sched", "Get/set credit2 scheduler parameters"),
     Verb("image-info", "image", "Show what the PV builder finds in a kernel image"),
+    Verb("network-attach", "devices", "Create a new virtual network device"),
+    Verb("network-list", "devices", "List virtual network interfaces for a domain"),
+    Verb("network-detach", "devices", "Destroy a domain's virtual network device"),
+    Verb("block-attach", "devices", "Create a new virtual block device"),
+    Verb("block-list", "devices", "List virtual block devices for a domain"),
+    Verb("block-detach", "devices", "Destroy a domain's virtual block device"),
 )
 
 _BY_NAME = {v.name: v for v in VERBS}
