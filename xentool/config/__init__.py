@@ -1,0 +1,68 @@
+"""xl.cfg files -> validated :class:`DomainConfig` (and back out as libxl JSON).
+
+Public API::
+
+    load(path, overrides=()) -> DomainConfig        # read, parse, validate
+    loads(text, source, overrides=()) -> DomainConfig
+    parse(text, source, extra=None) -> ParsedConfig  # syntax only
+    ConfigError                                       # .file .line .column .excerpt
+
+``overrides`` are xl's trailing ``KEY=VALUE`` arguments: appended to the file, so they win.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from xentool.config.build import build_domain_config
+from xentool.config.errors import ConfigError
+from xentool.config.grammar import MAX_CONFIG_BYTES, ParsedConfig, parse
+from xentool.config.model import (CpuAffinity, CpuSet, DiskBackend, DiskFormat, DiskSpec,
+                                  DomainConfig, DomainType, NicType, ShutdownAction, VifSpec)
+
+__all__ = [
+    "ConfigError", "CpuAffinity", "CpuSet", "DiskBackend", "DiskFormat", "DiskSpec",
+    "DomainConfig", "DomainType", "NicType", "ParsedConfig", "ShutdownAction", "VifSpec",
+    "load", "loads", "parse", "read_config_text",
+]
+
+
+def read_config_text(path: str) -> str:
+    """The text of config file ``path``; size-limited and strictly UTF-8.
+
+    ``/dev/null`` is an empty config, as for xl (all settings then come from overrides).
+    """
+    if path == "/dev/null":
+        return ""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config is {size} bytes, more than the limit of "
+                                  f"{MAX_CONFIG_BYTES}", path)
+            data = f.read(MAX_CONFIG_BYTES + 1)  # st_size lies for pipes and /proc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", path) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config is more than the limit of {MAX_CONFIG_BYTES} bytes", path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"invalid UTF-8 byte 0x{data[exc.start]:02x}", path, line,
+                          col) from None
+
+
+def _extra(overrides: Sequence[str]) -> str | None:
+    # xl appends each KEY=VALUE argument followed by a newline.
+    return "".join(f"{o}\n" for o in overrides) if overrides else None
+
+
+def loads(text: str, source: str = "<config>", overrides: Sequence[str] = ()) -> DomainConfig:
+    return build_domain_config(parse(text, source, _extra(overrides)))
+
+
+def load(path: str, overrides: Sequence[str] = ()) -> DomainConfig:
+    return loads(read_config_text(path), path, overrides)
