@@ -1,0 +1,87 @@
+"""Job agent inside the testbed dom0 (stdlib only: it runs on Debian's python3).
+
+The host and this agent share a spool directory over virtio-9p (mounted without caching, so
+every write is visible on the other side at once). Protocol, one job at a time, in id order:
+
+  host:  jobs/<id>.json        {"argv": [...], "cwd": "...", "env": {...}}  (written atomically)
+  agent: out/<id>.stdout, out/<id>.stderr   the job's output, streamed
+  host:  cancel/<id>           asks the agent to kill the job's process group
+  agent: done/<id>.rc          the exit status (written atomically, last)
+
+Serialising jobs keeps tests that compare xentool against xl from seeing each other's domains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL = 0.05
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.rename(tmp, path)
+
+
+def run_job(spool: Path, job_file: Path) -> None:
+    job_id = job_file.stem
+    job = json.loads(job_file.read_text())
+    job_file.unlink()
+    env = dict(os.environ)
+    env.update(job.get("env", {}))
+    out = spool / "out"
+    rc_file = spool / "done" / f"{job_id}.rc"
+    with open(out / f"{job_id}.stdout", "wb", buffering=0) as so, \
+            open(out / f"{job_id}.stderr", "wb", buffering=0) as se:
+        try:
+            proc = subprocess.Popen(job["argv"], cwd=job.get("cwd") or "/", env=env,
+                                    stdin=subprocess.DEVNULL, stdout=so, stderr=se,
+                                    start_new_session=True)
+        except OSError as exc:
+            se.write(f"testbed: cannot run {job['argv'][0]!r}: {exc}\n".encode())
+            write_atomic(rc_file, "127")
+            return
+        cancel = spool / "cancel" / job_id
+        while proc.poll() is None:
+            if cancel.exists():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(POLL)
+    # Leave no stray children of the job behind for the next one.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    rc = proc.returncode
+    write_atomic(rc_file, str(128 - rc if rc < 0 else rc))
+
+
+def main() -> int:
+    spool = Path(sys.argv[1])
+    for sub in ("jobs", "out", "cancel", "done"):
+        (spool / sub).mkdir(exist_ok=True)
+    write_atomic(spool / "ready", json.dumps({"pid": os.getpid(), "time": time.time()}))
+    print("XENTOOL-TESTBED: agent ready", flush=True)
+    while True:
+        jobs = sorted(p for p in (spool / "jobs").iterdir() if p.suffix == ".json")
+        if not jobs:
+            time.sleep(POLL)
+            continue
+        try:
+            run_job(spool, jobs[0])
+        except Exception as exc:  # noqa: BLE001 - the agent must outlive any one job
+            print(f"XENTOOL-TESTBED: job {jobs[0].name} failed in the agent: {exc!r}", flush=True)
+            write_atomic(spool / "done" / f"{jobs[0].stem}.rc", "125")
+            jobs[0].unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

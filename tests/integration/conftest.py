@@ -1,0 +1,48 @@
+"""Fixtures for the integration tests (run inside the testbed dom0, see helpers.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .helpers import GuestKit, domain_names, xl
+
+
+@pytest.fixture(scope="session")
+def kit() -> GuestKit:
+    d = os.environ.get("XENTOOL_GUEST_DIR")
+    if not d or not (Path(d) / "vmlinuz").exists():
+        pytest.fail("XENTOOL_GUEST_DIR does not point at the guest kit (run via contrib/testbed/run)")
+    return GuestKit(Path(d))
+
+
+@pytest.fixture
+def guest_name(request: pytest.FixtureRequest) -> str:
+    """A domain name unique to this test run, so console logs never mix."""
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:24]
+    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_domains() -> Iterator[None]:
+    """Destroy whatever domain a test leaves behind, then fail the test if it leaked one."""
+    before = domain_names()
+    yield
+    leaked = domain_names() - before
+    for name in leaked:
+        xl("destroy", name, check=False)
+    assert not leaked, f"test left domains running: {sorted(leaked)}"
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path):
+    def write(text: str, name: str = "guest.cfg") -> Path:
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+    return write
