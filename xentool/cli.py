@@ -40,6 +40,8 @@ class Verb:
 
 # Keep sorted by group, then as `xl help` lists them.
 VERBS: tuple[Verb, ...] = (
+    Verb("create", "create", "Create a domain from config file <filename>"),
+    Verb("config-check", "create", "Check xl.cfg files and report every error in them"),
     Verb("console", "console", "Attach to domain's console"),
     Verb("info", "query", "Get information about Xen host"),
     Verb("list", "query", "List information about all/some domains"),
