@@ -432,7 +432,8 @@ def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
                                 preexec_fn=None if keep else _set_pdeathsig)
     tb = Testbed(run_dir, proc.pid, owned=not keep)
     (run_dir / "state.json").write_text(json.dumps(
-        {"pid": proc.pid, "image": image.key, "checkout": str(CHECKOUT), "accel": accel}))
+        {"pid": proc.pid, "image": image.key, "checkout": str(CHECKOUT), "accel": accel,
+         "keep": keep}))
     try:
         _wait_ready(tb, proc)
     except BaseException:
@@ -467,7 +468,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def find_kept(image: Dom0Image) -> Testbed | None:
-    """A testbed left running by `--keep` for this checkout and image, if any."""
+    """A testbed left running by `--keep` for this checkout and image, if any; one still
+    booting is waited for rather than booting a second VM on the same cores."""
     runs = cache_root() / "runs"
     for state_file in sorted(runs.glob("tb-*/state.json")) if runs.exists() else ():
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -476,10 +478,26 @@ def find_kept(image: Dom0Image) -> Testbed | None:
             if not tb.alive():
                 shutil.rmtree(tb.run_dir, ignore_errors=True)
                 continue
-            if state["image"] == image.key and state["checkout"] == str(CHECKOUT) \
-                    and (tb.spool / "ready").exists():
+            if not (state.get("keep") and state["image"] == image.key
+                    and state["checkout"] == str(CHECKOUT)):
+                continue
+            deadline = time.monotonic() + BOOT_TIMEOUT
+            while tb.alive() and not (tb.spool / "ready").exists() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if (tb.spool / "ready").exists():
                 return tb
     return None
+
+
+@contextlib.contextmanager
+def boot_lock():
+    """One boot at a time: concurrent runs wait, then reuse a kept VM instead of racing."""
+    runs = cache_root() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / ".boot.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 # ---------------------------------------------------------------------------------------- jobs
@@ -574,11 +592,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not cmd:
             p.error("no command given (contrib/testbed/run -- CMD ARGS...)")
-        tb = find_kept(image)
-        if tb is not None:
-            log(f"reusing the running testbed {tb.run_dir.name}")
-        else:
-            tb = boot(image, ns.accel, keep=ns.keep)
+        with boot_lock():
+            tb = find_kept(image)
+            if tb is not None:
+                log(f"reusing the running testbed {tb.run_dir.name}")
+            else:
+                tb = boot(image, ns.accel, keep=ns.keep)
         env.setdefault("XENTOOL_GUEST_DIR", f"/run/xentool/kit/{kit.name}")
         cwd = Path.cwd() if Path.cwd().is_relative_to(CHECKOUT) else CHECKOUT
         try:
