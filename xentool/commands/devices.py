@@ -3,16 +3,15 @@
 The node sets, xenbus handshakes and hotplug scripts live in ``xenstore.devices``; this
 module turns xl's command-line syntax into ``Vbd``/``Vif`` and prints xl's tables.
 
-The disk and vif spec parsers below follow libxlu (xl-disk-configuration(5),
-xl-network-configuration(5)) for what the verbs accept; when ``xentool.config`` exposes its
-DiskSpec/VifSpec parsers these should be replaced by a mapping from those.
+Specs are parsed by ``xentool.config`` (DiskSpec/VifSpec, exactly as xl parses them) and
+mapped here onto the node-set inputs; ``vbd_from_spec``/``vif_from_spec`` are also what
+``create`` uses for the devices of a DomainConfig.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import re
 import sys
 from dataclasses import replace
 from typing import Sequence
@@ -20,185 +19,83 @@ from typing import Sequence
 from xentool.errors import UsageError, XentoolError
 
 
-# -- disk specs (libxlu_disk_l.l) --------------------------------------------------------------
-
-_DEPRECATED_PREFIX = re.compile(r"(raw|qcow2?|vhd|tapdisk|tap2?|aio|ioemu|file|phy):(?=/)")
-_SCRIPT_PREFIX = re.compile(r"(iscsi|e?nbd|drbd):(?=/)")
-_FLAGS = {"cdrom", "direct-io-safe", "discard", "no-discard", "trusted", "untrusted",
-          "colo", "no-colo"}
+# -- xl specs -> node-set inputs -------------------------------------------------------------
 
 
-def parse_disk_spec(spec: str):  # -> xenstore.devices.vbd.Vbd
-    """One xl DISKSPEC (``target,format,vdev,access`` and ``key=value``s) to a ``Vbd``."""
+def vbd_from_spec(d):  # DiskSpec -> xenstore.devices.vbd.Vbd
+    """Map a parsed xl disk spec onto what blkback needs; refuse what needs qemu or a
+    driver domain (libxl would pick qdisk / another backend domain for those)."""
+    from xentool.config.model import DiskBackend, DiskFormat, DiskSpecification
     from xenstore.devices.vbd import Vbd
 
-    target: str | None = None
-    fmt: str | None = None
-    vdev: str | None = None
-    access: str | None = None
-    cdrom = False
-    depr = False
-    opts: dict[str, object] = {}
-    rest = spec
-    while rest:
-        rest = rest.lstrip(" \t\n")
-        if rest.startswith("target="):
-            target = rest[len("target="):]
-            break
-        token, sep, rest = rest.partition(",")
-        if token in _FLAGS:
-            if token == "cdrom":
-                cdrom = True
-            elif token == "direct-io-safe":
-                opts["direct_io_safe"] = True
-            elif token in ("discard", "no-discard"):
-                opts["discard"] = token == "discard"
-            elif token in ("trusted", "untrusted"):
-                opts["trusted"] = token == "trusted"
-            continue
-        key, eq, value = token.partition("=")
-        if eq and re.fullmatch(r"[a-z][-a-z0-9]*", key):
-            if key == "format":
-                fmt = value
-            elif key == "devtype":
-                if value not in ("cdrom", "disk"):
-                    raise XentoolError(f"disk spec '{spec}': unknown value for type: {value}")
-                cdrom = value == "cdrom"
-            elif key == "access":
-                access = value
-            elif key == "vdev":
-                vdev = value
-            elif key == "script":
-                opts["script"] = value
-            elif key == "backend":
-                if value not in ("", "0", "Domain-0"):
-                    raise XentoolError(f"disk spec '{spec}': driver domains are not supported")
-            elif key in ("backendtype", "specification"):
-                if value not in ("", "phy", "xen"):
-                    raise XentoolError(f"disk spec '{spec}': {key}={value} is not supported")
-            else:
-                raise XentoolError(f"disk spec '{spec}': unknown parameter '{key}'")
-            continue
-        m = _DEPRECATED_PREFIX.match(token) or _SCRIPT_PREFIX.match(token)
-        if target is None and m:
-            depr = True
-            if m.re is _SCRIPT_PREFIX:
-                opts["script"] = f"block-{m.group(1)}"
-            elif m.group(1) in ("raw", "qcow", "qcow2", "vhd"):
-                fmt = m.group(1)
-            target = token[m.end():]
-            continue
-        if target is None:
-            target = token
-        elif fmt is None and not depr:
-            if target == "" and ":" in token:
-                vdev, cdrom = _vdev_devtype(spec, token)
-            else:
-                fmt = token
-        elif vdev is None:
-            if ":" in token:
-                vdev, cdrom = _vdev_devtype(spec, token)
-            else:
-                vdev = token
-        elif access is None:
-            access = token
-        else:
-            raise XentoolError(f"disk spec '{spec}': too many positional parameters")
-        if not sep:
-            break
-    if fmt not in (None, "", "raw"):
-        raise XentoolError(f"disk spec '{spec}': format {fmt} needs qemu (only raw is supported)")
-    if access not in (None, "", "r", "ro", "w", "rw"):
-        raise XentoolError(f"disk spec '{spec}': unknown value for access: {access}")
-    if not vdev:
-        raise XentoolError(f"disk spec '{spec}': no vdev specified")
-    if not target and not cdrom:
-        raise XentoolError(f"disk spec '{spec}': no target specified (and device not removable)")
-    readwrite = access not in ("r", "ro") and not cdrom
-    disk = Vbd(vdev=vdev, target=target or "", readwrite=readwrite, cdrom=cdrom,
-               removable=True if cdrom else None)
-    disk = replace(disk, **opts)  # type: ignore[arg-type]
+    where = f"disk {d.vdev}"
+    if d.format not in (DiskFormat.RAW, DiskFormat.EMPTY):
+        raise XentoolError(f"{where}: format {d.format.value} needs qemu (only raw is supported)")
+    if d.backend not in (DiskBackend.UNKNOWN, DiskBackend.PHY):
+        raise XentoolError(f"{where}: backendtype={d.backend.value} is not supported")
+    if d.specification is DiskSpecification.VIRTIO:
+        raise XentoolError(f"{where}: specification=virtio is not supported")
+    if d.backend_domname not in (None, "", "0", "Domain-0"):
+        raise XentoolError(f"{where}: driver domain '{d.backend_domname}' is not supported")
+    disk = Vbd(vdev=d.vdev, target=d.target or "", readwrite=d.readwrite, cdrom=d.is_cdrom,
+               removable=d.removable, script=d.script, discard=d.discard_enable,
+               trusted=True if d.trusted is None else d.trusted,
+               direct_io_safe=d.direct_io_safe)
     try:
         disk.devid
     except ValueError as e:
-        raise XentoolError(f"disk spec '{spec}': {e}") from None
+        raise XentoolError(f"{where}: {e}") from None
     return disk
 
 
-def _vdev_devtype(spec: str, token: str) -> tuple[str, bool]:
-    vdev, _, kind = token.rpartition(":")
-    if kind not in ("cdrom", "disk"):
-        raise XentoolError(f"disk spec '{spec}': unknown deprecated type: {kind}")
-    return vdev, kind == "cdrom"
+def parse_disk_args(components: Sequence[str]):
+    """block-attach's disk spec components (xl joins them into one spec) to a ``Vbd``."""
+    from xentool.config.disk import parse_disk_spec
+
+    spec = ",".join(components)
+    try:
+        parsed = parse_disk_spec(spec)
+    except ValueError as e:
+        raise XentoolError(str(e)) from None
+    try:
+        return vbd_from_spec(parsed)
+    except XentoolError as e:
+        raise XentoolError(f"{e} in disk spec '{spec}'") from None
 
 
-# -- vif specs (xl_parse.c parse_nic_config, libxlu_vif.c) --------------------------------------
+def vif_from_spec(v):  # VifSpec -> xenstore.devices.vif.Vif
+    from xentool.config.model import NicType
+    from xenstore.devices.vif import MTU_DEFAULT, Vif
 
-_RATE = re.compile(r"([0-9]+)([GMK]?)([Bb])/s")
-_INTERVAL = re.compile(r"([0-9]+)([mu]?)s?")
-
-
-def parse_rate(text: str) -> tuple[int, int]:
-    """xl's ``RATE[@INTERVAL]`` (e.g. ``10Mb/s@20ms``) -> (bytes per interval, microseconds)."""
-    rate, at, interval = text.partition("@")
-    m = _RATE.fullmatch(rate)
-    if not m:
-        raise XentoolError(f"invalid rate '{text}'")
-    n = int(m.group(1))
-    if n == 0 or n > 0xFFFFFFFF:
-        raise XentoolError(f"rate overflow '{text}'")
-    n *= {"G": 10**9, "M": 10**6, "K": 10**3, "": 1}[m.group(2)]
-    if m.group(3) == "b":
-        n //= 8
-    usecs = 50000
-    if at:
-        mi = _INTERVAL.fullmatch(interval)
-        if not mi:
-            raise XentoolError(f"invalid replenishment interval '{interval}'")
-        usecs = int(mi.group(1))
-        if usecs == 0 or usecs > 0xFFFFFFFF:
-            raise XentoolError(f"replenishment interval overflow '{interval}'")
-        usecs *= {"": 10**6, "m": 1000, "u": 1}[mi.group(2)]
-        if usecs > 0xFFFFFFFF:
-            raise XentoolError(f"replenishment interval overflow '{interval}'")
-    return n * usecs // 10**6, usecs
+    if v.nictype is NicType.VIF_IOEMU:
+        raise XentoolError(f"vif {v.devid}: type=ioemu needs qemu; PV guests use type=vif")
+    if v.backend_domname not in (None, "", "0", "Domain-0"):
+        raise XentoolError(f"vif {v.devid}: driver domain '{v.backend_domname}' "
+                           "is not supported")
+    rate = None
+    if v.rate_bytes_per_interval is not None and v.rate_interval_usecs:
+        rate = (v.rate_bytes_per_interval, v.rate_interval_usecs)
+    return Vif(devid=v.devid, mac=v.mac, bridge=v.bridge or "xenbr0", script=v.script,
+               ip=v.ip, vifname=v.vifname, gatewaydev=v.gatewaydev, rate=rate,
+               mtu=v.mtu or MTU_DEFAULT, trusted=True if v.trusted is None else v.trusted)
 
 
-def parse_vif_args(tokens: Sequence[str], devid: int, mac: str | None = None):
-    """network-attach's ``key=value`` arguments to a ``Vif`` (``devid`` chosen by caller)."""
-    from xenstore.devices.vif import Vif, parse_mac, random_mac
+def parse_vif_args(tokens: Sequence[str], devid: int):
+    """network-attach's ``key=value`` arguments to a ``Vif``; without ``mac=`` a random
+    Xen MAC is drawn, as libxl does on attach."""
+    from xentool.config.vif import parse_vif_spec
+    from xenstore.devices.vif import random_mac
 
-    fields: dict[str, object] = {}
     for tok in tokens:
-        key, eq, value = tok.partition("=")
-        if not eq:
-            raise UsageError(f"network-attach: expected key=value, got '{tok}'")
-        if key == "type":
-            if value != "vif":
-                raise XentoolError(f"Invalid parameter `type' ({value}): PV guests use vif")
-        elif key == "mac":
-            try:
-                mac = parse_mac(value)
-            except ValueError:
-                raise XentoolError(f"Invalid parameter `mac' ({value})") from None
-        elif key in ("bridge", "ip", "script", "vifname", "gatewaydev"):
-            fields[key] = value
-        elif key == "netdev":
-            fields["gatewaydev"] = value
-        elif key == "rate":
-            fields["rate"] = parse_rate(value)
-        elif key == "mtu":
-            if not value.isdigit() or not 68 <= int(value) <= 65535:
-                raise XentoolError(f"Invalid parameter `mtu' ({value})")
-            fields["mtu"] = int(value)
-        elif key == "backend":
-            if value not in ("0", "Domain-0"):
-                raise XentoolError("driver domains are not supported")
-        elif key in ("model", "accel"):
-            pass  # emulated NIC settings: meaningless for a PV guest, accepted like xl
-        else:
-            raise XentoolError(f"network-attach: unknown parameter '{key}'")
-    return Vif(devid=devid, mac=mac or random_mac(), **fields)  # type: ignore[arg-type]
+        if "," in tok:
+            raise UsageError(f"network-attach: one setting per argument, got '{tok}'")
+    try:
+        spec = parse_vif_spec(",".join(tokens), devid, mac_seed="")
+    except ValueError as e:
+        raise XentoolError(f"network-attach: {e}") from None
+    if spec.mac_generated:
+        spec = replace(spec, mac=random_mac())
+    return vif_from_spec(spec)
 
 
 # -- xl's tables ------------------------------------------------------------------------------
@@ -257,7 +154,7 @@ def cmd_block_attach(args: argparse.Namespace) -> int:
     from xenstore.devices.attach import attach
     from xenstore.devices.vbd import vbd_nodes
 
-    disk = parse_disk_spec(",".join(args.spec))
+    disk = parse_disk_args(args.spec)
     from xentool.domains import Session
 
     with Session() as s:
