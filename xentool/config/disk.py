@@ -107,6 +107,9 @@ def _positional(st: _State, t: str) -> None:
     elif not st.had_depr_prefix and f.get("format", DiskFormat.UNKNOWN) is DiskFormat.UNKNOWN:
         if not f["pdev_path"] and st.vdev_and_devtype(t):
             f["format"] = DiskFormat.EMPTY
+        elif t not in _FORMATS:
+            raise st.err("unknown value for format (the positional form is "
+                         "target,format,vdev,access; give vdev= or a prefix such as phy:)", t)
         else:
             st.set_format(t)
     elif f.get("vdev") is None:
