@@ -85,9 +85,9 @@ def digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
-def debian_mirror() -> str:
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     """The Debian mirror apt on this machine already uses (the only one we may reach)."""
-    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+    for f in [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):
             text = f.read_text()
             m = re.search(r"^\s*URIs:\s*(\S+/debian)/?\s*$", text, re.M) or \
@@ -387,6 +387,11 @@ class Testbed:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def multiboot_modules(*modules: str) -> str:
+    """QEMU's -initrd value for multiboot modules: ',' separates them, ',,' is a comma."""
+    return ",".join(m.replace(",", ",,") for m in modules)
+
+
 def _set_pdeathsig() -> None:
     # A QEMU we own dies with us even on SIGKILL: no orphaned VM eating the CI's cores.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -409,9 +414,7 @@ def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
         xen_args += " smap=0 smep=0"  # TCG: dom0 dies in create_bounce_frame without these
     dom0_args = (f"root=/dev/vda rw console=hvc0 earlyprintk=xen init=/sbin/xentool-init "
                  f"xentool.src={CHECKOUT}")
-    # QEMU's -initrd splits modules on ',': a literal comma is written ',,'.
-    modules = ",".join(m.replace(",", ",,") for m in (f"{image.kernel} {dom0_args}",
-                                                       str(image.initrd)))
+    modules = multiboot_modules(f"{image.kernel} {dom0_args}", str(image.initrd))
     argv = [
         "qemu-system-x86_64", "-name", "xentool-testbed,debug-threads=on",
         "-accel", accel, "-cpu", "max" if accel == "tcg" else "host",
