@@ -55,6 +55,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("vcpu-pin", "control", "Set which CPUs a VCPU can use"),
     Verb("sched-credit", "sched", "Get/set credit scheduler parameters"),
     Verb("sched-credit2", "sched", "Get/set credit2 scheduler parameters"),
+    Verb("sched-controller", "schedctl", "Keep CPU weights/caps as a policy file says"),
+    Verb("sched-stats", "schedctl", "Show CPU shares next to weights and expected shares"),
     Verb("image-info", "image", "Show what the PV builder finds in a kernel image"),
     Verb("network-attach", "devices", "Create a new virtual network device"),
     Verb("network-list", "devices", "List virtual network interfaces for a domain"),
