@@ -32,8 +32,9 @@ from xentool.config.errors import ConfigError
 
 # Limits: real configs are a few KiB and nest lists two or three deep.  Anything far beyond
 # is a mistake or an attack and is refused before pyparsing (which recurses) sees it.
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 256 * 1024
 MAX_NESTING = 32
+MAX_ITEMS = 8192  # statements + list items (separators): bounds the parse to ~1 s
 COMMAND_LINE_SOURCE = "<command line>"
 
 
@@ -118,7 +119,7 @@ class _LineIndex:
         self.extra_start = extra_start
         self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
         # xl appends "\n" + overrides: their first line is the line after that newline.
-        self.extra_first_line = (bisect.bisect_right(self.starts, extra_start)
+        self.extra_first_line = (bisect.bisect_right(self.starts, extra_start) + 1
                                  if extra_start is not None else None)
 
     def locate(self, offset: int) -> tuple[str, int, int]:
@@ -202,14 +203,16 @@ _STRING_RE = r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
 _NUMBER_RE = r"[0-9][0-9a-fx]*"
 
 
-_NLOK_RE = r"(?:[ \t]|(?:\#[^\n]*+)?\n)*+"
+_NLOK_RE = r"(?:[ \t]|(?:\#[^\n]*)?\n)*"
 _ATOM_RE = f"(?:{_STRING_RE}|{_NUMBER_RE})"
-_FLAT_LIST_RE = (rf"\[{_NLOK_RE}(?:{_ATOM_RE}{_NLOK_RE}(?:,{_NLOK_RE}{_ATOM_RE}{_NLOK_RE})*+"
-                 rf"(?:,{_NLOK_RE})?+)?+\]")
-_STMT_RE = (rf"[ \t]*+([a-z][._0-9a-z]*+)[ \t]*+(\+?=)[ \t]*+({_ATOM_RE}|{_FLAT_LIST_RE})"
-            rf"[ \t]*+(?:;|(?:\#[^\n]*+)?\n|\Z)")
-_EMPTY_RE = r"[ \t]*+(?:;|(?:\#[^\n]*+)?\n)"
-_RUN_RE = f"(?:{_STMT_RE}|{_EMPTY_RE})++"
+_FLAT_LIST_RE = (rf"\[{_NLOK_RE}(?:{_ATOM_RE}{_NLOK_RE}(?:,{_NLOK_RE}{_ATOM_RE}{_NLOK_RE})*"
+                 rf"(?:,{_NLOK_RE})?)?\]")
+_STMT_RE = (rf"[ \t]*([a-z][._0-9a-z]*)[ \t]*(\+?=)[ \t]*({_ATOM_RE}|{_FLAT_LIST_RE})"
+            rf"[ \t]*(?:;|(?:\#[^\n]*)?\n|\Z)")
+_EMPTY_RE = r"[ \t]*(?:;|(?:\#[^\n]*)?\n)"
+_RUN_RE = f"(?:{_STMT_RE}|{_EMPTY_RE})+"
+# No possessive quantifiers: CPython 3.11's re mis-tracks capture groups with them.  The
+# patterns are unambiguous (each alternative starts differently), so plain ones stay linear.
 _STMT_OR_EMPTY = re.compile(f"{_STMT_RE}|{_EMPTY_RE}")
 _RUN_FULL = re.compile(f"(?:{_RUN_RE})?")
 _ITEM_SPLIT = re.compile(rf"{_STRING_RE}|{_NUMBER_RE}|\#[^\n]*")
@@ -272,7 +275,7 @@ class _Grammar:
         value <<= atom | lst
         end_stmt = (pp.Suppress(";") | pp.Suppress(newline) | pp.StringEnd()).set_name(
             "';' or end of line")
-        assignment = (key + op - value - end_stmt)
+        assignment = (key - op - value - end_stmt)
         assignment.set_parse_action(lambda s, loc, t: [("stmt", loc, t[0], t[1], t[2])])
         empty = pp.Suppress(";") | pp.Suppress(newline)
         self.file = pp.ZeroOrMore(assignment | empty) + pp.StringEnd()
@@ -315,6 +318,10 @@ def _diagnose(text: str, loc: int, expected: str) -> str:
     if c == "#":
         return "comment at end of file needs a final newline (xl rejects it otherwise)"
     word = re.match(r"[A-Za-z_][A-Za-z0-9_.\-]*", text[loc:])
+    if word and loc and text[loc - 1].isdigit():
+        num = re.search(r"[0-9][0-9a-fx]*$", text[:loc]).group(0) + word.group(0)
+        return (f"bad number '{num}': xl numbers are [0-9][0-9a-fx]* (hex digits in lower "
+                "case), anything else must be quoted")
     if word:
         w = word.group(0)
         before = text[:loc].rstrip(" \t\n")
@@ -347,15 +354,21 @@ def _expected(exc: pp.ParseBaseException) -> str:
 # --------------------------------------------------------------------------- scanning
 
 
-_PRESCAN_RE = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|#[^\n]*|[\[\]\x00]")
+_PRESCAN_RE = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|#[^\n]*|[\[\]\x00,;\n]")
 
 
 def _prescan(text: str, lines: _LineIndex) -> None:
-    """Cheap checks before the recursive parse: NUL bytes and list nesting depth."""
+    """Checks before the recursive parse: NUL bytes, list nesting, number of items."""
     depth = 0
+    items = 0
     for m in _PRESCAN_RE.finditer(text):
         t = m.group(0)
-        if t == "[":
+        if t in ",;\n":
+            items += 1
+            if items > MAX_ITEMS:
+                raise lines.error(f"more than {MAX_ITEMS} statements and list items",
+                                  m.start())
+        elif t == "[":
             depth += 1
             if depth > MAX_NESTING:
                 raise lines.error(f"lists nested deeper than {MAX_NESTING} levels", m.start())
@@ -403,11 +416,13 @@ def parse(text: str, source: str = "<config>", extra: str | None = None, *,
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is {len(text)} bytes, more than the limit of "
                           f"{MAX_CONFIG_BYTES}", source)
-    if text.count("[") > MAX_NESTING or "\x00" in text:
+    if (text.count("[") > MAX_NESTING or "\x00" in text
+            or text.count(",") + text.count(";") + text.count("\n") > MAX_ITEMS):
         _prescan(text, lines)
     try:
-        whole = _RUN_FULL.fullmatch(text) if fast else None
-        if whole is not None:
+        # match(), not fullmatch(): a failing fullmatch backtracks through every statement.
+        head = _RUN_FULL.match(text) if fast else None
+        if head is not None and head.end() == len(text):
             # The whole file is in the regular subset: skip pyparsing's per-call set-up.
             nodes = _split_run(text, 0)
         else:
