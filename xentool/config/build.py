@@ -61,8 +61,7 @@ xend_suspend_evtchn_compat
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                       r"[0-9a-fA-F]{12}")
-_STRTOL_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX](?=[0-9a-fA-F])|0(?=[0-7])|)"
-                        r"([0-9a-fA-F]*)")
+_STRTOL_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))")
 
 
 def c_strtol(text: str) -> int | None:
@@ -71,16 +70,10 @@ def c_strtol(text: str) -> int | None:
     Raises OverflowError where strtol would set ERANGE.
     """
     m = _STRTOL_RE.match(text)
-    sign, prefix, digits = m.group(1), m.group(2), m.group(3)
-    base = 16 if prefix.lower() == "0x" else 8 if prefix == "0" else 10
-    if prefix == "0":
-        digits = "0" + digits
-    if m.end() != len(text) or not digits:
+    if m is None or m.end() != len(text):
         return None
-    try:
-        value = int(digits, base)
-    except ValueError:
-        return None
+    sign, hexa, octal, dec = m.groups()
+    value = int(hexa, 16) if hexa else int(octal, 8) if octal else int(dec)
     value = -value if sign == "-" else value
     if not LONG_MIN <= value <= LONG_MAX:
         raise OverflowError(text)
