@@ -210,8 +210,9 @@ _RULES: list[tuple[str, str | None, Callable[[_State, str], None]]] = [
     (r"colo-export=[^,]*,?", None, _saver("colo-export", "colo_export")),
     (r"active-disk=[^,]*,?", None, _saver("active-disk", "active_disk")),
     (r"hidden-disk=[^,]*,?", None, _saver("hidden-disk", "hidden_disk")),
-    (r"trusted,?", None, _setter("trusted", True)),
-    (r"untrusted,?", None, _setter("trusted", False)),
+    # libxlu_disk_l.l also has "trusted"/"untrusted" rules, but the scanner Xen 4.17 ships
+    # (the pre-generated libxlu_disk_l.c) predates them: there they are positional
+    # parameters, so "vdev=x,trusted,target=/y" fails with "target respecified".
     (r"target=.*", None, _saver("target", "pdev_path")),
     (r"[a-z][-a-z0-9]*=[^,],?", None, _unknown_param),
     (r"(?:raw|qcow2?|vhd):", r".*", _format_prefix),

@@ -147,7 +147,6 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
     for key in ("kernel", "cmdline", "ramdisk"):
         if getattr(cfg, key) is not None:
             b_info[key] = getattr(cfg, key)
-    b_info["type"] = cfg.type.value
     pv: dict[str, Any] = {}
     if cfg.e820_host is not None:
         pv["e820_host"] = _defbool(cfg.e820_host)

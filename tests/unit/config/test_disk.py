@@ -69,16 +69,24 @@ def test_empty_cdrom_without_target() -> None:
 
 def test_key_value_options() -> None:
     d = parse_disk_spec("vdev=xvda,backendtype=qdisk,backend=dd,script=block-x,"
-                        "specification=virtio,discard,direct-io-safe,trusted,colo,"
+                        "specification=virtio,discard,direct-io-safe,colo,"
                         "colo-host=h,colo-port=77,colo-export=e,active-disk=a,"
                         "hidden-disk=hd,format=qed,target=/t")
     assert d.backend is DiskBackend.QDISK and d.backend_domname == "dd"
     assert d.script == "block-x" and d.specification is DiskSpecification.VIRTIO
-    assert d.discard_enable is True and d.direct_io_safe and d.trusted is True
+    assert d.discard_enable is True and d.direct_io_safe
     assert (d.colo_enable, d.colo_host, d.colo_port, d.colo_export) == (True, "h", 77, "e")
     assert (d.active_disk, d.hidden_disk, d.format) == ("a", "hd", DiskFormat.QED)
-    d = parse_disk_spec("vdev=xvda,no-discard,untrusted,no-colo,target=/t")
-    assert (d.discard_enable, d.trusted, d.colo_enable) == (False, False, False)
+    d = parse_disk_spec("vdev=xvda,no-discard,no-colo,target=/t")
+    assert (d.discard_enable, d.colo_enable) == (False, False)
+
+
+def test_trusted_is_positional_in_the_scanner_xen_4_17_ships() -> None:
+    d = parse_disk_spec("trusted,raw,xvda")
+    assert (d.target, d.vdev, d.trusted) == ("trusted", "xvda", None)
+    with pytest.raises(DiskSpecError) as ei:
+        parse_disk_spec("vdev=xvdh, no-discard, trusted, target=/dev/vg/slow")
+    assert ei.value.message == "target respecified"
 
 
 def test_whitespace_before_parameters_is_ignored_but_not_inside() -> None:
