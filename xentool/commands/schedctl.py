@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -62,6 +63,12 @@ def cmd_sched_controller(args: argparse.Namespace) -> int:
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store
 
+    def thread_died(a: threading.ExceptHookArgs) -> None:
+        # pyxs's reader thread ends with an exception when xenstored goes away; the daemon
+        # notices and reconnects, so one line is enough.
+        slog.warning("xenstore connection thread ended: %s", a.exc_value or a.exc_type)
+
+    threading.excepthook = thread_died
     with XenCtrl() as xc:
         current: dict[str, Any] = {}
 
