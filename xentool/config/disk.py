@@ -53,6 +53,9 @@ class _State:
     def save(self, name: str, field: str, value: str) -> None:
         cur = self.f.get(field)
         if cur:  # xl does not complain about overwriting an empty string
+            if field == "pdev_path" and cur in ("trusted", "untrusted"):
+                raise self.err(f"{name} respecified (Xen 4.17's xl reads '{cur}' as the "
+                               "target: remove it)", value)
             raise self.err(f"{name} respecified", value)
         self.f[field] = value
 

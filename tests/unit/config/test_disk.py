@@ -86,7 +86,8 @@ def test_trusted_is_positional_in_the_scanner_xen_4_17_ships() -> None:
     assert (d.target, d.vdev, d.trusted) == ("trusted", "xvda", None)
     with pytest.raises(DiskSpecError) as ei:
         parse_disk_spec("vdev=xvdh, no-discard, trusted, target=/dev/vg/slow")
-    assert ei.value.message == "target respecified"
+    assert ei.value.message == ("target respecified (Xen 4.17's xl reads 'trusted' as the "
+                                "target: remove it)")
 
 
 def test_whitespace_before_parameters_is_ignored_but_not_inside() -> None:

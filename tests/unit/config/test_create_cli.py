@@ -1,0 +1,146 @@
+"""`xentool create -n` and `xentool config-check` from the command line (no Xen needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from xentool.cli import main
+from xentool.commands.create import split_create_args
+from xentool.errors import UsageError
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "xlcfg"
+FULL = str(DATA / "pv-full.cfg")
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xentool", *argv], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_dry_run_prints_libxl_json() -> None:
+    r = run("create", "-n", FULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == f"Parsing config from {FULL}\n"
+    j = json.loads(r.stdout)
+    assert j["c_info"] == {"type": "pv", "name": "full-guest",
+                           "uuid": "5e1c1a0b-6a3f-4e6b-9b7e-2f1f3c4d5e6f"}
+    b = j["b_info"]
+    assert (b["max_vcpus"], b["avail_vcpus"], b["max_memkb"], b["target_memkb"]) == \
+        (4, [0, 1], 1024 * 1024, 768 * 1024)
+    assert b["vcpu_hard_affinity"] == [[0, 1]] * 4
+    assert b["sched_params"] == {"weight": 512, "cap": 150}
+    assert (b["kernel"], b["ramdisk"], b["cmdline"]) == \
+        ("/srv/xen/vmlinuz", "/srv/xen/initrd.img", "console=hvc0 root=/dev/xvda1 ro")
+    assert (b["max_grant_frames"], b["max_maptrack_frames"], b["event_channels"]) == \
+        (64, 1024, 2047)
+    assert b["disable_migrate"] == "True" and b["type.pv"] == {"e820_host": "False"}
+    assert j["disks"] == [{"pdev_path": "/dev/vg0/full-root", "vdev": "xvda",
+                           "format": "raw", "readwrite": 1}]
+    assert j["nics"] == [{"devid": 0, "mac": "00:16:3e:00:00:01", "bridge": "xenbr0",
+                          "ifname": "full0", "script": "vif-bridge"}]
+    assert (j["on_reboot"], j["on_watchdog"], j["on_crash"], j["on_soft_reset"]) == \
+        ("restart", "preserve", "coredump_restart", "soft_reset")
+    assert "on_poweroff" not in j  # destroy is libxl's default and is not printed
+
+
+def test_dry_run_overrides_and_option_order_like_xl() -> None:
+    r = run("create", FULL, "-q", "-n", "memory=900", 'name="renamed"')
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    j = json.loads(r.stdout)
+    assert j["c_info"]["name"] == "renamed" and j["b_info"]["target_memkb"] == 900 * 1024
+
+
+def test_dry_run_with_dev_null_takes_everything_from_overrides() -> None:
+    r = run("create", "-qn", "/dev/null", 'name="cli"', 'kernel="/k"', "memory=64")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert (j["c_info"]["name"], j["b_info"]["kernel"], j["b_info"]["max_memkb"]) == \
+        ("cli", "/k", 64 * 1024)
+    assert len(j["c_info"]["uuid"]) == 36  # a fresh random one, as xl prints
+
+
+def test_bad_config_is_one_located_error_with_excerpt_and_exit_1() -> None:
+    path = str(DATA / "bad" / "xl-rejects-unquoted.cfg")
+    r = run("create", "-n", path)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr == (f"Parsing config from {path}\n"
+                        f"xentool: {path}:1:8: unquoted string 'guest': strings must be "
+                        "quoted\n"
+                        "    name = guest\n"
+                        "           ^\n")
+
+
+def test_bad_override_is_located_on_the_command_line() -> None:
+    r = run("create", "-qn", FULL, "memory=lots")
+    assert r.returncode == 1
+    assert r.stderr.startswith("xentool: <command line>:1:8: unquoted string 'lots'")
+
+
+def test_warnings_go_to_stderr() -> None:
+    path = str(DATA / "pool-and-unknown.cfg")
+    r = run("create", "-qn", path)
+    assert r.returncode == 0
+    assert r.stderr.splitlines() == [
+        f"xentool: {path}:5:1: warning: 'localtime' is not supported by xentool and is "
+        "ignored",
+        f"xentool: {path}:6:1: warning: unknown key 'my_custom.key' is ignored (xl ignores "
+        "it too)",
+    ]
+
+
+def test_usage_errors() -> None:
+    with pytest.raises(UsageError, match="no config file given"):
+        split_create_args(None, ["a=1"])
+    with pytest.raises(UsageError, match="more than one config file"):
+        split_create_args(None, ["a.cfg", "b.cfg"])
+    assert split_create_args("f.cfg", ["a=1", "b=[2]"]) == ("f.cfg", ["a=1", "b=[2]"])
+    assert split_create_args(None, ["x=1", "g.cfg"]) == ("g.cfg", ["x=1"])
+
+
+def test_create_hands_the_config_to_lifecycle(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    calls = []
+
+    def create(config, *, paused: bool, console: bool, **kw) -> int:
+        calls.append((config.name, paused, console, kw))
+        return 7
+
+    monkeypatch.setitem(sys.modules, "xentool.lifecycle",
+                        types.SimpleNamespace(create=create))
+    import xentool
+    monkeypatch.setattr(xentool, "lifecycle", sys.modules["xentool.lifecycle"], raising=False)
+    assert main(["create", "-q", "-p", "-c", FULL, "memory=512"]) == 0
+    assert main(["create", "-q", "--plan", FULL]) == 0
+    assert calls == [("full-guest", True, True, {}), ("full-guest", False, False,
+                                                      {"plan": True})]
+
+
+def test_config_check_reports_every_file() -> None:
+    good = str(DATA / "pv-minimal.cfg")
+    bad1 = str(DATA / "bad" / "xl-rejects-crlf.cfg")
+    bad2 = str(DATA / "bad" / "xentool-rejects-hvm.cfg")
+    r = run("config-check", good, bad1, bad2)
+    assert r.returncode == 1
+    assert r.stdout == f"{good}: ok (minimal)\n1 of 3 config files ok\n"
+    errors = [line for line in r.stderr.splitlines() if line.startswith("xentool:")]
+    assert errors == [
+        f"xentool: {bad1}:1:14: carriage return (CRLF line ending): xl accepts only LF line "
+        "endings",
+        f"xentool: {bad2}:2:8: type 'hvm' is not supported: xentool builds PV guests only "
+        "(for now)",
+    ]
+    assert "Traceback" not in r.stderr
+
+
+def test_config_check_whole_corpus_is_ok() -> None:
+    files = sorted(str(p) for p in DATA.glob("*.cfg"))
+    r = run("config-check", "-q", "-W", *files)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
