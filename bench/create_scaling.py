@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""xentool vs xl: create latency, creation time of the Nth guest, and `list` with N guests.
+
+Run as root in a dom0 (e.g. ``contrib/testbed/run -- python3 bench/create_scaling.py``).
+Guests are the guest kit's tiny PV kernel (``$XENTOOL_GUEST_DIR/tiny-wait.elf``, or
+``--kernel``).  Both tools run in the same session, alternating, so they see the same host.
+
+1. create latency: ``create`` (running, not paused) + ``destroy``, ``--reps`` times per tool;
+   median wall time of the create command; ratio xentool/xl (goal <= 0.8).
+2. scaling: create ``--count`` guests paused, one after the other, timing each; then
+   ``list`` ``--list-reps`` times with all of them up; destroy all; once per tool.
+   Ratios: xentool/xl at every N, and 100th/1st per tool (goal <= 1.2; also printed on the
+   median of the first and last 5 to show noise).
+Results go to ``--out`` (JSON) for ``bench/plot.py``.  If ``xentool create`` does not work
+yet, xl is measured alone and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+XENTOOL = [sys.executable, "-m", "xentool"]
+TOOLS = {"xl": ["xl"], "xentool": XENTOOL}
+
+
+def run(argv: list[str], check: bool = True) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    dt = time.perf_counter() - t0
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
+    return dt, r
+
+
+def destroy(name: str) -> None:
+    subprocess.run(["xl", "destroy", name], capture_output=True, timeout=120)
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, str] = {}
+    r = subprocess.run(["xl", "info"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        k, _, v = line.partition(":")
+        info[k.strip()] = v.strip()
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                    if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    virt = subprocess.run(["systemd-detect-virt"], capture_output=True, text=True).stdout.strip()
+    return {"host": platform.node(), "kernel": platform.release(), "cpu": cpu,
+            "virt": virt or "unknown", "xen": f"{info.get('xen_major')}.{info.get('xen_minor')}"
+            f"{info.get('xen_extra', '')}", "nr_cpus": info.get("nr_cpus"),
+            "total_memory_mb": info.get("total_memory"), "free_memory_mb":
+            info.get("free_memory"), "scheduler": info.get("xen_scheduler")}
+
+
+def write_cfg(d: Path, name: str, kernel: str, memory: int) -> Path:
+    p = d / f"{name}.cfg"
+    p.write_text(f'name = "{name}"\ntype = "pv"\nkernel = "{kernel}"\nmemory = {memory}\n')
+    return p
+
+
+def works(tool: str, d: Path, kernel: str, memory: int) -> str | None:
+    name = f"bench-probe-{tool}"
+    cfg = write_cfg(d, name, kernel, memory)
+    try:
+        _, r = run([*TOOLS[tool], "create", "-p", str(cfg)], check=False)
+        if r.returncode != 0:
+            return (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        return None
+    finally:
+        destroy(name)
+
+
+def create_latency(tools: list[str], d: Path, kernel: str, memory: int, reps: int
+                   ) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {t: [] for t in tools}
+    for i in range(reps):
+        for t in tools if i % 2 == 0 else tools[::-1]:
+            name = f"bench-lat-{t}-{i}"
+            cfg = write_cfg(d, name, kernel, memory)
+            try:
+                dt, _ = run([*TOOLS[t], "create", str(cfg)])
+                out[t].append(dt)
+            finally:
+                destroy(name)
+    return out
+
+
+def scaling(tool: str, d: Path, kernel: str, memory: int, count: int, list_reps: int
+            ) -> tuple[list[float], list[float]]:
+    names: list[str] = []
+    times: list[float] = []
+    lists: list[float] = []
+    try:
+        for i in range(count):
+            name = f"bench-n-{tool}-{i + 1:03d}"
+            cfg = write_cfg(d, name, kernel, memory)
+            names.append(name)
+            dt, _ = run([*TOOLS[tool], "create", "-p", str(cfg)])
+            times.append(dt)
+            if (i + 1) % 10 == 0:
+                print(f"  {tool}: {i + 1} guests, last create {dt * 1000:.0f} ms", flush=True)
+        for _ in range(list_reps):
+            dt, _ = run([*TOOLS[tool], "list"])
+            lists.append(dt)
+    finally:
+        for n in names:
+            destroy(n)
+    return times, lists
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    kit = os.environ.get("XENTOOL_GUEST_DIR", "")
+    ap.add_argument("--kernel", default=os.path.join(kit, "tiny-wait.elf") if kit else None)
+    ap.add_argument("--memory", type=int, default=16, help="MiB per guest (default 16)")
+    ap.add_argument("--reps", type=int, default=20, help="create-latency repetitions")
+    ap.add_argument("--count", type=int, default=100, help="guests in the scaling run")
+    ap.add_argument("--list-reps", type=int, default=10)
+    ap.add_argument("--tools", default="xl,xentool")
+    ap.add_argument("--out", default="bench/results/create_scaling.json")
+    ap.add_argument("--workdir", default="/tmp/xentool-bench")
+    a = ap.parse_args()
+    if not a.kernel or not os.path.exists(a.kernel):
+        print("bench: no tiny kernel: set XENTOOL_GUEST_DIR or --kernel", file=sys.stderr)
+        return 2
+    d = Path(a.workdir)
+    d.mkdir(parents=True, exist_ok=True)
+    m = machine()
+    free = int(m.get("free_memory_mb") or 0)
+    if free and a.count * a.memory > free * 0.9:
+        a.count = max(1, int(free * 0.9) // a.memory)
+        print(f"bench: only {free} MiB free: scaling run with {a.count} guests", flush=True)
+    tools = [t for t in a.tools.split(",") if t]
+    skipped: dict[str, str] = {}
+    for t in list(tools):
+        why = works(t, d, a.kernel, a.memory)
+        if why is not None:
+            skipped[t] = why
+            tools.remove(t)
+            print(f"bench: {t} create does not work here ({why}); measuring without it")
+    res: dict[str, object] = {"machine": m, "kernel": a.kernel, "memory_mb": a.memory,
+                              "skipped": skipped, "when": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                        time.gmtime())}
+    print(f"machine: {m}")
+    lat = create_latency(tools, d, a.kernel, a.memory, a.reps)
+    res["create_latency_s"] = lat
+    med = {t: statistics.median(v) for t, v in lat.items()}
+    for t in tools:
+        print(f"create latency {t:<8} median of {a.reps}: {med[t] * 1000:8.1f} ms")
+    if {"xl", "xentool"} <= set(tools):
+        print(f"create latency ratio xentool/xl: {ratio(med['xentool'], med['xl'])} "
+              f"(goal <= 0.8)")
+    nth: dict[str, list[float]] = {}
+    lists: dict[str, list[float]] = {}
+    for t in tools:
+        nth[t], lists[t] = scaling(t, d, a.kernel, a.memory, a.count, a.list_reps)
+    res["nth_create_s"] = nth
+    res["list_s"] = lists
+    for t in tools:
+        v = nth[t]
+        head, tail = statistics.median(v[:5]), statistics.median(v[-5:])
+        print(f"{t:<8} create #1 {v[0] * 1000:7.1f} ms, #{len(v)} {v[-1] * 1000:7.1f} ms: "
+              f"ratio {ratio(v[-1], v[0])} (median first/last 5: {head * 1000:.1f} / "
+              f"{tail * 1000:.1f} ms, ratio {ratio(tail, head)}) (goal <= 1.2)")
+        print(f"{t:<8} list with {len(v)} guests: median {statistics.median(lists[t]) * 1000:.1f}"
+              f" ms")
+    if {"xl", "xentool"} <= set(tools):
+        per_n = [x / y for x, y in zip(nth["xentool"], nth["xl"])]
+        res["nth_ratio_xentool_xl"] = per_n
+        print(f"Nth-create ratio xentool/xl: N=1 {per_n[0]:.2f}, N={len(per_n)} "
+              f"{per_n[-1]:.2f}, median {statistics.median(per_n):.2f}")
+        print(f"list ratio xentool/xl: {ratio(statistics.median(lists['xentool']), statistics.median(lists['xl']))}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"results: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
