@@ -519,17 +519,8 @@ class XenCtrl:
         h = self._h
         p = _ffi.new("xc_physinfo_t *")
         self._check("xc_physinfo", _lib.xc_physinfo(h, p))
-        freed = _lib.xc_sharing_freed_pages(h)
-        used = _lib.xc_sharing_used_frames(h)
-        # No memory sharing compiled in (the normal case) reads as 0, like libxl.
-        if freed < 0:
-            if _ffi.errno != 38:
-                self._check("xc_sharing_freed_pages", -1)
-            freed = 0
-        if used < 0:
-            if _ffi.errno != 38:
-                self._check("xc_sharing_used_frames", -1)
-            used = 0
+        freed = self._sharing("xc_sharing_freed_pages", _lib.xc_sharing_freed_pages)
+        used = self._sharing("xc_sharing_used_frames", _lib.xc_sharing_used_frames)
         return PhysInfo(
             threads_per_core=p.threads_per_core, cores_per_socket=p.cores_per_socket,
             nr_cpus=p.nr_cpus, max_cpu_id=p.max_cpu_id, nr_nodes=p.nr_nodes,
@@ -538,6 +529,14 @@ class XenCtrl:
             outstanding_pages=p.outstanding_pages, max_mfn=p.max_mfn,
             hw_cap=tuple(p.hw_cap), sharing_freed_pages=freed, sharing_used_frames=used,
         )
+
+    def _sharing(self, op: str, fn: Any) -> int:
+        n = fn(self._h)
+        if n < 0:
+            if _ffi.errno == 38:  # ENOSYS: no memory sharing (the normal case) reads as 0
+                return 0
+            self._check(op, -1)
+        return n
 
     def sched_id(self) -> int:
         out = _ffi.new("int *")
@@ -831,7 +830,7 @@ class XenCtrl:
         bad = next((i for i in range(n) if errs[i]), None)
         if bad is not None:
             _lib.xenforeignmemory_unmap(fm, addr, n)
-            raise XenError("xenforeignmemory_map", -errs[bad],
+            raise XenError("xenforeignmemory_map", abs(errs[bad]),
                            f"domain {domid} pfn {pfns[bad]:#x}")
 
         def release() -> None:

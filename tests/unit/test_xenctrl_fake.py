@@ -1,0 +1,138 @@
+"""XenCtrl's logic over a fake libxenctrl: paging, errno mapping, handles closed on every path.
+
+The fake replaces only the C functions (``lib``); structs and buffers are the real compiled
+ones from the extension, so field names and types are checked by cffi as in production.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from domain_builder import xenctrl as xc
+from domain_builder._xenctrl import ffi, lib
+from domain_builder.errors import XenError
+
+XCH = ffi.cast("xc_interface *", 0x1000)
+FMEM = ffi.cast("xenforeignmemory_handle *", 0x2000)
+
+
+class FakeLib:
+    def __init__(self, domids: list[int]) -> None:
+        self.domids = domids
+        self.calls: list[tuple] = []
+        self.closed: list[str] = []
+        self.mapped: dict[int, object] = {}
+
+    def __getattr__(self, name: str):  # constants come from the real headers
+        return getattr(lib, name)
+
+    def xc_interface_open(self, *a):
+        return XCH
+
+    def xc_interface_close(self, h):
+        self.closed.append("xc")
+        return 0
+
+    def xenforeignmemory_open(self, *a):
+        return FMEM
+
+    def xenforeignmemory_close(self, h):
+        self.closed.append("fmem")
+        return 0
+
+    def xc_domain_getinfolist(self, h, first, maxn, buf):
+        self.calls.append(("getinfolist", first, maxn))
+        found = [d for d in self.domids if d >= first][:maxn]
+        for i, d in enumerate(found):
+            buf[i].domain = d
+            buf[i].tot_pages = 100 + d
+            buf[i].flags = lib.XEN_DOMINF_paused
+            buf[i].handle[0] = d
+        return len(found)
+
+    def xc_domain_pause(self, h, domid):
+        if domid not in self.domids:
+            ffi.errno = errno.ESRCH
+            return -1
+        return 0
+
+    def xc_get_cpumap_size(self, h):
+        return 2
+
+    def xc_vcpu_getaffinity(self, h, domid, vcpu, hard, soft, flags):
+        assert flags == lib.XEN_VCPUAFFINITY_HARD | lib.XEN_VCPUAFFINITY_SOFT
+        hard[0], hard[1] = 0b101, 0b1
+        soft[0], soft[1] = 0xFF, 0xFF
+        return 0
+
+    def xenforeignmemory_map(self, fm, dom, prot, n, arr, errs):
+        if arr[0] == 0xBAD:
+            errs[n - 1] = -errno.EFAULT
+        mem = ffi.new("char[]", n * xc.PAGE_SIZE)
+        addr = ffi.cast("void *", mem)
+        self.mapped[int(ffi.cast("uintptr_t", addr))] = mem
+        return addr
+
+    def xenforeignmemory_unmap(self, fm, addr, n):
+        del self.mapped[int(ffi.cast("uintptr_t", addr))]
+        return 0
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path) -> FakeLib:
+    dev = tmp_path / "privcmd"
+    dev.touch()
+    f = FakeLib([0, 1, 2, 5, 9])
+    monkeypatch.setattr(xc, "_lib", f)
+    monkeypatch.setattr(xc, "PRIVCMD", str(dev))
+    return f
+
+
+def test_domains_pages_through_batches(fake: FakeLib) -> None:
+    with xc.XenCtrl() as x:
+        doms = x.domains(batch=2)
+    assert [d.domid for d in doms] == [0, 1, 2, 5, 9]
+    assert [c[1] for c in fake.calls] == [0, 2, 6]  # restart after the last id seen
+    assert doms[3].tot_pages == 105 and doms[3].paused and not doms[3].running
+    assert doms[3].handle == bytes([5]) + bytes(15)
+    assert fake.closed == ["xc"]
+
+
+def test_domain_info_none_for_missing_domain(fake: FakeLib) -> None:
+    with xc.XenCtrl() as x:
+        assert x.domain_info(5).domid == 5
+        assert x.domain_info(6) is None  # getinfolist returned the *next* domain, 9
+
+
+def test_failed_call_raises_errno_and_still_closes(fake: FakeLib) -> None:
+    with pytest.raises(XenError) as ei:
+        with xc.XenCtrl() as x:
+            x.pause(4)
+    assert ei.value.errno == errno.ESRCH and ei.value.op == "xc_domain_pause"
+    assert str(ei.value) == "xc_domain_pause failed: ESRCH (No such process): domain 4"
+    assert fake.closed == ["xc"]
+
+
+def test_affinity_decodes_cpumaps(fake: FakeLib) -> None:
+    with xc.XenCtrl() as x:
+        hard, soft = x.vcpu_affinity(1, 0)
+    assert hard == {0, 2, 8} and soft == set(range(16))
+
+
+def test_foreign_map_unmaps_and_closes_both_handles(fake: FakeLib) -> None:
+    with xc.XenCtrl() as x:
+        with x.map_foreign(3, [10, 11]) as view:
+            view[-1] = 7
+            assert len(fake.mapped) == 1
+        assert fake.mapped == {}
+    assert sorted(fake.closed) == ["fmem", "xc"]
+
+
+def test_foreign_map_partial_failure_unmaps_and_names_the_page(fake: FakeLib) -> None:
+    with xc.XenCtrl() as x:
+        with pytest.raises(XenError) as ei:
+            x.map_foreign(3, [0xBAD, 0x42])
+        assert fake.mapped == {}
+    assert ei.value.errno == errno.EFAULT and "pfn 0x42" in str(ei.value)
