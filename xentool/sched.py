@@ -52,7 +52,8 @@ DEFAULT_WEIGHT = 256
 DOM0_NAME = "Domain-0"
 MAX_POLICY_BYTES = 1 << 20
 
-# libxl's stored domain config (``xl`` writes it at create time, ``xl destroy`` removes it).
+# libxl's stored domain config, ``userdata-d.<domid>.<uuid>.libxl-json`` (written by ``xl
+# create``, removed when the domain is destroyed).
 LIBXL_USERDATA_DIR = "/var/lib/xen"
 
 
@@ -234,7 +235,7 @@ def sched_params_from_libxl_json(text: str) -> Params:
 
 
 def libxl_config_path(domid: int, uuid: str, root: str = LIBXL_USERDATA_DIR) -> str:
-    return os.path.join(root, f"userdata-d{domid}.{uuid}.libxl-json")
+    return os.path.join(root, f"userdata-d.{domid}.{uuid}.libxl-json")
 
 
 # --------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_libxl_json_sched_params() -> None:
     assert sched.sched_params_from_libxl_json("{not json") == Params()
     assert sched.sched_params_from_libxl_json("[]") == Params()
     assert sched.sched_params_from_libxl_json('{"b_info": {"sched_params": 3}}') == Params()
-    assert sched.libxl_config_path(7, "ab-cd", "/x") == "/x/userdata-d7.ab-cd.libxl-json"
+    assert sched.libxl_config_path(7, "ab-cd", "/x") == "/x/userdata-d.7.ab-cd.libxl-json"
 
 
 # -- decisions -------------------------------------------------------------------------------

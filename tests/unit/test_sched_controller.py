@@ -126,7 +126,7 @@ def test_reconcile_applies_per_scheduler_and_leaves_others(xc: FakeXc, tmp_path:
     xc.add(4)
     # Guest 4 has cpu_weight in its xl.cfg, as libxl stored it.
     uuid4 = xc.doms[4].uuid
-    (tmp_path / f"userdata-d4.{uuid4}.libxl-json").write_text(
+    (tmp_path / f"userdata-d.4.{uuid4}.libxl-json").write_text(
         json.dumps({"b_info": {"sched_params": {"weight": 640, "cap": -1}}}))
     store = FakeStore(names(d0="Domain-0", d1="web-1", d2="batch", d3="rt-guest", d4="db"))
     msgs: list[str] = []
