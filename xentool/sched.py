@@ -474,8 +474,8 @@ _GONE = (errno.ESRCH, errno.ENOENT, errno.EINVAL)  # what a vanished domain make
 class Controller:
     """Keeps every domain's weight and cap as the policy says.
 
-    ``reconcile`` is one pass; ``on_introduce`` the fast path for new domains; ``run`` the
-    daemon loop.  In ``dry_run`` nothing is set and each intended change is reported once.
+    ``reconcile`` is one pass; ``on_introduce`` the fast path for new domains (``Daemon``
+    drives both).  In ``dry_run`` nothing is set and each intended change is reported once.
     """
 
     backend: Backend
@@ -485,6 +485,7 @@ class Controller:
     known: dict[int, str] = field(default_factory=dict)  # domid -> uuid already handled
     _reported: dict[int, Current] = field(default_factory=dict)
     _pools: dict[int, tuple[str | None, str]] = field(default_factory=dict)
+    _nameless: set[int] = field(default_factory=set)  # seen before their name was written
 
     def _pool(self, poolid: int) -> tuple[str | None, str]:
         if poolid not in self._pools:
@@ -494,7 +495,9 @@ class Controller:
     def view(self, dom: DomainBrief) -> DomainView | None:
         name = self.backend.name(dom.domid)
         if name is None:  # not (or no longer) in XenStore: dying, or not yet set up
+            self._nameless.add(dom.domid)
             return None
+        self._nameless.discard(dom.domid)
         pool_name, sched = self._pool(dom.cpupool)
         if sched not in SCHEDULERS.values():
             return DomainView(dom.domid, name, pool_name, sched, dom.vcpus, Current(0, 0))
@@ -560,7 +563,8 @@ class Controller:
             dec = self.apply(d)
             if dec is not None:
                 out.append(dec)
-        self.known = {d.domid: d.uuid for d in doms}
+        # A domain without a name yet is tried again on the next event.
+        self.known = {d.domid: d.uuid for d in doms if d.domid not in self._nameless}
         return out
 
     def set_policy(self, policy: Policy) -> None:

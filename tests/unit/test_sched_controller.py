@@ -170,6 +170,12 @@ def test_nameless_domain_is_left_for_later(xc: FakeXc) -> None:
     nodes["/local/domain/1/name"] = "web-1"
     ctl.reconcile()
     assert xc.sets == [("credit2", 1, SchedCredit(512, 0))]
+    # On the fast path too: a new domain without a name is retried at the next event.
+    xc.add(2)
+    assert ctl.on_introduce() == []
+    nodes["/local/domain/2/name"] = "web-2"
+    assert [d.domid for d in ctl.on_introduce()] == [2]
+    assert xc.sets[-1] == ("credit2", 2, SchedCredit(512, 0))
 
 
 def test_stale_pool_cache_is_refreshed_once(xc: FakeXc) -> None:
