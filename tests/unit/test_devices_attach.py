@@ -251,3 +251,28 @@ def test_guest_garbage_in_frontend_is_harmless(env, tmp_path: Path) -> None:
     assert ei.value.errno == errno.ETIMEDOUT and "garbage" in str(ei.value)
     detach(xs, ref_of(dev), Force.AUTO, FAST)
     assert not xs.exists(fe)
+
+
+def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from xentool.commands.devices import attach_config_devices, remove_all_devices
+    from xentool.config.disk import parse_disk_spec
+    from xentool.config.vif import parse_vif_spec
+
+    xs, _be, fake = env
+    xs.write("/local/domain/0/name", "Domain-0")
+    before = set(fake.tree("/"))
+    sc = recording_script(tmp_path)
+    config = SimpleNamespace(
+        disks=(parse_disk_spec(f"/img,,xvda,w,script={sc}"),
+               parse_disk_spec(f"/iso,,hdc,cdrom,script={sc}")),
+        vifs=(parse_vif_spec(f"bridge=xenbr0,script={sc}", 0, mac_seed="g"),))
+    attach_config_devices(xs, 5, config, FAST)
+    assert xs.read("/local/domain/0/backend/vbd/5/5632/device-type") == "cdrom"
+    assert xs.read("/local/domain/0/backend/vbd/5/5632/mode") == "r"
+    assert xs.read("/local/domain/0/backend/vif/5/0/mac") == config.vifs[0].mac
+    assert remove_all_devices(xs, 5, FAST) == []
+    assert set(fake.tree("/")) == before
+    assert sorted(c.split()[0] for c in calls(tmp_path)) == \
+        ["add", "add", "offline", "online", "remove", "remove"]

@@ -295,3 +295,32 @@ def cmd_network_list(args: argparse.Namespace) -> int:
             lines += [network_list_row(i) for i in list_devices(s.xs, domid, paths.VIF)]
     print("\n".join(lines))
     return 0
+
+
+# -- for create / destroy ---------------------------------------------------------------------
+
+
+def attach_config_devices(xs, domid: int, config, timeouts=None) -> None:
+    """Plug in every disk and vif of a DomainConfig (guest still paused), as xl create does.
+
+    Validates all specs before touching anything. On failure the devices already attached
+    are unplugged again and the error propagates; call :func:`remove_all_devices` as the
+    create's undo step as well, so a later failure cleans them up too.
+    """
+    from xenstore.devices.attach import Timeouts, attach
+    from xenstore.devices.vbd import vbd_nodes
+    from xenstore.devices.vif import vif_nodes
+
+    t = timeouts or Timeouts()
+    devs = [vbd_nodes(domid, vbd_from_spec(d)) for d in config.disks]
+    devs += [vif_nodes(domid, vif_from_spec(v)) for v in config.vifs]
+    for dev in devs:
+        attach(xs, dev, t)
+
+
+def remove_all_devices(xs, domid: int, timeouts=None) -> list[str]:
+    """Unplug every device of a dying domain: runs the hotplug scripts' remove (frees loop
+    devices, takes vifs off the bridge) and removes every node; returns problems found."""
+    from xenstore.devices.attach import Timeouts, destroy_all
+
+    return destroy_all(xs, domid, timeouts or Timeouts())
