@@ -288,6 +288,8 @@ def test_daemon_applies_on_introduce_and_reloads(daemon, fake_xenstored) -> None
         run.stop()
 
 
+# pyxs's reader thread ends with an exception when xenstored goes away: expected here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_daemon_survives_xenstored_restart(daemon, fake_xenstored) -> None:  # noqa: F811
     d, xc, pol = daemon
     srv, path = fake_xenstored
