@@ -59,6 +59,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("mem-set", "domain_ops", "Set the current memory usage for a domain"),
     Verb("mem-max", "domain_ops", "Set the maximum amount reservation for a domain"),
     Verb("vcpu-set", "domain_ops", "Set the number of active VCPUs allowed for the domain"),
+    Verb("monitor", "monitor", "Apply on_poweroff/on_reboot/on_crash actions for all domains"),
     Verb("sched-credit", "sched", "Get/set credit scheduler parameters"),
     Verb("sched-credit2", "sched", "Get/set credit2 scheduler parameters"),
     Verb("sched-controller", "schedctl", "Keep CPU weights/caps as a policy file says"),

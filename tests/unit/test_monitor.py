@@ -1,0 +1,367 @@
+"""The domain monitor: records, action policy, back-off and the decision loop with fakes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import uuid as uuidlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from xentool import monitor as m
+from xentool.config import load
+from xentool.errors import XentoolError
+
+U1 = "11111111-2222-3333-4444-555555555555"
+U2 = "66666666-7777-8888-9999-aaaaaaaaaaaa"
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(m.STATE_DIR_ENV, str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def rec(uuid: str = U1, name: str = "g", **kw) -> m.DomainRecord:
+    return m.DomainRecord(uuid=uuid, name=name, config_path="/etc/xen/g.cfg",
+                          config_text='name = "g"\n', **kw)
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+def test_record_roundtrip_and_location(state: Path) -> None:
+    r = rec(overrides=("memory=64",), on_crash="restart", restart_at=12.5, fast_restarts=2)
+    path = m.write_record(r)
+    assert path == state / "domains" / f"{U1}.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert m.load_domain_config(U1) == r
+    assert m.load_domain_config(uuidlib.UUID(U1)) == r
+    assert json.loads(path.read_text())["version"] == 1
+    m.remove_domain_config(U1)
+    assert m.load_domain_config(U1) is None
+    m.remove_domain_config(U1)  # twice is fine
+
+
+def test_record_validation() -> None:
+    with pytest.raises(XentoolError, match="invalid uuid 'nope'"):
+        rec(uuid="nope")
+    with pytest.raises(XentoolError, match="invalid on_crash 'explode'"):
+        rec(on_crash="explode")
+    with pytest.raises(XentoolError, match="x.json: not a valid domain record"):
+        m.DomainRecord.from_json('{"version": 2}', "x.json")
+    with pytest.raises(XentoolError, match="not a valid domain record"):
+        m.DomainRecord.from_json("[1,", "x.json")
+
+
+def test_save_domain_config_from_a_real_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text('name = "web"\nkernel = "k"\nmemory = 64\non_crash = "rename-restart"\n'
+                   'on_reboot = "preserve"\n')
+    config = load(str(cfg), ["memory=96"])
+    m.save_domain_config(config, U2, str(cfg), ["memory=96"], cwd="/srv")
+    r = m.load_domain_config(U2)
+    assert r is not None
+    assert (r.name, r.config_path, r.overrides, r.cwd) == ("web", str(cfg), ("memory=96",),
+                                                           "/srv")
+    assert r.config_text == cfg.read_text()
+    assert (r.on_poweroff, r.on_reboot, r.on_crash, r.on_watchdog) == \
+        ("destroy", "preserve", "rename-restart", "destroy")
+    assert r.saved_at == r.started_at > 0 and r.restart_at is None
+
+
+def test_resave_keeps_the_crash_loop_count(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text('name = "web"\nkernel = "k"\n')
+    m.write_record(rec(uuid=U2, fast_restarts=3))
+    m.save_domain_config(load(str(cfg)), U2, str(cfg))
+    assert m.load_domain_config(U2).fast_restarts == 3
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def test_reason_to_action_like_xl() -> None:
+    r = rec(on_poweroff="preserve", on_reboot="rename-restart", on_crash="coredump-restart",
+            on_watchdog="restart", on_soft_reset="destroy")
+    assert [r.action(x) for x in (0, 1, 2, 3, 4, 5, 9, None)] == [
+        "preserve", "rename-restart", None, "coredump-restart", "restart", "destroy",
+        "destroy", "destroy"]
+
+
+@pytest.mark.parametrize("action, plan", [
+    ("destroy", m.Plan(False, "destroy")), ("restart", m.Plan(False, "restart")),
+    ("preserve", m.Plan(False, "preserve")), ("rename-restart", m.Plan(False, "rename-restart")),
+    ("coredump-destroy", m.Plan(True, "destroy")), ("coredump-restart", m.Plan(True, "restart")),
+    ("soft-reset", m.Plan(False, "restart")),
+])
+def test_plan_for(action: str, plan: m.Plan) -> None:
+    assert m.plan_for(action) == plan
+
+
+def test_backoff_doubles_caps_gives_up_and_resets() -> None:
+    b = m.Backoff(stable_after=60, base=1, factor=2, max_delay=5, max_fast_restarts=5)
+    fast, delays = 0, []
+    for _ in range(5):
+        d, fast = b.next(uptime=3, fast_before=fast)
+        delays.append(d)
+    assert delays == [1, 2, 4, 5, 5]
+    assert b.next(uptime=3, fast_before=fast) == (None, 6)
+    assert b.next(uptime=61, fast_before=fast) == (0.0, 0)
+
+
+def test_preserved_name_is_xls_utc_suffix() -> None:
+    assert m.preserved_name("web", 1700000000) == "web-20231114T2213Z"
+
+
+def test_restart_argv() -> None:
+    r = rec(overrides=("memory=64", "vcpus=2"))
+    assert m.restart_argv(r, "/x/g.cfg", ["xentool", "create", "-q"]) == [
+        "xentool", "create", "-q", "/x/g.cfg", "memory=64", "vcpus=2", f'uuid="{U1}"']
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dom:
+    domid: int
+    uuid: str
+    shutdown: bool = False
+    dying: bool = False
+    shutdown_reason: int | None = None
+
+
+class FakeOps:
+    def __init__(self) -> None:
+        self.doms: dict[int, Dom] = {0: Dom(0, "00000000-0000-0000-0000-000000000000")}
+        self.calls: list[tuple] = []
+        self.next_domid = 10
+        self.gone_before_destroy: set[int] = set()
+        self.locked: list[int] = []
+
+    def add(self, uuid: str, reason: int | None = None) -> Dom:
+        d = Dom(self.next_domid, uuid, reason is not None, False, reason)
+        self.next_domid += 1
+        self.doms[d.domid] = d
+        return d
+
+    def domains(self) -> list[Dom]:
+        return [self.doms[k] for k in sorted(self.doms)]
+
+    @contextlib.contextmanager
+    def lock(self, domid: int) -> Iterator[None]:
+        self.locked.append(domid)
+        yield
+
+    def destroy(self, domid: int) -> bool:
+        self.calls.append(("destroy", domid))
+        if domid in self.gone_before_destroy:
+            return False
+        del self.doms[domid]
+        return True
+
+    def preserve(self, domid: int, new_name: str, new_uuid: str) -> None:
+        self.calls.append(("preserve", domid, new_name))
+        self.doms[domid].uuid = new_uuid
+
+    def create(self, r: m.DomainRecord) -> None:
+        self.calls.append(("create", r.name))
+        self.add(r.uuid)
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def world() -> tuple[FakeOps, Clock, m.Monitor]:
+    ops, clock = FakeOps(), Clock()
+    return ops, clock, m.Monitor(ops, backoff=m.Backoff(stable_after=60, max_delay=8,
+                                                        max_fast_restarts=3), clock=clock)
+
+
+def test_poweroff_destroys(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(started_at=clock.t - 1000))
+    d = ops.add(U1, reason=0)
+    mon.scan()
+    assert ops.calls == [("destroy", d.domid)]
+    assert ops.locked == [d.domid]
+    mon.scan()
+    assert ops.calls == [("destroy", d.domid)]
+
+
+def test_reboot_restarts_with_the_saved_record(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(started_at=clock.t - 1000))
+    d = ops.add(U1, reason=1)
+    mon.scan()
+    assert ops.calls == [("destroy", d.domid), ("create", "g")]
+    new = [x for x in ops.domains() if x.uuid == U1]
+    assert len(new) == 1 and new[0].domid != d.domid and not new[0].shutdown
+    r = m.load_domain_config(U1)
+    assert r.restart_at is None and r.started_at == clock.t and r.fast_restarts == 0
+
+
+def test_crash_loop_backs_off_then_gives_up(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(on_crash="restart", started_at=clock.t))
+    creates = []
+    for expected_delay in (1, 2, 4):
+        clock.t += 5  # dies 5 s after each start
+        crashed = [x for x in ops.domains() if x.uuid == U1]
+        if crashed:
+            crashed[0].shutdown, crashed[0].shutdown_reason = True, 3
+        else:
+            ops.add(U1, reason=3)
+        mon.scan()
+        n = sum(c[0] == "create" for c in ops.calls)
+        assert m.load_domain_config(U1).restart_at == clock.t + expected_delay
+        clock.t += expected_delay - 0.5
+        mon.scan()
+        assert sum(c[0] == "create" for c in ops.calls) == n  # not yet
+        assert 0 < mon.next_wakeup() <= 0.5
+        clock.t += 0.5
+        mon.scan()
+        creates.append(sum(c[0] == "create" for c in ops.calls))
+    assert creates == [1, 2, 3]
+    clock.t += 5
+    [x for x in ops.domains() if x.uuid == U1][0].shutdown = True
+    [x for x in ops.domains() if x.uuid == U1][0].shutdown_reason = 3
+    mon.scan()
+    r = m.load_domain_config(U1)
+    assert r.restart_at is None and r.fast_restarts == 4
+    clock.t += 1000
+    mon.scan()
+    assert sum(c[0] == "create" for c in ops.calls) == 3
+    assert not [x for x in ops.domains() if x.uuid == U1]
+
+
+def test_stable_domain_restarts_at_once_and_resets_the_count(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(started_at=clock.t - 100, fast_restarts=2))
+    ops.add(U1, reason=1)
+    mon.scan()
+    assert [c[0] for c in ops.calls] == ["destroy", "create"]
+    assert m.load_domain_config(U1).fast_restarts == 0
+
+
+def test_preserve_leaves_the_domain_alone(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(on_poweroff="preserve"))
+    ops.add(U1, reason=0)
+    mon.scan()
+    mon.scan()
+    assert ops.calls == [] and ops.locked == []
+
+
+def test_rename_restart_keeps_the_old_one_and_starts_a_new_one(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(on_crash="rename-restart", started_at=clock.t - 1000))
+    d = ops.add(U1, reason=3)
+    mon.scan()
+    assert ops.calls == [("preserve", d.domid, m.preserved_name("g", clock.t)),
+                         ("create", "g")]
+    assert ops.doms[d.domid].uuid != U1  # the kept one has a uuid of its own
+    mon.scan()
+    assert len(ops.calls) == 2  # the preserved domain has no record: left alone
+
+
+def test_coredump_restart_destroys_and_restarts(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(on_crash="coredump-restart", started_at=clock.t - 1000))
+    ops.add(U1, reason=3)
+    mon.scan()
+    assert [c[0] for c in ops.calls] == ["destroy", "create"]
+
+
+def test_domain_destroyed_by_someone_else_is_not_restarted(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(started_at=clock.t - 1000))
+    d = ops.add(U1, reason=1)
+    ops.gone_before_destroy.add(d.domid)
+    mon.scan()
+    assert ops.calls == [("destroy", d.domid)]
+    assert m.load_domain_config(U1).restart_at is None
+
+
+def test_foreign_suspended_and_running_domains_are_ignored(world) -> None:
+    ops, clock, mon = world
+    ops.add(U2, reason=0)  # no record: xl's
+    m.write_record(rec())
+    ops.add(U1, reason=2)  # suspended
+    ops.add("aaaaaaaa-0000-0000-0000-000000000000")  # running
+    mon.scan()
+    assert ops.calls == []
+
+
+def test_a_failing_action_does_not_stop_the_others(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(started_at=clock.t - 1000))
+    m.write_record(rec(uuid=U2, name="h", started_at=clock.t - 1000))
+    bad = ops.add(U1, reason=0)
+    good = ops.add(U2, reason=0)
+    real_destroy = ops.destroy
+
+    def destroy(domid: int) -> bool:
+        if domid == bad.domid:
+            raise OSError(16, "busy")
+        return real_destroy(domid)
+
+    ops.destroy = destroy  # type: ignore[method-assign]
+    mon.scan()
+    assert good.domid not in ops.doms and bad.domid in ops.doms
+
+
+def test_pending_restart_survives_a_monitor_restart(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(started_at=clock.t))
+    clock.t += 5
+    ops.add(U1, reason=1)
+    mon.scan()  # quick death: restart in 1 s
+    assert [c[0] for c in ops.calls] == ["destroy"]
+    clock.t += 2
+    fresh = m.Monitor(ops, clock=clock)
+    fresh.scan()
+    assert [c[0] for c in ops.calls] == ["destroy", "create"]
+
+
+def test_records_of_vanished_domains_are_collected(world) -> None:
+    ops, clock, mon = world
+    m.write_record(rec(saved_at=clock.t - m.RECORD_GRACE - 1, started_at=clock.t - 99999))
+    m.write_record(rec(uuid=U2, saved_at=clock.t - 10, started_at=clock.t - 10))
+    live = "aaaaaaaa-0000-0000-0000-000000000000"
+    m.write_record(rec(uuid=live, saved_at=0, started_at=0))
+    ops.add(live)
+    mon.scan()
+    assert m.load_domain_config(U1) is None
+    assert m.load_domain_config(U2) is not None
+    assert m.load_domain_config(live) is not None
+
+
+def test_xenops_create_runs_the_command_in_the_saved_cwd(tmp_path: Path) -> None:
+    out = tmp_path / "argv"
+    script = tmp_path / "fake_create.py"
+    script.write_text("import json, os, sys\n"
+                      f"open({str(out)!r}, 'w').write(json.dumps([os.getcwd(), sys.argv[1:],"
+                      " open(sys.argv[1]).read()]))\n")
+    r = rec(overrides=("memory=64",), cwd=str(tmp_path))
+    m.XenOps(None, [sys.executable, str(script)]).create(r)
+    cwd, argv, text = json.loads(out.read_text())
+    assert cwd == str(tmp_path)
+    assert argv[1:] == ["memory=64", f'uuid="{U1}"']
+    assert text == r.config_text
+    failing = tmp_path / "fail.py"
+    failing.write_text("import sys; print('xentool: no such kernel', file=sys.stderr); "
+                       "sys.exit(1)\n")
+    with pytest.raises(XentoolError, match="no such kernel"):
+        m.XenOps(None, [sys.executable, str(failing)]).create(replace(r, cwd="/nonexistent"))

@@ -1,0 +1,73 @@
+"""``xentool monitor``: the one process that applies every domain's on_* actions.
+
+Run it as a service (``contrib/systemd/xentool-monitor.service``); see ``xentool.monitor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import threading
+
+from xentool.errors import XentoolError
+
+log = logging.getLogger(__name__)
+
+
+def configure_monitor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true",
+                   help="handle what is due now, then exit (instead of running forever)")
+    p.add_argument("--create-cmd", metavar="CMD", default=None,
+                   help="command that re-creates a domain from a config file (default: "
+                        "this xentool's 'create -q'); the file, the overrides and uuid=... "
+                        "are appended")
+    p.add_argument("--stable-after", metavar="S", type=float, default=60.0,
+                   help="a domain that ran this long before dying restarts at once "
+                        "(default 60)")
+    p.add_argument("--max-delay", metavar="S", type=float, default=300.0,
+                   help="longest back-off before restarting a crash-looping domain "
+                        "(default 300)")
+    p.add_argument("--max-fast-restarts", metavar="N", type=int, default=10,
+                   help="give up after N quick deaths in a row (default 10)")
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from xentool.domains import Session
+    from xentool.locks import FileLock, LockTimeout, run_dir
+    from xentool.monitor import Backoff, Monitor, XenOps, run
+
+    if args.stable_after < 0 or args.max_delay < 0 or args.max_fast_restarts < 0:
+        raise XentoolError("--stable-after, --max-delay and --max-fast-restarts must not be "
+                           "negative")
+    create_cmd = shlex.split(args.create_cmd) if args.create_cmd else None
+    if create_cmd == []:
+        raise XentoolError("--create-cmd is empty")
+    backoff = Backoff(stable_after=args.stable_after, max_delay=args.max_delay,
+                      max_fast_restarts=args.max_fast_restarts)
+    single = FileLock(run_dir() / "monitor.lock", what="monitor", timeout=0)
+    try:
+        single.acquire()
+    except LockTimeout:
+        raise XentoolError(f"another monitor is already running "
+                           f"({single.holder() or 'unknown process'})") from None
+    try:
+        with Session() as s:
+            mon = Monitor(XenOps(s, create_cmd), backoff=backoff)
+            if args.once:
+                mon.scan()
+                return 0
+            stop = threading.Event()
+
+            def on_signal(signum: int, frame: object) -> None:
+                log.info("monitor: %s, stopping", signal.Signals(signum).name)
+                stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            log.info("monitor: watching all domains")
+            run(mon, s.xs, stop)
+    finally:
+        single.release()
+    return 0
