@@ -1,0 +1,215 @@
+"""shutdown/reboot/rename/mem-set/mem-max/vcpu-set against the hypervisor, xl as the oracle.
+
+Guests are created with ``xl create -e`` (no xl monitoring daemon), so nothing reacts to a
+shutdown behind the test's back: a guest that shuts down stays in state 's' with its reason.
+Under TCG a busybox boot is slow, so one busybox guest (module scope) serves the memory and
+vcpu tests, and the shutdown/reboot tests share one guest per verb.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import GuestKit, wait_for_console, xentool, xl
+
+pytestmark = pytest.mark.xen
+
+
+def xs_read(path: str) -> str | None:
+    r = subprocess.run(["xenstore-read", path], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def domid_of(name: str) -> int:
+    return int(xl("domid", name).stdout)
+
+
+def dominfo(name: str) -> dict:
+    """xentool's list --json entry (hypervisor values: max_memory_kb, shutdown_reason...)."""
+    rows = json.loads(xentool("list", "--json", name).stdout)
+    return rows[0]
+
+
+def wait_state(name: str, pred, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = dominfo(name)
+        if pred(info):
+            return info
+        assert time.monotonic() < deadline, f"{name} never reached the state: {info}"
+        time.sleep(0.5)
+
+
+def start_busybox(kit: GuestKit, tmp: Path, name: str, **kw) -> int:
+    cfg = tmp / f"{name}.cfg"
+    cfg.write_text(kit.busybox_cfg(name, **kw))
+    xl("create", "-e", str(cfg))
+    wait_for_console(name, "XENTOOL-GUEST-READY", timeout=300)
+    return domid_of(name)
+
+
+@pytest.fixture(scope="module")
+def busybox(kit: GuestKit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = f"t-ops-bb-{int(time.time()) % 100000}"
+    try:
+        start_busybox(kit, tmp_path_factory.mktemp("bb"), name, memory=128, vcpus=1,
+                      more="maxmem = 160\nmaxvcpus = 2\n")
+        # the guest's balloon and cpu-hotplug drivers are up once the marker is printed
+        yield name
+    finally:
+        xl("destroy", name, check=False)
+
+
+@pytest.fixture
+def tiny(kit: GuestKit, tmp_path: Path, guest_name: str) -> Iterator[str]:
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(kit.tiny_cfg(guest_name, wait=True))
+    try:
+        xl("create", "-e", str(cfg))
+        yield guest_name
+    finally:
+        xl("destroy", guest_name, check=False)
+
+
+# -- memory and vcpus (one busybox guest) ---------------------------------------------------
+
+
+def mem_state(name: str) -> tuple[str | None, str | None, int]:
+    d = domid_of(name)
+    uuid = dominfo(name)["uuid"]
+    return (xs_read(f"/local/domain/{d}/memory/target"), xs_read(f"/vm/{uuid}/memory"),
+            dominfo(name)["max_memory_kb"])
+
+
+def test_mem_set_matches_xl(busybox: str) -> None:
+    xentool("mem-set", busybox, "100m")
+    ours = mem_state(busybox)
+    xl("mem-set", busybox, "112m")
+    assert mem_state(busybox) != ours  # the oracle really changed something
+    xl("mem-set", busybox, "100m")
+    assert mem_state(busybox) == ours
+    assert ours[0] == str(100 * 1024) and ours[1] == "100"
+    # the guest's balloon driver follows the target
+    wait_state(busybox, lambda i: i["current_memory_kb"] <= 101 * 1024, timeout=120)
+
+
+def test_mem_set_above_static_max_fails_like_xl(busybox: str) -> None:
+    before = mem_state(busybox)
+    r = xentool("mem-set", busybox, "1g", check=False)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "memory_dynamic_max" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert xl("mem-set", busybox, "1g", check=False).returncode == 1
+    assert mem_state(busybox) == before
+    r = xentool("mem-set", busybox, "12q", check=False)
+    assert (r.returncode, r.stderr) == (2, "xentool: invalid memory size: 12q\n")
+
+
+def test_mem_max_matches_xl(busybox: str) -> None:
+    xentool("mem-set", busybox, "120m")
+    xentool("mem-max", busybox, "150m")
+    ours = dominfo(busybox)["max_memory_kb"]
+    xl("mem-max", busybox, "140m")
+    assert dominfo(busybox)["max_memory_kb"] != ours
+    xl("mem-max", busybox, "150m")
+    assert dominfo(busybox)["max_memory_kb"] == ours == 150 * 1024 + 1024
+    assert xs_read(f"/local/domain/{domid_of(busybox)}/memory/static-max") == str(160 * 1024)
+    r = xentool("mem-max", busybox, "64m", check=False)
+    assert r.returncode == 1 and "memory_static_max" in r.stderr
+
+
+def test_vcpu_set_matches_xl_and_the_guest_follows(busybox: str) -> None:
+    d = domid_of(busybox)
+
+    def nodes() -> list[str | None]:
+        return [xs_read(f"/local/domain/{d}/cpu/{i}/availability") for i in range(2)]
+
+    xentool("vcpu-set", busybox, "2")
+    assert nodes() == ["online", "online"]
+    wait_state(busybox, lambda i: i["vcpus_online"] == 2, timeout=120)
+    xentool("vcpu-set", busybox, "1")
+    ours = nodes()
+    xl("vcpu-set", busybox, "2")
+    xl("vcpu-set", busybox, "1")
+    assert nodes() == ours == ["online", "offline"]
+    wait_state(busybox, lambda i: i["vcpus_online"] == 1, timeout=120)
+    r = xentool("vcpu-set", busybox, "3", "-i", check=False)
+    assert r.returncode == 1 and "at most 2" in r.stderr
+
+
+# -- rename (tiny guest) ------------------------------------------------------------------
+
+
+def test_rename_like_xl(tiny: str) -> None:
+    d = domid_of(tiny)
+    new = tiny + "-r"
+    try:
+        xentool("rename", tiny, new)
+        assert domid_of(new) == d
+        assert xs_read(f"/local/domain/{d}/name") == new
+        uuid = dominfo(new)["uuid"]
+        assert xs_read(f"/vm/{uuid}/name") == new
+        assert xl("domid", tiny, check=False).returncode != 0
+        r = xentool("rename", new, "Domain-0", check=False)
+        assert r.returncode == 1
+        assert r.stderr == (f"xentool: can't rename domain '{new}': domain with name "
+                            f"\"Domain-0\" already exists\n")
+        assert xl("rename", new, "Domain-0", check=False).returncode != 0
+        xl("rename", new, tiny)
+        assert domid_of(tiny) == d
+    finally:
+        xl("destroy", new, check=False)
+
+
+# -- shutdown / reboot ------------------------------------------------------------------------
+
+
+def test_shutdown_w_of_busybox_guest(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
+    try:
+        d = start_busybox(kit, tmp_path, guest_name)
+        assert xs_read(f"/local/domain/{d}/control/feature-poweroff") == "1"
+        r = xentool("shutdown", "-w", guest_name, timeout=300)
+        assert r.stderr.splitlines() == [
+            f"Shutting down domain {d}", "Waiting for 1 domains",
+            f"Domain {d} has been shut down, reason code 0"]
+        info = dominfo(guest_name)
+        assert info["shutdown"] and info["shutdown_reason"] == 0
+    finally:
+        xl("destroy", guest_name, check=False)
+
+
+def test_reboot_w_of_busybox_guest(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
+    try:
+        d = start_busybox(kit, tmp_path, guest_name)
+        r = xentool("reboot", "-w", guest_name, timeout=300)
+        assert r.stderr.splitlines() == [
+            f"Rebooting domain {d}", "Waiting for 1 domains",
+            f"Domain {d} has been shut down, reason code 1"]
+        assert dominfo(guest_name)["shutdown_reason"] == 1
+    finally:
+        xl("destroy", guest_name, check=False)
+
+
+def test_shutdown_F_of_guest_without_pv_control(tiny: str) -> None:
+    d = domid_of(tiny)
+    wait_for_console(tiny, "XENTOOL-TINY-UP", timeout=120)
+    assert xs_read(f"/local/domain/{d}/control/feature-poweroff") is None
+    r = xentool("shutdown", "-F", "-w", tiny, timeout=120)
+    assert "PV control interface not available" in r.stderr
+    assert f"Domain {d} has been shut down, reason code 0" in r.stderr
+    assert dominfo(tiny)["shutdown_reason"] == 0
+
+
+def test_shutdown_usage_errors() -> None:
+    r = xentool("shutdown", check=False)
+    assert (r.returncode, r.stderr) == (2, "xentool: you must specify -a or a domain id\n")
+    r = xentool("shutdown", "no-such-domain-xyz", check=False)
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert re.fullmatch(r"xentool: [^\n]*\n", r.stderr)
