@@ -16,6 +16,9 @@ found busy) so the next attempt creates a fresh one.  A holder always re-checks 
 ``flock`` that the path still names the file it locked, so it never holds an unlinked
 lock by mistake.
 
+Lock order: the create lock before any domain lock, and domain locks in increasing domid
+order; never wait for the create lock while holding a domain lock.
+
 Locks are reentrant within a process (and thread-safe): nested ``with domain_lock(3):``
 does not deadlock on itself.  ``XENTOOL_RUN_DIR`` moves the directory (tests).
 """

@@ -428,7 +428,9 @@ class XenOps:
                 t.rm(old_vm, missing_ok=True)
 
         self.s.xs.transact(move)
-        rename_domain(self.s, domid, new_name)
+        # The monitor holds the domain lock already; taking the create lock now would
+        # invert the lock order.  The time-stamped name is unique, and checked anyway.
+        rename_domain(self.s, domid, new_name, lock=False)
 
     def create(self, rec: DomainRecord) -> None:
         cfg = records_dir() / f"{rec.uuid}.cfg"

@@ -293,13 +293,24 @@ def configure_rename(p: argparse.ArgumentParser) -> None:
     p.add_argument("new_name", metavar="NEWNAME", help="the new name")
 
 
-def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = None) -> None:
-    """Rename ``domid`` (checking it is still called ``old_name`` if given)."""
+def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = None,
+                  *, lock: bool = True) -> None:
+    """Rename ``domid`` (checking it is still called ``old_name`` if given).
+
+    Takes the create lock, then the domain lock (the global lock order); a caller that
+    already holds the domain lock passes ``lock=False`` and must make sure the name is
+    unique by other means (the monitor's time-stamped rename-restart names are).
+    """
+    import contextlib
+
     from xentool.domains import name_to_domid
     from xentool.locks import create_lock, domain_lock
 
     check_new_name(new_name)
-    with create_lock(), domain_lock(domid):
+    with contextlib.ExitStack() as held:
+        if lock:
+            held.enter_context(create_lock())
+            held.enter_context(domain_lock(domid))
         other = name_to_domid(s.xc, s.xs, new_name)
         if other is not None and other != domid:
             raise XentoolError(f'domain with name "{new_name}" already exists')
