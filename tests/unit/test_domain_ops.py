@@ -285,3 +285,19 @@ def test_F_with_feature_but_no_ack_falls_back_after_the_timeout(env: SimpleNames
     env.xs.write("/local/domain/5/control/feature-reboot", "1")
     ops.request(env, 5, "reboot", fallback=True, timeout=0.3)
     assert env.xc.shutdowns == [(5, ShutdownReason.REBOOT)]
+
+
+def test_monitor_preserve_gives_a_new_uuid_vm_path_and_name(env: SimpleNamespace) -> None:
+    """libxl_domain_preserve as the monitor's rename-restart does it."""
+    from xentool.monitor import XenOps
+
+    handles: list[tuple[int, bytes]] = []
+    env.xc.set_handle = lambda domid, h: handles.append((domid, h))
+    new = "abcdefab-0000-4000-8000-000000000001"
+    XenOps(env).preserve(5, "guest-20250101T0000Z", new)
+    assert handles == [(5, bytes.fromhex(new.replace("-", "")))]
+    assert env.xs.read("/local/domain/5/vm") == f"/vm/{new}"
+    assert env.xs.read(f"/vm/{new}/uuid") == new
+    assert env.xs.read(f"/vm/{new}/name") == "guest-20250101T0000Z"
+    assert env.xs.read("/local/domain/5/name") == "guest-20250101T0000Z"
+    assert not env.xs.exists(f"/vm/{UUID}")  # the restarted domain will own the old uuid
