@@ -32,7 +32,10 @@ Contract:
 * With ``record_dir`` the journal keeps ``<record_dir>/<op>-<pid>.json`` up to date (steps
   done, ``note``s).  It is removed on commit and after a complete rollback, so a file
   whose pid is dead is the trace of a process killed mid-operation: ``orphan_records``
-  finds them for ``destroy``/``list`` to recover what it left (e.g. the noted domid).
+  finds them for ``destroy``/``list`` to recover what it left (e.g. the noted domid);
+  ``half_built_domains()`` maps the domids noted by killed creates to their records.
+  Recommended: ``Journal("create", record_dir=default_record_dir())`` and
+  ``j.note("domid", domid)`` right after the domain exists.
 
 Fault injection (for tests; see ``FaultPlan.parse``): ``XENTOOL_FAULT_INJECT=step:K``
 makes step K raise ``InjectedFault``, ``kill:K`` makes the process SIGKILL itself at step
@@ -182,6 +185,32 @@ def orphan_records(record_dir: Path | str) -> list[OrphanRecord]:
         if not process_alive(pid, start):
             out.append(rec)
     return out
+
+
+def default_record_dir() -> Path:
+    """Where journaled operations keep their crash records: ``<run dir>/journal``."""
+    from xentool.locks import run_dir  # locks imports this module
+
+    return run_dir() / "journal"
+
+
+def half_built_domains(record_dir: Path | str | None = None) -> dict[int, OrphanRecord]:
+    """Domains that a killed ``create`` left, by the domid it ``note``d: for ``list`` to
+    flag them and for ``destroy`` to know they are debris."""
+    out = {}
+    for rec in orphan_records(record_dir or default_record_dir()):
+        domid = rec.notes.get("domid")
+        if rec.op == "create" and isinstance(domid, int):
+            out[domid] = rec
+    return out
+
+
+def forget_record(rec: OrphanRecord) -> None:
+    """Drop the crash record once what it describes has been cleaned up."""
+    try:
+        rec.path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 # -- the journal ---------------------------------------------------------------------------

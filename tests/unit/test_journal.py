@@ -252,3 +252,23 @@ def test_process_alive_tells_reused_pids_apart() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     assert not process_alive(dead.pid, None)
+
+
+def test_half_built_domains_from_killed_creates(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from xentool.journal import default_record_dir, forget_record, half_built_domains
+
+    monkeypatch.setenv("XENTOOL_RUN_DIR", str(tmp_path / "run"))
+    assert default_record_dir() == tmp_path / "run" / "journal"
+    r = _child(tmp_path, """
+        from xentool.journal import Journal, default_record_dir
+        with Journal("create", record_dir=default_record_dir()) as j:
+            d = j.do("create domain", lambda: 12)
+            j.note("domid", d)
+            j.do("build", lambda: None)
+        """, env={FAULT_ENV: "kill:2", "XENTOOL_RUN_DIR": str(tmp_path / "run")})
+    assert r.returncode == -signal.SIGKILL
+    found = half_built_domains()
+    assert list(found) == [12] and found[12].steps == ("create domain",)
+    forget_record(found[12])
+    assert half_built_domains() == {}
