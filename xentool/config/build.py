@@ -282,10 +282,9 @@ def _disks(r: _Reader) -> tuple[DiskSpec, ...]:
         try:
             disks.append(parse_disk_spec(a.text))
         except DiskSpecError as exc:
+            # Columns inside the string are exact unless it contains escapes.
             col = a.column + (1 if a.quoted else 0) + min(exc.offset, len(a.text))
-            raise ConfigError(f"disk {i}: {exc}", a.file, a.line, col,
-                              r.p._lines.source_line(a.file, a.line) if r.p._lines else None
-                              ) from None
+            raise r.p.error(f"disk {i}: {exc}", a, col) from None
     vdevs: dict[str, int] = {}
     for i, d in enumerate(disks):
         if d.vdev in vdevs:
@@ -306,9 +305,7 @@ def _vifs(r: _Reader, mac_seed: str) -> tuple[VifSpec, ...]:
             vifs.append(parse_vif_spec(a.text, i, mac_seed, warns))
         except VifSpecError as exc:
             col = a.column + (1 if a.quoted else 0) + exc.offset
-            raise ConfigError(f"vif {i}: {exc}", a.file, a.line, col,
-                              r.p._lines.source_line(a.file, a.line) if r.p._lines else None
-                              ) from None
+            raise r.p.error(f"vif {i}: {exc}", a, col) from None
         for w in warns:
             r.warnings.append(f"{a.file}:{a.line}:{a.column + 1 + w.offset}: warning: "
                               f"vif {i}: {w.message}")

@@ -101,10 +101,15 @@ class ParsedConfig:
     warnings: tuple[str, ...] = ()
     _lines: "_LineIndex | None" = field(default=None, repr=False, compare=False)
 
-    def error(self, message: str, at: Statement | Setting | Atom | ListValue) -> ConfigError:
-        """A ConfigError located at a statement, setting or value of this file."""
-        src = self._lines.source_line(at.file, at.line) if self._lines else None
-        return ConfigError(message, at.file, at.line, at.column, src)
+    def source_line(self, file: str, line: int) -> str | None:
+        """The text of a line of the config (or of the overrides), for excerpts."""
+        return self._lines.source_line(file, line) if self._lines else None
+
+    def error(self, message: str, at: Statement | Setting | Atom | ListValue,
+              column: int | None = None) -> ConfigError:
+        """A ConfigError located at a statement, setting or value (or a column of its line)."""
+        return ConfigError(message, at.file, at.line, at.column if column is None else column,
+                           self.source_line(at.file, at.line))
 
 
 # --------------------------------------------------------------------------- positions
@@ -378,7 +383,7 @@ def _prescan(text: str, lines: _LineIndex) -> None:
             raise lines.error("NUL byte in config file", m.start())
 
 
-def _build_value(node: tuple, text: str, lines: _LineIndex, warnings: list[str]) -> Value:
+def _build_value(node: tuple, lines: _LineIndex, warnings: list[str]) -> Value:
     kind, loc = node[0], node[1]
     file, line, col = lines.locate(loc)
     if kind == "atom":
@@ -386,7 +391,7 @@ def _build_value(node: tuple, text: str, lines: _LineIndex, warnings: list[str])
         if tok[0] in "\"'":
             return Atom(_dequote(tok, loc, lines, warnings), True, file, line, col)
         return Atom(tok, False, file, line, col)
-    items = tuple(_build_value(n, text, lines, warnings) for n in node[2])
+    items = tuple(_build_value(n, lines, warnings) for n in node[2])
     return ListValue(items, file, line, col)
 
 
@@ -444,7 +449,7 @@ def parse(text: str, source: str = "<config>", extra: str | None = None, *,
     for node in nodes:
         _, loc, key, op_text, vnode = node
         file, line, col = lines.locate(loc)
-        stmt = Statement(key, _OPS[op_text], _build_value(vnode, text, lines, warnings),
+        stmt = Statement(key, _OPS[op_text], _build_value(vnode, lines, warnings),
                          file, line, col)
         statements.append(stmt)
         value = stmt.value
