@@ -116,9 +116,12 @@ def configure_sched_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("domains", nargs="*", metavar="DOMAIN", help="only these domains")
 
 
+_clock, _sleep = time.monotonic, time.sleep  # replaced by a fake clock in tests
+
+
 def _sample(s: Session) -> tuple[float, dict[int, int], list[Any]]:
     doms = s.xc.domains()
-    return time.monotonic(), {d.domid: d.cpu_time_ns for d in doms}, doms
+    return _clock(), {d.domid: d.cpu_time_ns for d in doms}, doms
 
 
 def cmd_sched_stats(args: argparse.Namespace) -> int:
@@ -131,7 +134,7 @@ def cmd_sched_stats(args: argparse.Namespace) -> int:
         n = 0
         t0, before, _ = _sample(s)
         while args.count == 0 or n < args.count:
-            time.sleep(max(0.0, t0 + args.interval - time.monotonic()))
+            _sleep(max(0.0, t0 + args.interval - _clock()))
             t1, after, doms = _sample(s)
             rows = _rows(s, doms, before, after, t1 - t0, args.cpupool, only)
             if args.json:
