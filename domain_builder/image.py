@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import enum
 import lzma
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -762,11 +763,18 @@ def read_file(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE, what: str =
     p = Path(path)
     try:
         with p.open("rb") as f:
-            data = f.read(max_size + 1)
+            # Ask the size first: read(max_size + 1) would allocate the whole limit up front.
+            size = os.fstat(f.fileno()).st_size
+            _need(size <= max_size, f"{what} {p} is larger than the {max_size}-byte limit")
+            chunks = []
+            total = 0
+            while chunk := f.read(min(1 << 24, max_size + 1 - total) or 1):
+                chunks.append(chunk)
+                total += len(chunk)
+                _need(total <= max_size, f"{what} {p} is larger than the {max_size}-byte limit")
     except OSError as exc:
         raise ImageError(f"{what} {p}: {exc.strerror or exc}") from None
-    _need(len(data) <= max_size, f"{what} {p} is larger than the {max_size}-byte limit")
-    return data
+    return b"".join(chunks)
 
 
 def load_kernel(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> KernelImage:

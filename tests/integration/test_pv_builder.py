@@ -1,0 +1,158 @@
+"""The PV builder on a real hypervisor: `xentool create` boots the guest kit, xl checks it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from .helpers import console_log, wait_for_console, xentool, xl
+
+pytestmark = pytest.mark.xen
+
+MARKER = "XENTOOL-GUEST-UP"
+
+
+def xl_list(name: str) -> dict:
+    """The guest's entry in `xl list -l` (libxl JSON)."""
+    doms = json.loads(xl("list", "-l", name).stdout)
+    assert len(doms) == 1
+    return doms[0]
+
+
+def xl_row(name: str) -> list[str]:
+    """Name ID Mem VCPUs State Time(s) of `xl list NAME`."""
+    return xl("list", name).stdout.splitlines()[1].split()
+
+
+def free_memory() -> int:
+    m = re.search(r"^free_memory\s*:\s*(\d+)", xl("info").stdout, re.M)
+    assert m
+    return int(m.group(1))
+
+
+def destroy(name: str) -> None:
+    r = xentool("destroy", name, check=False)
+    if r.returncode != 0:  # leave the testbed clean even if our destroy is broken
+        xl("destroy", name, check=False)
+
+
+@pytest.mark.parametrize("memory, vcpus", [(128, 1), (128, 2), (512, 1), (512, 2)])
+def test_busybox_guest_boots(kit, guest_name, cfg_file, memory: int, vcpus: int) -> None:
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=memory, vcpus=vcpus,
+                                   extra="xentool.test=cmdline-reached"))
+    r = xentool("create", str(cfg), check=False)
+    try:
+        assert r.returncode == 0, r.stderr
+        log = wait_for_console(guest_name, MARKER, timeout=240)
+        name, _domid, mem, nvcpus, state, _time = xl_row(guest_name)
+        assert name == guest_name
+        assert int(mem) == memory and int(nvcpus) == vcpus
+        assert "r" in state or "b" in state, state
+        # The initrd's /init ran (the marker); it reports the cmdline, CPUs and memory seen.
+        log = wait_for_console(guest_name, r"XENTOOL-GUEST-READY", timeout=60)
+        assert re.search(r"XENTOOL-CMDLINE .*xentool\.test=cmdline-reached", log)
+        assert re.search(rf"XENTOOL-CPUS {vcpus}\b", log), log[-2000:]
+        memkb = int(re.search(r"XENTOOL-MEMKB (\d+)", log).group(1))
+        assert memory * 1024 * 0.75 < memkb <= memory * 1024
+        assert MARKER in log
+    finally:
+        destroy(guest_name)
+
+
+def test_tiny_guest_64m_and_console_verb(kit, guest_name, cfg_file) -> None:
+    cfg = cfg_file(kit.tiny_cfg(guest_name, wait=True, memory=64))
+    r = xentool("create", str(cfg), check=False)
+    try:
+        assert r.returncode == 0, r.stderr
+        wait_for_console(guest_name, "XENTOOL-TINY-UP", timeout=120)
+        assert xl_row(guest_name)[2] == "64"
+    finally:
+        destroy(guest_name)
+
+
+def test_paused_then_unpause(kit, guest_name, cfg_file) -> None:
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=128))
+    r = xentool("create", "-p", str(cfg), check=False)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "p" in xl_row(guest_name)[4]
+        time.sleep(2)
+        assert MARKER not in (console_log(guest_name).read_text(errors="replace")
+                              if console_log(guest_name).exists() else "")
+        xl("unpause", guest_name)
+        wait_for_console(guest_name, MARKER, timeout=240)
+    finally:
+        destroy(guest_name)
+
+
+def test_xenstore_nodes_like_xl(kit, guest_name, cfg_file) -> None:
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=128, vcpus=1, more="maxvcpus = 2\n"))
+    r = xentool("create", "-p", str(cfg), check=False)
+    try:
+        assert r.returncode == 0, r.stderr
+        domid = int(xl_row(guest_name)[1])
+        dom = f"/local/domain/{domid}"
+
+        def read(path: str) -> str:
+            return xl_out("xenstore-read", path)
+
+        def perms(path: str) -> str:
+            return xl_out("xenstore-ls", "-p", path.rsplit("/", 1)[0]).split(
+                path.rsplit("/", 1)[1] + " = ", 1)[1].splitlines()[0]
+
+        assert read(f"{dom}/name") == guest_name
+        assert read(f"{dom}/domid") == str(domid)
+        assert read(f"{dom}/memory/target") == str(128 * 1024)
+        assert read(f"{dom}/cpu/0/availability") == "online"
+        assert read(f"{dom}/cpu/1/availability") == "offline"
+        assert read(f"{dom}/console/type") == "xenconsoled"
+        assert int(read(f"{dom}/store/port")) > 0
+        assert read(read(f"{dom}/vm") + "/name") == guest_name
+        assert f"(n0,r{domid})" in perms(f"{dom}/name")
+        assert f"(n{domid})" in perms(f"{dom}/control/shutdown")
+    finally:
+        destroy(guest_name)
+
+
+def xl_out(*argv: str) -> str:
+    from .helpers import run
+
+    return run(*argv).stdout.strip()
+
+
+def test_destroy_frees_all_memory(kit, guest_name, cfg_file) -> None:
+    before = free_memory()
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=256))
+    r = xentool("create", str(cfg), check=False)
+    try:
+        assert r.returncode == 0, r.stderr
+        wait_for_console(guest_name, MARKER, timeout=240)
+        assert free_memory() <= before - 256
+    finally:
+        destroy(guest_name)
+    deadline = time.monotonic() + 30
+    while free_memory() < before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert free_memory() >= before
+
+
+def test_plan_needs_no_xen(kit, guest_name, cfg_file) -> None:
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=512, vcpus=2))
+    r = xentool("create", "--plan", str(cfg))
+    doc = json.loads(r.stdout)
+    assert doc["plan"]["nr_pages"] == 512 * 256 and doc["plan"]["vcpus"] == 2
+    assert guest_name not in xl("list").stdout
+
+
+def test_failed_create_leaves_nothing(kit, guest_name, cfg_file) -> None:
+    before = free_memory()
+    # More memory than the host has: populate fails after the domain exists.
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=1 << 20))
+    r = xentool("create", str(cfg), check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("xentool: ") and "Traceback" not in r.stderr
+    assert guest_name not in xl("list").stdout
+    assert free_memory() >= before
