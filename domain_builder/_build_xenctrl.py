@@ -1,4 +1,4 @@
-"""cffi builder (API mode) for libxenctrl and libxenforeignmemory.
+"""cffi builder (API mode) for libxenctrl, libxenforeignmemory and (reads) libxenstore.
 
 Compiled against the real headers of libxen-dev, so struct layouts come from the C compiler,
 never from guesses: every struct below ends in ``...;`` and names only the fields we use, and
@@ -358,6 +358,16 @@ ffibuilder.cdef(
     /* Domctls libxenctrl has no wrapper for (helpers in set_source below). */
     int xentool_hypercall_init(xc_interface *xch, uint32_t domid, uint64_t gmfn);
     int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits);
+
+    /* ---- libxenstore: read-only fast path for the hot query verbs ----------------------- */
+    typedef uint32_t xs_transaction_t;
+    struct xs_handle;
+    struct xs_handle *xs_open(unsigned long flags);
+    void xs_close(struct xs_handle *xsh);
+    void *xs_read(struct xs_handle *h, xs_transaction_t t, const char *path,
+                  unsigned int *len);
+    char **xs_directory(struct xs_handle *h, xs_transaction_t t, const char *path,
+                        unsigned int *num);
     """
 )
 
@@ -368,6 +378,7 @@ ffibuilder.set_source(
     #include <sys/mman.h>
     #include <xenctrl.h>
     #include <xenforeignmemory.h>
+    #include <xenstore.h>
     #include <xen/grant_table.h>
     #include <xen/hvm/params.h>
 
@@ -387,7 +398,7 @@ ffibuilder.set_source(
         return xc_domctl(xch, &d);
     }
     """,
-    libraries=["xenctrl", "xenforeignmemory"],
+    libraries=["xenctrl", "xenforeignmemory", "xenstore"],
 )
 
 if __name__ == "__main__":

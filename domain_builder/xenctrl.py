@@ -931,6 +931,69 @@ class XenCtrl:
         return Credit2Params(s.ratelimit_us)
 
 
+class XenStoreReader:
+    """Read-only XenStore access through libxenstore, for the hot query verbs.
+
+    ``xentool list`` reads one name per domain; libxenstore answers those without the
+    import and router-thread start-up of the full client, which is most of what the verb
+    costs next to ``xl list``.  Everything else (writes, transactions, watches) belongs to
+    ``xenstore.client.Store``.  Same reading contract as ``Store.get``/``Store.ls``.
+    """
+
+    def __init__(self) -> None:
+        self._h: Any = None
+
+    def __enter__(self) -> XenStoreReader:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self._h is None:
+            if _lib is None:
+                raise XenError("xs_open", 38, f"libxenstore binding is not built "
+                                              f"({_IMPORT_ERROR})")
+            h = _lib.xs_open(0)
+            if h == _ffi.NULL:
+                raise XenError("xs_open", _ffi.errno or 111, "cannot reach xenstored")
+            self._h = h
+
+    def close(self) -> None:
+        h, self._h = self._h, None
+        if h is not None:
+            _lib.xs_close(h)
+
+    def get(self, path: str, default: str | None = None) -> str | None:
+        """The value at ``path``, or ``default`` if there is no such node."""
+        if self._h is None:
+            raise XenError("xs_read", 9, "reader is not open")
+        n = _ffi.new("unsigned int *")
+        raw = _lib.xs_read(self._h, 0, path.encode(), n)
+        if raw == _ffi.NULL:
+            err = _ffi.errno
+            if err in (2, 0):  # ENOENT
+                return default
+            raise XenError("xs_read", err, path)
+        try:
+            return bytes(_ffi.buffer(raw, n[0])).decode("utf-8", "replace")
+        finally:
+            _lib.free(raw)
+
+    def ls(self, path: str) -> list[str]:
+        if self._h is None:
+            raise XenError("xs_directory", 9, "reader is not open")
+        n = _ffi.new("unsigned int *")
+        arr = _lib.xs_directory(self._h, 0, path.encode(), n)
+        if arr == _ffi.NULL:
+            raise XenError("xs_directory", _ffi.errno or 2, path)
+        try:  # one allocation holds the array and the strings
+            return [_ffi.string(arr[i]).decode("utf-8", "replace") for i in range(n[0])]
+        finally:
+            _lib.free(arr)
+
+
 def _dominfo(d: Any) -> DomainInfo:
     return DomainInfo(
         domid=d.domain, flags=d.flags, tot_pages=d.tot_pages, max_pages=d.max_pages,

@@ -83,6 +83,7 @@ class Session:
     def __init__(self) -> None:
         self._xc = None
         self._xs = None
+        self._reader = None
 
     def __enter__(self) -> Session:
         return self
@@ -93,12 +94,17 @@ class Session:
     def close(self) -> None:
         xc, self._xc = self._xc, None
         xs, self._xs = self._xs, None
+        reader, self._reader = self._reader, None
         try:
             if xs is not None:
                 xs.close()
         finally:
-            if xc is not None:
-                xc.close()
+            try:
+                if reader is not None:
+                    reader.close()
+            finally:
+                if xc is not None:
+                    xc.close()
 
     @property
     def xc(self):  # -> XenCtrl; imported lazily to keep start-up cheap
@@ -111,7 +117,17 @@ class Session:
         return self._xc
 
     @property
-    def xs(self):  # -> xenstore.client.Store
+    def reader(self):  # -> domain_builder.xenctrl.XenStoreReader: cheap reads only
+        if self._reader is None:
+            from domain_builder.xenctrl import XenStoreReader
+
+            reader = XenStoreReader()
+            reader.open()
+            self._reader = reader
+        return self._reader
+
+    @property
+    def xs(self):  # -> xenstore.client.Store: writes, transactions, watches
         if self._xs is None:
             from xenstore.client import Store
 
@@ -119,10 +135,10 @@ class Session:
         return self._xs
 
     def resolve(self, qualifier: str) -> int:
-        return resolve(self.xc, self.xs, qualifier)
+        return resolve(self.xc, self.reader, qualifier)
 
     def name(self, domid: int) -> str | None:
-        return domid_to_name(self.xs, domid)
+        return domid_to_name(self.reader, domid)
 
     def names(self, domids: Iterable[int]) -> dict[int, str | None]:
-        return names_of(self.xs, domids)
+        return names_of(self.reader, domids)

@@ -90,7 +90,7 @@ def cmd_domid(args: argparse.Namespace) -> int:
     from xentool.domains import name_to_domid
 
     with Session() as s:
-        domid = name_to_domid(s.xc, s.xs, args.name)
+        domid = name_to_domid(s.xc, s.reader, args.name)
     if domid is None:
         raise DomainNotFound(args.name)
     if args.json:
@@ -131,10 +131,10 @@ def _dom0_uptime() -> int:
 
 def _start_time(s: Session, domid: int) -> int | None:
     """Seconds since the epoch when the domain started (``/vm/<uuid>/start_time``)."""
-    vm = s.xs.get(f"/local/domain/{domid}/vm")
+    vm = s.reader.get(f"/local/domain/{domid}/vm")
     if vm is None:
         return None
-    raw = s.xs.get(f"{vm}/start_time")
+    raw = s.reader.get(f"{vm}/start_time")
     if raw is None:
         return None
     digits = ""
@@ -154,7 +154,7 @@ def cmd_uptime(args: argparse.Namespace) -> int:
         else:
             # xl lists dom0 first, then every domain that is not a stub domain.
             domids = [0] + [d.domid for d in s.xc.domains()
-                            if d.domid != 0 and s.xs.get(f"/local/domain/{d.domid}/target")
+                            if d.domid != 0 and s.reader.get(f"/local/domain/{d.domid}/target")
                             is None]
         for domid in domids:
             if domid == 0:

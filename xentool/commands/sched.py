@@ -104,7 +104,7 @@ def check_weight_cap(weight: int | None, cap: int | None, max_vcpu_id: int) -> N
 
 
 def _pool_name(s: Session, poolid: int) -> str | None:
-    return s.xs.get(f"/local/pool/{poolid}/name")
+    return s.reader.get(f"/local/pool/{poolid}/name")
 
 
 def _resolve_pool(s: Session, qualifier: str) -> int:
