@@ -136,3 +136,65 @@ def test_foreign_map_partial_failure_unmaps_and_names_the_page(fake: FakeLib) ->
             x.map_foreign(3, [0xBAD, 0x42])
         assert fake.mapped == {}
     assert ei.value.errno == errno.EFAULT and "pfn 0x42" in str(ei.value)
+
+
+class FakeXsLib(FakeLib):
+    """libxenstore part: a dict store; every returned buffer must be freed exactly once."""
+
+    XSH = ffi.cast("struct xs_handle *", 0x3000)
+
+    def __init__(self, nodes: dict[str, bytes]) -> None:
+        super().__init__([])
+        self.nodes = nodes
+        self.live: dict[int, object] = {}
+
+    def _keep(self, obj) -> object:
+        self.live[int(ffi.cast("uintptr_t", obj))] = obj
+        return obj
+
+    def free(self, p) -> None:
+        del self.live[int(ffi.cast("uintptr_t", p))]
+
+    def xs_open(self, flags):
+        return self.XSH
+
+    def xs_close(self, h):
+        self.closed.append("xs")
+
+    def xs_read(self, h, t, path, n):
+        value = self.nodes.get(path.decode())  # the caller passes bytes for char *
+        if value is None:
+            ffi.errno = errno.ENOENT
+            return ffi.NULL
+        n[0] = len(value)
+        return ffi.cast("void *", self._keep(ffi.new("char[]", value + b"\0")))
+
+    def xs_directory(self, h, t, path, n):
+        prefix = path.decode() + "/"
+        kids = sorted({k[len(prefix):].split("/")[0] for k in self.nodes if k.startswith(prefix)})
+        if not kids:
+            ffi.errno = errno.ENOENT
+            return ffi.NULL
+        strings = [ffi.new("char[]", k.encode()) for k in kids]
+        arr = ffi.new("char *[]", strings)
+        self._keep(arr)
+        self.live[-1] = strings  # keep the strings alive with the array
+        n[0] = len(kids)
+        return arr
+
+
+def test_xenstore_reader_reads_lists_and_frees(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = FakeXsLib({"/local/domain/0/name": b"Domain-0", "/local/domain/3/name": "gäst".encode(),
+                   "/local/domain/3/vm": b"/vm/x"})
+    monkeypatch.setattr(xc, "_lib", f)
+    with xc.XenStoreReader() as r:
+        assert r.get("/local/domain/0/name") == "Domain-0"
+        assert r.get("/local/domain/3/name") == "gäst"
+        assert r.get("/local/domain/7/name") is None
+        assert r.get("/nope", "dflt") == "dflt"
+        assert r.ls("/local/domain") == ["0", "3"]
+        with pytest.raises(XenError) as ei:
+            r.ls("/nowhere")
+        assert ei.value.errno == errno.ENOENT
+    f.live.pop(-1)
+    assert f.live == {} and f.closed == ["xs"]
