@@ -43,11 +43,9 @@ ints.  Memory values are MiB like xl's.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 SHUTDOWN_LETTERS = "-rscwS"
 
@@ -136,6 +134,8 @@ def parse_cpu_list(text: str, max_cpus: int) -> frozenset[int]:
 
 
 def to_json(obj: Any) -> str:
+    import json  # only --json pays for it
+
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
 
 
@@ -191,8 +191,7 @@ def list_json(entries: Sequence[tuple[str | None, Any]]) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Uname:
+class Uname(NamedTuple):
     nodename: str
     release: str
     version: str
@@ -284,8 +283,7 @@ def info_json(items: Sequence[tuple[str, Any, str]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VcpuRow:
+class VcpuRow(NamedTuple):
     domid: int
     name: str | None
     info: Any  # VcpuInfo
