@@ -8,6 +8,22 @@ Public API::
     ConfigError                                       # .file .line .column .excerpt
 
 ``overrides`` are xl's trailing ``KEY=VALUE`` arguments: appended to the file, so they win.
+
+Where xentool and xl (4.17) differ, on purpose:
+
+* xl prints a warning and carries on without the value for a list where a single value
+  belongs (and the reverse), ``+=`` on a number, a number that does not parse, an unknown
+  vif option or a bad vif MAC; xentool refuses the file, naming the key and its position.
+* refused as unsupported: ``type`` hvm/pvh, ``bootloader`` (no pygrub), a non-empty
+  ``vfb``, NUMA ``node:`` cpu ranges.  Other keys xl knows are accepted with a warning
+  that xentool ignores them; unknown keys get a warning (xl is silent).
+* also refused: memory > maxmem, a name that is empty or all digits, duplicate vdevs or
+  vif devids, out-of-range cpu_weight (1..65535) or cap (>= 0).
+* a vif without ``mac=`` gets a MAC derived from the domain's uuid (or name) and devid,
+  stable across restarts; libxl draws a random one at every create.  ``create -n`` does
+  not print it, as xl does not.
+* files over 256 KiB, lists nested over 32 deep or over 8192 statements and list items
+  are refused (xl has no limits); configs are read as UTF-8.
 """
 
 from __future__ import annotations
