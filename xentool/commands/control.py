@@ -87,8 +87,12 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         if domid == 0 and not args.force:
             raise XentoolError("cannot destroy privileged domain 0 (use -f to insist)")
         info = s.xc.domain_info(domid)
-        # Stop the guest first so it cannot react to its devices going away.
-        s.xc.pause(domid)
+        # Stop the guest first so it cannot react to its devices going away; a domain that
+        # is already dying may refuse, which is no reason not to finish it (libxl agrees).
+        try:
+            s.xc.pause(domid)
+        except OSError as e:
+            log.warning("could not pause domain %d before destroying it: %s", domid, e)
         vm = s.xs.get(f"/local/domain/{domid}/vm")
         paths = xenstore_paths_to_remove(domid, vm, _backend_paths(s, domid))
         s.xc.destroy(domid)
