@@ -22,6 +22,7 @@ from xentool.config.vif import VifSpecError, VifWarning, parse_vif_spec
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 INT_MAX = (1 << 31) - 1
+MAX_PCPUS = 4096  # Xen x86's NR_CPUS ceiling
 # Where Debian's xen-utils-4.17 keeps pvgrub (XENFIRMWAREDIR).
 XEN_FIRMWARE_DIR = "/usr/lib/xen-4.17/boot"
 
@@ -248,8 +249,9 @@ def _cpu_set(r: _Reader, a: Atom, text: str) -> CpuSet:
             raise r.err(f"cpus item '{item}' is not a pcpu or range (e.g. 3, 0-3, ^2)", a)
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
-        if hi - lo > 65536:
-            raise r.err(f"cpus item '{item}' is an implausibly large range", a)
+        if hi >= MAX_PCPUS:
+            raise r.err(f"cpus item '{item}' goes beyond pcpu {MAX_PCPUS - 1} (Xen's limit)",
+                        a)
         rng = set(range(lo, hi + 1))
         if neg:
             removed |= rng

@@ -173,6 +173,8 @@ def test_unknown_and_unsupported_keys_are_warned_with_their_line() -> None:
     ('cpus = "3-1"\nvcpus = 1\n', "t.cfg:3:8: cpus item '3-1' is not a pcpu or range (e.g. "
                                   "3, 0-3, ^2)"),
     ('cpus = "^all"\nvcpus = 1\n', "t.cfg:3:8: cpus: '^' and 'all' cannot be combined"),
+    ('cpus = "0-4096"\nvcpus = 1\n', "t.cfg:3:8: cpus item '0-4096' goes beyond pcpu 4095 "
+                                     "(Xen's limit)"),
     ('name = "123"\n', "t.cfg:3:8: name '123' is all digits and would read as a domain id"),
     ('firmware = "pvgrub64"\n', "t.cfg:3:12: both 'kernel' and 'firmware' are set"),
 ])
