@@ -48,6 +48,3 @@ class ConfigError(XentoolError):
         ex = self.excerpt
         return f"{self}\n{ex}" if ex else str(self)
 
-
-class ConfigWarning(str):
-    """A warning about a config file (same ``file:line:col: message`` form), kept as text."""
