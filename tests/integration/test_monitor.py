@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, wait_for_console, xentool, xl
+from .helpers import GuestKit, xentool, xl
 
 pytestmark = pytest.mark.xen
 

@@ -161,7 +161,8 @@ def test_signal_after_the_last_step_still_aborts() -> None:
     undone: list[str] = []
     with pytest.raises(Interrupted):
         with Journal("op", faults=NO_FAULTS) as j:
-            j.do("a", lambda: os.kill(os.getpid(), signal.SIGINT), undo=lambda _: undone.append("a"))
+            j.do("a", lambda: os.kill(os.getpid(), signal.SIGINT),
+                 undo=lambda _: undone.append("a"))
     assert undone == ["a"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

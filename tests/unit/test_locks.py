@@ -63,7 +63,7 @@ def test_parallel_processes_never_overlap(rundir: Path, tmp_path: Path) -> None:
         assert p.wait(timeout=60) == 0, p.stderr.read()
     lines = log.read_text().splitlines()
     assert len(lines) == 6 * 5 * 2
-    for a, b in zip(lines[::2], lines[1::2]):
+    for a, b in zip(lines[::2], lines[1::2], strict=True):
         assert a.startswith("in ") and b == "out " + a[3:]  # strictly nested, never interleaved
 
 

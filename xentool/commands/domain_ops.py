@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from xentool.domains import Session, is_domid
 from xentool.errors import UsageError, XentoolError
@@ -150,7 +151,7 @@ class DeathEvent:
         return f"Domain {self.domid} has been shut down, reason code {self.reason}"
 
 
-def death_events(waiting: Iterable[int], infos: Mapping[int, object]) -> list[DeathEvent]:
+def death_events(waiting: Iterable[int], infos: Mapping[int, Any]) -> list[DeathEvent]:
     """Which of ``waiting`` have shut down or gone, given current domain infos by domid.
 
     Like libxl's domain-death watch: gone or dying -> destroyed; shut down -> its reason.
@@ -158,10 +159,10 @@ def death_events(waiting: Iterable[int], infos: Mapping[int, object]) -> list[De
     out = []
     for domid in sorted(waiting):
         info = infos.get(domid)
-        if info is None or getattr(info, "dying"):
+        if info is None or info.dying:
             out.append(DeathEvent(domid, None))
-        elif getattr(info, "shutdown"):
-            out.append(DeathEvent(domid, getattr(info, "shutdown_reason")))
+        elif info.shutdown:
+            out.append(DeathEvent(domid, info.shutdown_reason))
     return out
 
 
