@@ -777,12 +777,72 @@ def read_file(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE, what: str =
     return b"".join(chunks)
 
 
-def load_kernel(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> KernelImage:
+def load_kernel(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE,
+                cache_dir: str | Path | None = None) -> KernelImage:
+    """Load and parse a kernel file.
+
+    With ``cache_dir``, the decompressed ELF of a compressed kernel is kept there, keyed by
+    the file's identity (device, inode, size, mtime): decompressing a distribution kernel
+    (xz, ~60 MiB out) is most of the cost of building a small guest, and the same kernel
+    is booted again and again. The cache is only an accelerator: any problem with it falls
+    back to decompressing, and a cached ELF is parsed (checked) like a fresh one.
+    """
+    entry = _cache_entry(path, cache_dir) if cache_dir is not None else None
+    if entry is not None:
+        cached = _cache_read(entry, max_size)
+        if cached is not None:
+            container, kind, elf = cached
+            try:
+                return parse_elf(elf, container=container, compression=kind)
+            except ImageError:
+                pass  # a damaged entry: rebuild it below
     data = read_file(path, max_size=max_size, what="kernel")
     try:
-        return parse_kernel(data, max_size=max_size)
+        img = parse_kernel(data, max_size=max_size)
     except ImageError as exc:
         raise ImageError(f"kernel {path}: {exc}") from None
+    if entry is not None and img.compression is not Compression.NONE:
+        _cache_write(entry, img)
+    return img
+
+
+def _cache_entry(path: str | Path, cache_dir: str | Path) -> Path | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # read_file reports it
+    return Path(cache_dir) / f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+_CACHE_MAGIC = b"XTKC1\n"
+
+
+def _cache_read(entry: Path, max_size: int) -> tuple[str, Compression, bytes] | None:
+    try:
+        with entry.open("rb") as f:
+            head = f.read(64)
+            if not head.startswith(_CACHE_MAGIC) or b"\n" not in head[len(_CACHE_MAGIC):]:
+                return None
+            meta, _, rest = head[len(_CACHE_MAGIC):].partition(b"\n")
+            container, kind = meta.decode("ascii").split(" ")
+            size = os.fstat(f.fileno()).st_size - len(_CACHE_MAGIC) - len(meta) - 1
+            if size > max_size:
+                return None
+            return container, Compression(kind), rest + f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_write(entry: Path, img: KernelImage) -> None:
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+    try:
+        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tmp.open("wb") as f:
+            f.write(_CACHE_MAGIC + f"{img.container} {img.compression.value}\n".encode())
+            f.write(img.elf)
+        os.replace(tmp, entry)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def load_ramdisk(path: str | Path, *, max_size: int = 1 << 30) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import uuid as uuidlib
@@ -24,6 +25,8 @@ from xenstore.client import Perms
 from xentool.errors import XentoolError
 
 log = logging.getLogger(__name__)
+
+KERNEL_CACHE = "/var/cache/xentool/kernels"
 
 
 @dataclass
@@ -148,7 +151,9 @@ def prepare(config) -> Prepared:
                            f"by this builder, only type=\"pv\"")
     if not config.kernel:
         raise XentoolError(f"{config.name}: no kernel= given; a PV guest needs one")
-    image = load_kernel(config.kernel)
+    # Decompressed kernels are cached (root-only directory); empty variable disables it.
+    cache = os.environ.get("XENTOOL_KERNEL_CACHE", KERNEL_CACHE) or None
+    image = load_kernel(config.kernel, cache_dir=cache)
     ramdisk = load_ramdisk(config.ramdisk) if config.ramdisk else None
     plan = compute(image, memory_mib=config.memory, maxmem_mib=max(config.maxmem, config.memory),
                    vcpus=config.vcpus, max_vcpus=max(config.maxvcpus, config.vcpus),

@@ -284,3 +284,25 @@ def test_real_debian_kernel() -> None:
         assert img.virt_kstart <= n.hypercall_page < img.virt_kend
     assert n.init_p2m is not None and n.mod_start_pfn
     assert "writable_page_tables" in n.features_supported
+
+
+def test_kernel_cache_roundtrip_and_invalidation(tmp_path) -> None:
+    elf = make_elf()
+    k = tmp_path / "vmlinuz"
+    k.write_bytes(make_bzimage(compress("xz", elf)))
+    cache = tmp_path / "cache"
+    first = load_kernel(k, cache_dir=cache)
+    (entry,) = cache.iterdir()
+    second = load_kernel(k, cache_dir=cache)
+    assert second.elf == first.elf == elf
+    assert (second.container, second.compression) == ("bzImage", Compression.XZ)
+    # A damaged entry is not trusted: it is re-parsed, found bad, and rebuilt.
+    entry.write_bytes(entry.read_bytes()[:200])
+    assert load_kernel(k, cache_dir=cache).elf == elf
+    assert entry.read_bytes().endswith(elf)
+    # A changed kernel file is a different entry.
+    import os
+    k.write_bytes(compress("gzip", elf))
+    os.utime(k, ns=(1, 1))
+    assert load_kernel(k, cache_dir=cache).compression is Compression.GZIP
+    assert len(list(cache.iterdir())) == 2
