@@ -156,27 +156,34 @@ class BuildPlan:
         return out
 
 
-def _table_counts(vstart: int, vend: int) -> tuple[int, int, int, int]:
-    """Tables per level (L4, L3, L2, L1) needed to map [vstart, vend) with 4 KiB pages."""
-    last = vend - 1
-    counts = []
-    for level in (4, 3, 2, 1):
-        if level == 4:
-            counts.append(1)
-        else:
-            # An L<n> table covers the range an L<n+1> entry does.
-            shift = _LEVEL_SHIFT[level + 1]
-            counts.append((last >> shift) - (vstart >> shift) + 1)
-    return counts[0], counts[1], counts[2], counts[3]
+def _table_keys(areas: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """For levels 3, 2, 1: the sorted keys (va >> span of one table) of the tables needed
+    to map every [vstart, vend) in ``areas`` with 4 KiB pages; the one L4 is implied."""
+    keys: dict[int, list[int]] = {}
+    for level in (3, 2, 1):
+        shift = _LEVEL_SHIFT[level + 1]  # an L<n> table covers what one L<n+1> entry does
+        found: set[int] = set()
+        for lo, hi in areas:
+            found.update(range(lo >> shift, ((hi - 1) >> shift) + 1))
+        keys[level] = sorted(found)
+    return keys
+
+
+def _table_counts(areas: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
+    k = _table_keys(areas)
+    return 1, len(k[3]), len(k[2]), len(k[1])
 
 
 def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = None,
             vcpus: int = 1, max_vcpus: int | None = None, ramdisk_size: int = 0,
-            cmdline: str = "", unmapped_ramdisk: bool | None = None) -> BuildPlan:
+            cmdline: str = "", unmapped_ramdisk: bool | None = None,
+            init_p2m: bool = False) -> BuildPlan:
     """The x86_64 PV layout of ``image`` in a guest of ``memory_mib`` MiB.
 
     ``unmapped_ramdisk``: place the ramdisk outside the boot mapping (needs MOD_START_PFN);
     None means only when the kernel supports it and the mapped layout would not fit.
+    ``init_p2m``: map the p2m list at the kernel's INIT_P2M address, outside the boot
+    mapping, instead of inside it (needs the note; keeps the boot mapping small).
     """
     if image.arch != "x86_64":
         raise LayoutError(f"{image.arch} PV guests are not supported, only x86_64")
@@ -201,6 +208,14 @@ def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = Non
     nr_pages = memory_mib << (20 - PAGE_SHIFT)
     if unmapped_ramdisk and not image.notes.mod_start_pfn:
         raise LayoutError("an unmapped ramdisk needs a kernel with the MOD_START_PFN note")
+    p2m_base = None
+    if init_p2m:
+        p2m_base = image.notes.init_p2m
+        if p2m_base is None:
+            raise LayoutError("init_p2m needs a kernel with the INIT_P2M note")
+        if p2m_base % PAGE_SIZE or p2m_base >= image.virt_base:
+            raise LayoutError(f"INIT_P2M {p2m_base:#x} must be page aligned and below "
+                              f"VIRT_BASE {image.virt_base:#x}")
 
     if unmapped_ramdisk is None:
         # Mapped first (every kernel understands it), unmapped if that does not fit.
@@ -211,7 +226,7 @@ def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = Non
     for unmapped in order:
         try:
             return _compute(image, nr_pages, maxmem << (20 - PAGE_SHIFT), vcpus, max_v,
-                            ramdisk_size, cmdline, unmapped)
+                            ramdisk_size, cmdline, unmapped, p2m_base)
         except LayoutError as exc:
             err = err or exc
     assert err is not None
@@ -219,7 +234,8 @@ def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = Non
 
 
 def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_vcpus: int,
-             ramdisk_size: int, cmdline: str, unmapped: bool) -> BuildPlan:
+             ramdisk_size: int, cmdline: str, unmapped: bool,
+             p2m_base: int | None) -> BuildPlan:
     vbase = image.virt_base
     if vbase % PAGE_SIZE:
         raise LayoutError(f"VIRT_BASE {vbase:#x} is not page aligned")
@@ -234,8 +250,16 @@ def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_
     if ramdisk_size and not unmapped:
         ramdisk = region("ramdisk", nxt, _pages(ramdisk_size))
         nxt = ramdisk.pfn_end
-    p2m = region("p2m", nxt, _pages(nr_pages * 8))
-    start_info = region("start_info", p2m.pfn_end, 1)
+    p2m_pages = _pages(nr_pages * 8)
+    p2m: Region | None = None
+    if p2m_base is None:
+        p2m = region("p2m", nxt, p2m_pages)
+        nxt = p2m.pfn_end
+        extra: list[tuple[int, int]] = []
+    else:
+        # Mapped at INIT_P2M by tables of its own; its pfns come after everything else.
+        extra = [(p2m_base, p2m_base + p2m_pages * PAGE_SIZE)]
+    start_info = region("start_info", nxt, 1)
     xenstore = region("xenstore", start_info.pfn_end, 1)
     console = region("console", xenstore.pfn_end, 1)
     pt_pfn = console.pfn_end
@@ -250,7 +274,7 @@ def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_
             raise LayoutError(f"the boot mapping would end at {map_end:#x}, past the top of "
                               f"the address space (VIRT_BASE {vbase:#x} is too high for "
                               f"this much memory)")
-        counts = _table_counts(vbase, map_end)
+        counts = _table_counts([(vbase, map_end), *extra])
         need = sum(counts)
         if need <= n:
             break
@@ -259,7 +283,7 @@ def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_
     pagetables = region("pagetables", pt_pfn, sum(counts))
     bootstack = region("bootstack", pagetables.pfn_end, 1)
     map_end = _round_up(bootstack.vend + BOOT_PADDING, MAP_ALIGN)
-    if _table_counts(vbase, map_end) != counts:  # padding rounding never crosses; be sure
+    if _table_counts([(vbase, map_end), *extra]) != counts:  # padding rounding never crosses; be sure
         raise LayoutError("internal: page-table count changed after placing the stack")
     map_pages = (map_end - vbase) >> PAGE_SHIFT
 
@@ -273,6 +297,13 @@ def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_
         flags |= SIF_MOD_START_PFN
         mod_start, mod_len = ramdisk.pfn, ramdisk_size
     used = max(map_pages, ramdisk.pfn_end if ramdisk else 0)
+    if p2m is None:
+        assert p2m_base is not None
+        p2m = Region("p2m", used, p2m_pages, p2m_base, mapped=False)
+        used = p2m.pfn_end
+        if p2m_base + p2m_pages * PAGE_SIZE > vbase:
+            raise LayoutError(f"the p2m list at INIT_P2M {p2m_base:#x} would run into the "
+                              f"kernel at VIRT_BASE {vbase:#x}")
     if used > nr_pages:
         raise LayoutError(
             f"memory={nr_pages >> 8} MiB is too small: the kernel, ramdisk and boot structures "
@@ -316,44 +347,53 @@ def p2m_bytes(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
     return raw + bytes(plan.p2m.pages * PAGE_SIZE - len(raw))
 
 
-def page_tables(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
-    """The L4, L3s, L2s and L1s (in that order) mapping exactly the boot region.
+def mapped_areas(plan: BuildPlan) -> list[tuple[int, int, int]]:
+    """(vstart, vend, first pfn) of every area the initial page tables map."""
+    areas = [(plan.virt_base, plan.virt_map_end, 0)]
+    if not plan.p2m.mapped:  # INIT_P2M: the p2m list has a mapping of its own
+        areas.append((plan.p2m.vstart, plan.p2m.vend, plan.p2m.pfn))
+    return areas
 
-    Table pages are laid out level by level from ``plan.pagetables.pfn``; entries hold
-    MFNs from ``p2m``. Pages of the tables themselves are mapped read-only.
+
+def page_tables(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
+    """The L4, L3s, L2s and L1s (in that order, each level by address) mapping exactly the
+    areas of :func:`mapped_areas`.
+
+    Entries hold MFNs from ``p2m``; pages of the tables themselves are mapped read-only.
     """
-    vbase, vend = plan.virt_base, plan.virt_map_end
-    n4, n3, n2, n1 = plan.pt_counts
-    first = {4: plan.pagetables.pfn}
-    first[3] = first[4] + n4
-    first[2] = first[3] + n3
-    first[1] = first[2] + n2
-    pt_lo, pt_hi = plan.pagetables.pfn, plan.pagetables.pfn_end
+    areas = mapped_areas(plan)
+    keys = _table_keys([(lo, hi) for lo, hi, _ in areas])
+    if (1, len(keys[3]), len(keys[2]), len(keys[1])) != plan.pt_counts:
+        raise LayoutError("internal: page-table counts do not match the plan")
+    # pfn of each table: (level, key) -> pfn, laid out L4, L3..., L2..., L1...
+    pfn_of: dict[tuple[int, int], int] = {(4, 0): plan.pagetables.pfn}
+    nxt = plan.pagetables.pfn + 1
+    for level in (3, 2, 1):
+        for key in keys[level]:
+            pfn_of[(level, key)] = nxt
+            nxt += 1
+    base = plan.pagetables.pfn
     entries = [0] * (plan.pagetables.pages * PTES_PER_TABLE)
 
-    def table_index(level: int, va: int) -> int:
-        """Which table of ``level`` (0-based, within the level) holds va's entry."""
-        if level == 4:
-            return 0
-        shift = _LEVEL_SHIFT[level + 1]
-        return (va >> shift) - (vbase >> shift)
+    def put(level: int, table_key: int, va: int, value: int) -> None:
+        slot = (pfn_of[(level, table_key)] - base) * PTES_PER_TABLE
+        entries[slot + ((va >> _LEVEL_SHIFT[level]) & (PTES_PER_TABLE - 1))] = value
 
-    for level in (4, 3, 2):
-        shift = _LEVEL_SHIFT[level]
-        # One entry per child table: children of this level cover 1 << shift bytes each.
-        va = vbase & ~((1 << shift) - 1)
-        while va < vend:
-            tbl = first[level] + table_index(level, va) - plan.pagetables.pfn
-            idx = (va >> shift) & (PTES_PER_TABLE - 1)
-            child_pfn = first[level - 1] + table_index(level - 1, max(va, vbase))
-            entries[tbl * PTES_PER_TABLE + idx] = (p2m[child_pfn] << PAGE_SHIFT) | UPPER_PROT
-            va += 1 << shift
-    for pfn in range(plan.map_pages):
-        va = vbase + (pfn << PAGE_SHIFT)
-        tbl = first[1] + table_index(1, va) - plan.pagetables.pfn
-        idx = (va >> PAGE_SHIFT) & (PTES_PER_TABLE - 1)
-        prot = L1_PROT_RO if pt_lo <= pfn < pt_hi else L1_PROT
-        entries[tbl * PTES_PER_TABLE + idx] = (p2m[pfn] << PAGE_SHIFT) | prot
+    # Upper levels: every lower table is referenced from its parent.
+    for level in (3, 2, 1):
+        span = _LEVEL_SHIFT[level + 1]  # va >> span is the key of the level-<level> table
+        for key in keys[level]:
+            va = key << span
+            parent_key = 0 if level == 3 else va >> _LEVEL_SHIFT[level + 2]
+            child_mfn = p2m[pfn_of[(level, key)]]
+            put(level + 1, parent_key, va, (child_mfn << PAGE_SHIFT) | UPPER_PROT)
+    pt_lo, pt_hi = plan.pagetables.pfn, plan.pagetables.pfn_end
+    for lo, hi, first_pfn in areas:
+        for i in range((hi - lo) >> PAGE_SHIFT):
+            va = lo + (i << PAGE_SHIFT)
+            pfn = first_pfn + i
+            prot = L1_PROT_RO if pt_lo <= pfn < pt_hi else L1_PROT
+            put(1, va >> _LEVEL_SHIFT[2], va, (p2m[pfn] << PAGE_SHIFT) | prot)
     return struct.pack(f"<{len(entries)}Q", *entries)
 
 
@@ -370,5 +410,6 @@ def start_info(plan: BuildPlan, p2m: Sequence[int], *, shared_info_mfn: int,
     page[:len(head)] = head
     cmd = plan.cmdline.encode()
     page[_SI_CMDLINE:_SI_CMDLINE + len(cmd)] = cmd
-    # first_p2m_pfn / nr_p2m_frames describe an INIT_P2M list; ours is in the boot mapping.
+    if not plan.p2m.mapped:  # INIT_P2M: tell the kernel which pfns hold its p2m list
+        _SI_TAIL.pack_into(page, _SI_CMDLINE + MAX_CMDLINE, plan.p2m.pfn, plan.p2m.pages)
     return bytes(page)

@@ -157,7 +157,8 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
         _write_pages(view, at(plan.kernel.pfn), kernel_pages(image, plan), plan.kernel.pages)
         if plan.ramdisk is not None and plan.ramdisk.mapped:
             _write_pages(view, at(plan.ramdisk.pfn), ramdisk, plan.ramdisk.pages)
-        _write_pages(view, at(plan.p2m.pfn), p2m_bytes(plan, p2m), plan.p2m.pages)
+        if plan.p2m.mapped:
+            _write_pages(view, at(plan.p2m.pfn), p2m_bytes(plan, p2m), plan.p2m.pages)
         si = start_info_page(plan, p2m, shared_info_mfn=shared_info_mfn,
                              store_evtchn=store_evtchn, console_evtchn=console_evtchn)
         _write_pages(view, at(plan.start_info.pfn), si, 1)
@@ -166,10 +167,14 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
         _write_pages(view, at(plan.pagetables.pfn), page_tables(plan, p2m),
                      plan.pagetables.pages)
         _write_pages(view, at(plan.bootstack.pfn), b"", 1)
+    # Pages outside the boot mapping: an unmapped ramdisk, an INIT_P2M p2m list.
     if plan.ramdisk is not None and not plan.ramdisk.mapped:
         rd = plan.ramdisk
         with xc.map_foreign(domid, p2m[rd.pfn:rd.pfn_end]) as view:
             _write_pages(view, 0, ramdisk, rd.pages)
+    if not plan.p2m.mapped:
+        with xc.map_foreign(domid, p2m[plan.p2m.pfn:plan.p2m.pfn_end]) as view:
+            _write_pages(view, 0, p2m_bytes(plan, p2m), plan.p2m.pages)
 
     # Events stay masked on every vCPU until the kernel has set up its handlers.
     with xc.map_foreign(domid, [shared_info_mfn]) as view:

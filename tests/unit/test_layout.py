@@ -22,6 +22,7 @@ from domain_builder.layout import (
     BuildPlan,
     compute,
     kernel_pages,
+    mapped_areas,
     p2m_bytes,
     page_tables,
     start_info,
@@ -77,8 +78,14 @@ def check_invariants(plan: BuildPlan) -> None:
         assert a.pfn_end <= b.pfn, (a, b)
     for r in plan.regions:
         assert r.vstart % PAGE_SIZE == 0 and r.pages > 0
-        assert r.vstart == plan.virt_base + r.pfn * PAGE_SIZE
+        if r.name != "p2m" or r.mapped:
+            assert r.vstart == plan.virt_base + r.pfn * PAGE_SIZE
         assert r.pfn_end <= plan.nr_pages
+    unmapped = sorted((r for r in plan.regions if not r.mapped), key=lambda r: r.pfn)
+    for a, b in zip(unmapped, unmapped[1:]):
+        assert a.pfn_end <= b.pfn
+    if unmapped:
+        assert unmapped[0].pfn >= plan.map_pages
     assert plan.virt_map_end % MAP_ALIGN == 0
     assert plan.virt_map_end - plan.bootstack.vend >= BOOT_PADDING
     for r in mapped:
@@ -97,14 +104,18 @@ def check_tables(plan: BuildPlan, p2m: list[int], every: int = 1) -> None:
     tables = page_tables(plan, p2m)
     assert len(tables) == plan.pagetables.pages * PAGE_SIZE
     m2p = {m: p for p, m in enumerate(p2m)}
-    for pfn in range(0, plan.map_pages, every):
-        got = walk(plan, tables, m2p, plan.virt_base + pfn * PAGE_SIZE)
-        ro = plan.pagetables.pfn <= pfn < plan.pagetables.pfn_end
-        assert got == (pfn, L1_PROT_RO if ro else L1_PROT), hex(pfn)
-    # Exactly the boot region: the page after it and the page before it are not mapped.
-    assert walk(plan, tables, m2p, plan.virt_map_end) is None
-    if plan.virt_base:
-        assert walk(plan, tables, m2p, plan.virt_base - PAGE_SIZE) is None
+    areas = mapped_areas(plan)
+    assert areas[0] == (plan.virt_base, plan.virt_map_end, 0)
+    for lo, hi, first in areas:
+        for i in range(0, (hi - lo) // PAGE_SIZE, every):
+            pfn = first + i
+            got = walk(plan, tables, m2p, lo + i * PAGE_SIZE)
+            ro = plan.pagetables.pfn <= pfn < plan.pagetables.pfn_end
+            assert got == (pfn, L1_PROT_RO if ro else L1_PROT), hex(pfn)
+        # Exactly these areas: the page after each and the page before each are not mapped.
+        assert walk(plan, tables, m2p, hi) is None
+        if lo:
+            assert walk(plan, tables, m2p, lo - PAGE_SIZE) is None
     # Every table page is used by the walk (no stray, unreferenced tables).
     referenced = {plan.l4_pfn}
     for off in range(0, len(tables), 8):
@@ -222,13 +233,17 @@ def test_elf32_refused() -> None:
     ramdisk=st.integers(0, 24 << 20),
     unmapped=st.sampled_from([None, False, True]),
     vcpus=st.integers(1, 8),
+    init_p2m=st.booleans(),
 )
 def test_layout_invariants_fuzz(kstart_pages: int, ksize: int, virt_base: int, memory_mib: int,
-                                ramdisk: int, unmapped: bool | None, vcpus: int) -> None:
+                                ramdisk: int, unmapped: bool | None, vcpus: int,
+                                init_p2m: bool) -> None:
     img = kernel(kstart=kstart_pages * PAGE_SIZE, size=ksize, virt_base=virt_base)
+    # INIT_P2M (0x8000000000 in these kernels) only works below VIRT_BASE.
+    init_p2m = init_p2m and virt_base > 0x8000000000 + (memory_mib << 11)
     try:
         plan = compute(img, memory_mib=memory_mib, vcpus=vcpus, ramdisk_size=ramdisk,
-                       unmapped_ramdisk=unmapped, cmdline="x")
+                       unmapped_ramdisk=unmapped, cmdline="x", init_p2m=init_p2m)
     except LayoutError as exc:
         assert "too small" in str(exc), exc
         # It only refuses when the boot structures really do not fit: an upper bound of
@@ -257,3 +272,29 @@ def test_real_kernel_layout() -> None:
     seg = img.segments[0]
     off = img.vaddr_of(seg.paddr) - plan.kernel.vstart
     assert buf[off:off + 64] == img.elf[seg.offset:seg.offset + 64]
+
+
+def test_init_p2m_maps_the_list_at_its_own_address() -> None:
+    img = kernel(size=0x200000)
+    plan = compute(img, memory_mib=256, ramdisk_size=3 << 20, init_p2m=True)
+    check_invariants(plan)
+    assert not plan.p2m.mapped and plan.p2m.vstart == 0x8000000000
+    assert plan.p2m.pfn >= plan.map_pages and plan.p2m.pages == 256 * 256 * 8 // PAGE_SIZE
+    # The boot mapping no longer holds the p2m: start_info follows the ramdisk directly.
+    assert plan.start_info.pfn == plan.ramdisk.pfn_end
+    p2m = shuffled_p2m(plan.nr_pages, seed=3)
+    check_tables(plan, p2m)
+    page = start_info(plan, p2m, shared_info_mfn=1, store_evtchn=1, console_evtchn=2)
+    assert struct.unpack_from("<Q", page, 104)[0] == 0x8000000000  # mfn_list
+    assert struct.unpack_from("<QQ", page, 1152) == (plan.p2m.pfn, plan.p2m.pages)
+    # Without it, those fields stay 0 and mfn_list points into the boot mapping.
+    classic = compute(img, memory_mib=256, ramdisk_size=3 << 20)
+    page = start_info(classic, p2m, shared_info_mfn=1, store_evtchn=1, console_evtchn=2)
+    assert struct.unpack_from("<QQ", page, 1152) == (0, 0)
+    assert classic.p2m.mapped and classic.map_pages >= plan.map_pages
+
+
+def test_init_p2m_needs_the_note() -> None:
+    img = parse_kernel(make_elf(notes=linux_notes(n15=None, n2=None)))
+    with pytest.raises(LayoutError, match="INIT_P2M note"):
+        compute(img, memory_mib=64, init_p2m=True)

@@ -189,6 +189,23 @@ def test_build_unmapped_ramdisk() -> None:
     assert bytes(xc.pages[mfn][:10]) == ramdisk[:10]
 
 
+def test_build_init_p2m() -> None:
+    img = image(hypercall=False)
+    plan = compute(img, memory_mib=32, ramdisk_size=5000, init_p2m=True)
+    xc = FakeXc()
+    pv.build(xc, 1, img, plan, b"r" * 5000)
+    cr3 = xc.ctx.ctrlreg[3]
+    si = read_va(xc, cr3, plan.start_info.vstart, 1168)
+    mfn_list = struct.unpack_from("<Q", si, 104)[0]
+    first, count = struct.unpack_from("<QQ", si, 1152)
+    assert mfn_list == 0x8000000000 and (first, count) == (plan.p2m.pfn, plan.p2m.pages)
+    p2m = struct.unpack(f"<{plan.nr_pages}Q", read_va(xc, cr3, mfn_list, plan.nr_pages * 8))
+    # The list maps itself: its own pfns resolve to the frames holding it.
+    assert bytes(xc.pages[p2m[first]][:8]) == struct.pack("<Q", p2m[0])
+    mod_start = struct.unpack_from("<Q", si, 112)[0]
+    assert read_va(xc, cr3, mod_start, 5000) == b"r" * 5000
+
+
 def test_build_rejects_mismatched_ramdisk() -> None:
     img = image()
     plan = compute(img, memory_mib=32, ramdisk_size=100)
