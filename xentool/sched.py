@@ -466,6 +466,8 @@ class Backend(Protocol):
 
     def config(self, domid: int, uuid: str) -> Params: ...
 
+    def introduced(self, domid: int) -> bool: ...  # xenstored serves it: its build is done
+
 
 _GONE = (errno.ESRCH, errno.ENOENT, errno.EINVAL)  # what a vanished domain makes calls fail with
 
@@ -543,11 +545,24 @@ class Controller:
     def backend_has(self, domid: int) -> bool:
         return any(d.domid == domid and not d.dying for d in self.backend.domains())
 
+    def _ready(self, doms: list[DomainBrief]) -> list[DomainBrief]:
+        # A domain still being built is left alone: its toolstack has yet to set the xl.cfg
+        # weight, which would silently replace ours.  Introduction marks the end of the build.
+        out = []
+        for d in doms:
+            try:
+                if not d.dying and self.backend.introduced(d.domid):
+                    out.append(d)
+            except OSError as e:
+                if e.errno not in _GONE:
+                    raise
+        return out
+
     def reconcile(self, refresh_pools: bool = True) -> list[Decision]:
         """One pass over every domain."""
         if refresh_pools:
             self._pools.clear()
-        doms = [d for d in self.backend.domains() if not d.dying]
+        doms = self._ready(self.backend.domains())
         out = [d for d in map(self.apply, doms) if d is not None]
         self.known = {d.domid: d.uuid for d in doms}
         for gone in set(self._reported) - set(self.known):
@@ -557,14 +572,17 @@ class Controller:
     def on_introduce(self) -> list[Decision]:
         """Handle domains not seen before (new domid, or a domid reused by a new uuid)."""
         doms = [d for d in self.backend.domains() if not d.dying]
-        new = [d for d in doms if self.known.get(d.domid) != d.uuid]
+        new = self._ready([d for d in doms if self.known.get(d.domid) != d.uuid])
+        ready = {d.domid for d in new}
         out = []
         for d in new:
             dec = self.apply(d)
             if dec is not None:
                 out.append(dec)
-        # A domain without a name yet is tried again on the next event.
-        self.known = {d.domid: d.uuid for d in doms if d.domid not in self._nameless}
+        # Domains still being built, or without a name yet, are tried again next time.
+        self.known = {d.domid: d.uuid for d in doms
+                      if (d.domid in ready or self.known.get(d.domid) == d.uuid)
+                      and d.domid not in self._nameless}
         return out
 
     def set_policy(self, policy: Policy) -> None:
@@ -600,13 +618,16 @@ class Daemon:
     Events: ``@introduceDomain`` (new domains, fast path), SIGHUP or a change of the policy file (reload, full pass), ``resync`` seconds without
     events (full pass: renames, pool moves, manual changes).  A lost xenstored connection is
     re-established with backoff and followed by a full pass.  A policy that fails to load
-    is reported and the previous one stays in force.
+    is reported and the previous one stays in force.  Where the connection cannot watch
+    (``/dev/xen/xenbus`` instead of xenstored's socket), new domains are found by polling
+    the domain list every ``fast_poll`` seconds (one hypercall).
     """
 
     def __init__(self, controller: Controller, policy_path: str | None,
                  connect: Callable[[], Any], resync: float = 30.0,
-                 poll: float = 1.0) -> None:
+                 poll: float = 1.0, fast_poll: float = 0.02) -> None:
         self.ctl = controller
+        self.fast_poll = fast_poll
         self.policy_path = policy_path
         self.connect = connect
         self.resync = resync
@@ -660,7 +681,15 @@ class Daemon:
                     pass
 
     def _serve(self, store: Any) -> None:
-        with store.watch("@introduceDomain") as intro:
+        try:
+            intro = store.watch("@introduceDomain")
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            log.warning("no watches on this xenstore connection (%s): looking for new domains "
+                        "every %.0f ms instead", e, self.fast_poll * 1000)
+            return self._serve_polling()
+        with intro:
             intro.get(timeout=5)  # fires once at registration; the full pass covers it
             self._maybe_reload()
             self.ctl.reconcile()
@@ -677,6 +706,17 @@ class Daemon:
                 if self._maybe_reload() or time.monotonic() - last_full >= self.resync:
                     self.ctl.reconcile()
                     last_full = time.monotonic()
+
+
+    def _serve_polling(self) -> None:
+        self._maybe_reload()
+        self.ctl.reconcile()
+        last_full = time.monotonic()
+        while not self.stop.wait(self.fast_poll):
+            self.ctl.on_introduce()
+            if self._maybe_reload() or time.monotonic() - last_full >= self.resync:
+                self.ctl.reconcile()
+                last_full = time.monotonic()
 
 
 # --------------------------------------------------------------------------------------
@@ -717,6 +757,9 @@ class XenBackend:
         setter = self.xc.set_sched_credit if scheduler == "credit" else \
             self.xc.set_sched_credit2
         setter(domid, SchedCredit(value.weight, value.cap))
+
+    def introduced(self, domid: int) -> bool:
+        return domid == 0 or self._store().is_domain_introduced(domid)
 
     def config(self, domid: int, uuid: str) -> Params:
         try:

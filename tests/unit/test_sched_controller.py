@@ -18,6 +18,7 @@ from domain_builder.errors import XenError
 from domain_builder.xenctrl import CpupoolInfo, DomainInfo, SchedCredit
 from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture
 from xenstore.client import Store
+from xenstore.errors import XenStoreError
 from xentool import sched
 from xentool.sched import Controller, Daemon, XenBackend, parse_policy
 
@@ -84,11 +85,21 @@ class FakeXc:
 
 
 class FakeStore:
-    def __init__(self, nodes: dict[str, str]) -> None:
+    def __init__(self, nodes: dict[str, str], building: set[int] | None = None) -> None:
         self.nodes = nodes
+        self.building = building if building is not None else set()
 
     def get(self, path: str, default: str | None = None) -> str | None:
         return self.nodes.get(path, default)
+
+    def is_domain_introduced(self, domid: int) -> bool:
+        return domid not in self.building
+
+    def watch(self, path: str):
+        raise XenStoreError(errno.EOPNOTSUPP, path, "watches need the xenstored socket")
+
+    def close(self) -> None:
+        pass
 
 
 def names(**by_domid: str) -> dict[str, str]:
@@ -208,6 +219,16 @@ def test_on_introduce_handles_only_new_domains_and_reused_domids(xc: FakeXc) -> 
     assert xc.params[1] == SchedCredit(512, 0)
 
 
+def test_domain_still_being_built_is_left_to_its_toolstack(xc: FakeXc) -> None:
+    xc.add(1)
+    building = {1}
+    ctl = Controller(XenBackend(xc, lambda: FakeStore(names(d1="web-1"), building)), POLICY)
+    assert ctl.reconcile() == [] and ctl.on_introduce() == [] and xc.sets == []
+    building.clear()  # introduced: the build is over
+    assert [d.domid for d in ctl.on_introduce()] == [1]
+    assert xc.sets == [("credit2", 1, SchedCredit(512, 0))]
+
+
 # -- the daemon loop against a fake xenstored ------------------------------------------------
 
 
@@ -310,6 +331,7 @@ def test_daemon_survives_xenstored_restart(daemon, fake_xenstored) -> None:  # n
             with Store.connect(path) as xs:
                 xs.write("/local/domain/9/name", "web-9")
                 xc.add(9)
+                xs.introduce_domain(9, 0x1000, 3)
                 # Whether the watch event or the reconnect pass sees it first, it is applied.
                 wait_until(lambda: xc.params[9] == SchedCredit(512, 0), timeout=15)
                 assert run.thread.is_alive()
@@ -323,3 +345,25 @@ def test_daemon_survives_xenstored_restart(daemon, fake_xenstored) -> None:  # n
             srv2.server_close()
     finally:
         d.stop.set()
+
+
+def test_daemon_polls_where_watches_are_unavailable(xc: FakeXc, tmp_path: Path) -> None:
+    pol = tmp_path / "policy.toml"
+    pol.write_text('[[rule]]\nmatch = "web-*"\nweight = 512\n')
+    nodes = names()
+    building: set[int] = set()
+    store = FakeStore(nodes, building)
+    ctl = Controller(XenBackend(xc, lambda: store), sched.load_policy(str(pol)))
+    d = Daemon(ctl, str(pol), lambda: store, resync=3600, poll=0.05, fast_poll=0.01)
+    run = Running(d)
+    try:
+        wait_until(lambda: 0 in d.ctl.known)
+        nodes["/local/domain/4/name"] = "web-4"
+        building.add(4)
+        xc.add(4)
+        time.sleep(0.1)
+        assert xc.params[4] == SchedCredit(256, 0)  # not while it is being built
+        building.discard(4)
+        assert wait_until(lambda: xc.params[4] == SchedCredit(512, 0)) < 1.0
+    finally:
+        run.stop()
