@@ -365,3 +365,22 @@ def test_xenops_create_runs_the_command_in_the_saved_cwd(tmp_path: Path) -> None
                        "sys.exit(1)\n")
     with pytest.raises(XentoolError, match="no such kernel"):
         m.XenOps(None, [sys.executable, str(failing)]).create(replace(r, cwd="/nonexistent"))
+
+
+def test_monitor_verb_refuses_a_second_instance(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from xentool.locks import RUN_DIR_ENV, FileLock
+
+    env = {**os.environ, RUN_DIR_ENV: str(tmp_path / "run"),
+           m.STATE_DIR_ENV: str(tmp_path / "state")}
+    with FileLock(tmp_path / "run" / "monitor.lock", what="monitor"):
+        r = subprocess.run([sys.executable, "-m", "xentool", "monitor", "--once"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith("xentool: another monitor is already running (pid ")
+    assert r.stderr.count("\n") == 1
+    r = subprocess.run([sys.executable, "-m", "xentool", "monitor", "--max-delay", "-1"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr.count("\n")) == (1, 1) and "must not be negative" in r.stderr
