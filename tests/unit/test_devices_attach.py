@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -276,3 +277,26 @@ def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> 
     assert set(fake.tree("/")) == before
     assert sorted(c.split()[0] for c in calls(tmp_path)) == \
         ["add", "add", "offline", "online", "remove", "remove"]
+
+
+def test_script_leaving_a_child_with_its_stdout_does_not_block(tmp_path: Path) -> None:
+    # A script that forks a daemon keeping stdout open must count as done when it exits.
+    sc = script(tmp_path, f'(sleep 5; echo late) &\necho $! > {tmp_path}/child\necho ok\nexit 0\n')
+    inv = hotplug.invocation("vbd", 1, 51712, sc, hotplug.Action.ADD)
+    start = time.monotonic()
+    out = hotplug.run(inv, "/be", timeout=4)
+    assert time.monotonic() - start < 3 and "ok" in out
+    os.kill(int((tmp_path / "child").read_text()), 9)
+
+
+def test_invocations_match_libxl() -> None:
+    inv = hotplug.invocation("vif", 3, 1, "/etc/xen/scripts/vif-bridge", hotplug.Action.REMOVE,
+                             gatewaydev="eth0")
+    assert inv.argv == ("/etc/xen/scripts/vif-bridge", "offline", "type_if=vif")
+    assert dict(inv.env) == {"script": "/etc/xen/scripts/vif-bridge", "XENBUS_TYPE": "vif",
+                             "XENBUS_PATH": "backend/vif/3/1", "XENBUS_BASE_PATH": "backend",
+                             "netdev": "eth0", "vif": "vif3.1"}
+    inv = hotplug.invocation("vbd", 3, 51712, "/etc/xen/scripts/block", hotplug.Action.ADD)
+    assert inv.argv == ("/etc/xen/scripts/block", "add")
+    assert "vif" not in inv.env and inv.env["XENBUS_PATH"] == "backend/vbd/3/51712"
+    assert hotplug.invocation("console", 3, 0, "/x", hotplug.Action.ADD) is None

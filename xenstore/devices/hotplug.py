@@ -17,8 +17,9 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import IO, Callable, Mapping
 
 from xenstore import paths
 
@@ -79,28 +80,37 @@ def run(inv: Invocation, backend: str, timeout: float = HOTPLUG_TIMEOUT,
     """
     what = " ".join(inv.argv)
     log.info("hotplug: %s (%s)", what, inv.env.get("XENBUS_PATH", ""))
-    try:
-        proc = subprocess.Popen(
-            list(inv.argv), env={**os.environ, **inv.env}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            text=True, errors="replace")
-    except OSError as e:
-        raise HotplugError(e.errno or errno.EIO,
-                           f"{backend}: cannot run hotplug script {inv.argv[0]}: "
-                           f"{e.strerror}") from None
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, _ = proc.communicate()
-        raise HotplugError(errno.ETIMEDOUT, failure_message(
-            what, backend, f"timed out after {timeout:g}s", out, read_error())) from None
+    # Output goes to a file, not a pipe: like libxl we wait for the script to exit, not for
+    # every process it forked to close its stdout.
+    with tempfile.TemporaryFile() as out_f:
+        try:
+            proc = subprocess.Popen(
+                list(inv.argv), env={**os.environ, **inv.env}, stdin=subprocess.DEVNULL,
+                stdout=out_f, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            raise HotplugError(e.errno or errno.EIO,
+                               f"{backend}: cannot run hotplug script {inv.argv[0]}: "
+                               f"{e.strerror}") from None
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            raise HotplugError(errno.ETIMEDOUT, failure_message(
+                what, backend, f"timed out after {timeout:g}s", _read(out_f),
+                read_error())) from None
+        out = _read(out_f)
     if out:
         log.debug("hotplug %s said: %s", what, out.strip())
     if proc.returncode != 0:
         raise HotplugError(errno.EIO, failure_message(
             what, backend, f"exit status {proc.returncode}", out, read_error()))
     return out
+
+
+def _read(f: IO[bytes]) -> str:
+    f.seek(0)
+    return f.read(1 << 20).decode("utf-8", "replace")
 
 
 def failure_message(what: str, backend: str, why: str, output: str,
@@ -114,7 +124,7 @@ def failure_message(what: str, backend: str, why: str, output: str,
     return msg
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
