@@ -7,8 +7,12 @@ say() { echo "XENTOOL-TESTBED: $*" > /dev/hvc0; }
 die() { echo "XENTOOL-TESTBED-FATAL: $*" > /dev/hvc0; sleep 2; poweroff -f; }
 set -u
 
-mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# The checkout is already mounted at its host path, which may lie under /tmp or /run: never
+# cover it with a fresh tmpfs. The root disk is a throw-away snapshot, so /tmp can stay on it.
+case "$src" in
+    /run|/run/*) ;;
+    *) mount -t tmpfs -o mode=0755 tmpfs /run ;;
+esac
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
