@@ -526,6 +526,8 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
                 f = handles.get(path)
                 if f is None and path.exists():
                     f = handles[path] = open(path, "rb")
+                    # The timeout is for the command, not for its wait in the job queue.
+                    deadline = time.monotonic() + timeout
                 if f is not None:
                     data = f.read()
                     if data:
@@ -537,7 +539,7 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
                 log("the testbed VM died while running the command")
                 sys.stderr.write(_tail(tb.serial))
                 return 125
-            if time.monotonic() > deadline:
+            if handles and time.monotonic() > deadline:
                 (tb.spool / "cancel" / job_id).touch()
                 log(f"timeout: '{' '.join(argv)}' still running after {timeout:.0f}s; killed")
                 return 124
