@@ -519,6 +519,8 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
     rc_file = tb.spool / "done" / f"{job_id}.rc"
     handles: dict[Path, object] = {}
     deadline = time.monotonic() + timeout
+    # A queued job may wait for others, but not forever (a wedged agent must not hang CI).
+    queue_deadline = time.monotonic() + timeout + 3600
     try:
         while True:
             finished = rc_file.exists()
@@ -539,7 +541,8 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
                 log("the testbed VM died while running the command")
                 sys.stderr.write(_tail(tb.serial))
                 return 125
-            if handles and time.monotonic() > deadline:
+            now = time.monotonic()
+            if (handles and now > deadline) or now > queue_deadline:
                 (tb.spool / "cancel" / job_id).touch()
                 log(f"timeout: '{' '.join(argv)}' still running after {timeout:.0f}s; killed")
                 return 124
