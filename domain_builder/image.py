@@ -17,6 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from domain_builder.errors import ImageError
 
 PAGE_SIZE = 4096
@@ -536,7 +537,7 @@ def parse_features(text: str, where: str) -> tuple[tuple[str, ...], frozenset[st
     supported: set[str] = set()
     required: set[str] = set()
     for f in items:
-        name = f[1:] if f.startswith("!") else f
+        name = f.removeprefix("!")
         if f.startswith("!"):
             _need(name in FEATURE_BITS,
                   f"{where}: the kernel requires feature '{name}', which is unknown")

@@ -19,8 +19,8 @@ p2m (pfn -> mfn) that populating memory produced and return the exact bytes to w
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from domain_builder.errors import LayoutError
 from domain_builder.image import KernelImage

@@ -14,12 +14,19 @@ everything this module gave it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from domain_builder.errors import XenError
 from domain_builder.image import KernelImage
-from domain_builder.layout import PAGE_SIZE, BuildPlan, kernel_pages, p2m_bytes, page_tables
+from domain_builder.layout import (
+    PAGE_SIZE,
+    BuildPlan,
+    kernel_pages,
+    p2m_bytes,
+    page_tables,
+)
 from domain_builder.layout import start_info as start_info_page
 
 log = logging.getLogger(__name__)
@@ -108,8 +115,13 @@ def _write_pages(view: memoryview, offset: int, data: bytes | bytearray | memory
 
 def vcpu0_context(plan: BuildPlan, l4_mfn: int):
     """Boot registers of vCPU 0 (PV ABI): rip=entry, rsp=stack top, rsi=&start_info."""
-    from domain_builder.xenctrl import (VGCF_IN_KERNEL, VGCF_ONLINE, UserRegs, VcpuContext,
-                                        xen_pfn_to_cr3)
+    from domain_builder.xenctrl import (
+        VGCF_IN_KERNEL,
+        VGCF_ONLINE,
+        UserRegs,
+        VcpuContext,
+        xen_pfn_to_cr3,
+    )
 
     regs = UserRegs(
         rip=plan.virt_entry, rsp=plan.stack_top, rsi=plan.start_info.vstart,

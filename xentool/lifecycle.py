@@ -18,8 +18,8 @@ import os
 import sys
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from xenstore.client import Perms
 from xentool.errors import XentoolError

@@ -28,7 +28,7 @@ def xl_row(name: str) -> list[str]:
 
 
 def free_memory() -> int:
-    m = re.search(r"^free_memory\s*:\s*(\d+)", xl("info").stdout, re.M)
+    m = re.search(r"^free_memory\s*:\s*(\d+)", xl("info").stdout, re.MULTILINE)
     assert m
     return int(m.group(1))
 

@@ -9,14 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
-from domain_builder.errors import ImageError
-from domain_builder.image import (
-    Compression,
-    decompress,
-    load_kernel,
-    parse_kernel,
-)
 from test_image_kit import (
     ENTRY,
     HYPERCALL,
@@ -30,6 +22,14 @@ from test_image_kit import (
     q,
     real_kernel_path,
     s,
+)
+
+from domain_builder.errors import ImageError
+from domain_builder.image import (
+    Compression,
+    decompress,
+    load_kernel,
+    parse_kernel,
 )
 
 

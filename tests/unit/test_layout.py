@@ -8,6 +8,14 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_image_kit import (
+    KSTART_PADDR,
+    VIRT_BASE,
+    linux_notes,
+    make_elf,
+    q,
+    real_kernel_path,
+)
 
 from domain_builder.errors import LayoutError
 from domain_builder.image import load_kernel, parse_kernel
@@ -26,14 +34,6 @@ from domain_builder.layout import (
     p2m_bytes,
     page_tables,
     start_info,
-)
-from test_image_kit import (
-    KSTART_PADDR,
-    VIRT_BASE,
-    linux_notes,
-    make_elf,
-    q,
-    real_kernel_path,
 )
 
 

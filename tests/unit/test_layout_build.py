@@ -11,12 +11,12 @@ import struct
 from contextlib import contextmanager
 
 import pytest
+from test_image_kit import KSTART_PADDR, VIRT_BASE, linux_notes, make_elf, q
 
 from domain_builder import pv
 from domain_builder.errors import XenError
 from domain_builder.image import parse_kernel
 from domain_builder.layout import PAGE_SIZE, PTE_MFN_MASK, compute
-from test_image_kit import KSTART_PADDR, VIRT_BASE, linux_notes, make_elf, q
 from xenstore.client import Perms
 from xentool.lifecycle import Rollback, build_post_nodes, domain_make_nodes
 
