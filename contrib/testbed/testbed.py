@@ -509,8 +509,11 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
             timeout: float) -> int:
     job_id = f"{time.time_ns():020d}-{os.getpid()}"
     job = {"argv": argv, "cwd": str(cwd), "env": env}
-    for sub in ("jobs", "out", "done", "cancel"):
+    for sub in ("jobs", "out", "done", "cancel", "alive"):
         (tb.spool / sub).mkdir(exist_ok=True)
+    alive = tb.spool / "alive" / job_id
+    alive.touch()
+    last_touch = time.monotonic()
     tmp = tb.spool / f"{job_id}.tmp"
     tmp.write_text(json.dumps(job))
     os.rename(tmp, tb.spool / "jobs" / f"{job_id}.json")
@@ -542,6 +545,9 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
                 sys.stderr.write(_tail(tb.serial))
                 return 125
             now = time.monotonic()
+            if now - last_touch > 1.0:
+                alive.touch()  # the agent kills jobs nobody waits for any more
+                last_touch = now
             if (handles and now > deadline) or now > queue_deadline:
                 (tb.spool / "cancel" / job_id).touch()
                 log(f"timeout: '{' '.join(argv)}' still running after {timeout:.0f}s; killed")
@@ -553,9 +559,8 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
     finally:
         for f in handles.values():
             f.close()  # type: ignore[attr-defined]
-        for path, _ in outs:
+        for path in (*(p for p, _ in outs), rc_file, alive):
             path.unlink(missing_ok=True)
-        rc_file.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------- cli

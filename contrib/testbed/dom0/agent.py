@@ -6,6 +6,8 @@ every write is visible on the other side at once). Protocol, one job at a time, 
   host:  jobs/<id>.json        {"argv": [...], "cwd": "...", "env": {...}}  (written atomically)
   agent: out/<id>.stdout, out/<id>.stderr   the job's output, streamed
   host:  cancel/<id>           asks the agent to kill the job's process group
+  host:  alive/<id>            touched every second while the host waits; a job whose host
+                               went away (no touch for ORPHAN_AFTER s) is skipped or killed
   agent: done/<id>.rc          the exit status (written atomically, last)
 
 Serialising jobs keeps tests that compare xentool against xl from seeing each other's domains.
@@ -22,6 +24,28 @@ import time
 from pathlib import Path
 
 POLL = 0.05
+ORPHAN_AFTER = 30.0
+
+
+class Heartbeat:
+    """Tracks the host's alive/<id> file by its changes (host and dom0 clocks differ)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = self._mtime()
+        self.changed = time.monotonic()
+
+    def _mtime(self) -> int | None:
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def orphaned(self) -> bool:
+        now = self._mtime()
+        if now != self.last:
+            self.last, self.changed = now, time.monotonic()
+        return time.monotonic() - self.changed > ORPHAN_AFTER
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -38,6 +62,8 @@ def run_job(spool: Path, job_file: Path) -> None:
     env.update(job.get("env", {}))
     out = spool / "out"
     rc_file = spool / "done" / f"{job_id}.rc"
+    if not (spool / "alive" / job_id).exists():
+        return  # its host gave up while it was queued
     with open(out / f"{job_id}.stdout", "wb", buffering=0) as so, \
             open(out / f"{job_id}.stderr", "wb", buffering=0) as se:
         try:
@@ -49,8 +75,9 @@ def run_job(spool: Path, job_file: Path) -> None:
             write_atomic(rc_file, "127")
             return
         cancel = spool / "cancel" / job_id
+        heartbeat = Heartbeat(spool / "alive" / job_id)
         while proc.poll() is None:
-            if cancel.exists():
+            if cancel.exists() or heartbeat.orphaned():
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 break
@@ -66,7 +93,7 @@ def run_job(spool: Path, job_file: Path) -> None:
 
 def main() -> int:
     spool = Path(sys.argv[1])
-    for sub in ("jobs", "out", "cancel", "done"):
+    for sub in ("jobs", "out", "cancel", "done", "alive"):
         (spool / sub).mkdir(exist_ok=True)
     write_atomic(spool / "ready", json.dumps({"pid": os.getpid(), "time": time.time()}))
     print("XENTOOL-TESTBED: agent ready", flush=True)
