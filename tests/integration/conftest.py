@@ -12,6 +12,18 @@ import pytest
 
 from .helpers import GuestKit, domain_names, xl
 
+# Suites written against the real hypervisor that have not yet passed end to end in the testbed.
+# `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
+# they are being finished; their status is tracked in the issues, not hidden here.
+UNPROVEN = {
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in UNPROVEN:
+            item.add_marker(pytest.mark.unproven)
+
 
 @pytest.fixture(scope="session")
 def kit() -> GuestKit:
