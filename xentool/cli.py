@@ -87,8 +87,6 @@ def _top_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"xentool {__version__}")
     p.add_argument("-v", dest="verbose", action="count", default=0,
                    help="verbose: repeat for more detail (like xl -v)")
-    p.add_argument("-N", dest="dry_run_global", action="store_true",
-                   help="dry run: print what would be done (accepted for xl compatibility)")
     p.add_argument("verb", nargs="?", help="the verb to run (see below)")
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
