@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs inside the testbed dom0: create the busybox PV guest, show its console, destroy it.
+# Runs inside the testbed dom0: xentool builds the busybox PV guest (Debian kernel + busybox
+# initrd) with its own Python domain builder, shows its console, and destroys it.
 set -eu
 name=demo-guest
 cfg=/tmp/$name.cfg
@@ -12,16 +13,17 @@ extra = "console=hvc0 xentool.mode=wait"
 memory = 128
 vcpus = 2
 CFG
-echo "# xl create $cfg"
-xl create "$cfg"
-xl list
+echo "# xentool create $cfg"
+xentool create "$cfg"
+xentool list
 log=/var/log/xen/console/guest-$name.log
 i=0
 until grep -q XENTOOL-GUEST-READY "$log" 2>/dev/null; do
-    i=$((i + 1)); [ $i -lt 600 ] || { echo "demo: guest did not come up" >&2; xl destroy $name; exit 1; }
+    i=$((i + 1)); [ $i -lt 600 ] || { echo "demo: guest did not come up" >&2; xentool destroy $name; exit 1; }
     sleep 0.2
 done
 echo "# console of $name (last lines):"
 grep -a XENTOOL- "$log"
-xl destroy "$name"
+xentool destroy "$name"
 echo "# destroyed $name"
+xentool list
