@@ -16,6 +16,13 @@ from .helpers import GuestKit, domain_names, xl
 # `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
 # they are being finished; their status is tracked in the issues, not hidden here.
 UNPROVEN = {
+    "test_devices.py",          # vbd/vif in guests, xl parity, leak loop: hung in first runs
+    "test_xenstore_live.py",
+    "test_domain_ops.py",       # shutdown/reboot/rename/mem-set/vcpu-set vs xl
+    "test_monitor.py",          # on_poweroff/on_reboot/on_crash actions
+    "test_create_faults.py",    # needs create to run through xentool.journal
+    "test_sched_controller.py",
+    "test_sched_fairshare.py",
 }
 
 
