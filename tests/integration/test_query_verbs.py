@@ -272,7 +272,8 @@ def credit_pool(tmp_path: Path) -> Iterator[str]:
         xl("cpupool-cpu-add", "Pool-0", "1", check=False)
 
 
-def test_sched_credit_both_directions(guests: Guests, credit_pool: str) -> None:
+def test_sched_credit_both_directions(credit_pool: str, guests: Guests) -> None:
+    # credit_pool first: its teardown (destroying the pool) must come after the guests go.
     (name,) = guests.tiny(1, more=f'pool = "{credit_pool}"\n')
     xentool("sched-credit", "-d", name, "-w", "512")
     assert xl("sched-credit", "-d", name).stdout.splitlines()[1].split()[2] == "512"
