@@ -418,28 +418,24 @@ def set_memory_max(s: Session, domid: int, max_kb: int) -> None:
         s.xc.set_max_mem(domid, plan_mem_max(max_kb, target))
 
 
-def cmd_mem_set(args: argparse.Namespace) -> int:
+def _set_memory(args: argparse.Namespace, setter, what: str) -> int:
     kb = _mem_kb(args.mem)
     with Session() as s:
         domid = s.resolve(args.domain)
         try:
-            set_memory_target(s, domid, kb)
+            setter(s, domid, kb)
         except (XentoolError, OSError) as e:
-            raise XentoolError(f"cannot set domid {domid} dynamic max memory to {args.mem}: "
+            raise XentoolError(f"cannot set domid {domid} {what} to {args.mem}: "
                                f"{e}") from None
     return 0
+
+
+def cmd_mem_set(args: argparse.Namespace) -> int:
+    return _set_memory(args, set_memory_target, "dynamic max memory")
 
 
 def cmd_mem_max(args: argparse.Namespace) -> int:
-    kb = _mem_kb(args.mem)
-    with Session() as s:
-        domid = s.resolve(args.domain)
-        try:
-            set_memory_max(s, domid, kb)
-        except (XentoolError, OSError) as e:
-            raise XentoolError(f"cannot set domid {domid} static max memory to {args.mem}: "
-                               f"{e}") from None
-    return 0
+    return _set_memory(args, set_memory_max, "static max memory")
 
 
 # -- vcpu-set -------------------------------------------------------------------------------
