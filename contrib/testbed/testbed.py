@@ -43,6 +43,7 @@ DOM0_PACKAGES = (
     "util-linux", "e2fsprogs", "tini", "busybox-static", "xz-utils", "zstd", "lz4", "bzip2",
     "python3", "python3-dev", "python3-pip", "python3-venv", "gcc", "libc6-dev",
     "python3-cffi", "python3-pyxs", "python3-pyparsing", "python3-pytest",
+    "python3-pytest-timeout",
     "python3-hypothesis", "python3-zstandard", "python3-lz4",
 )
 # Front-end drivers the busybox guest loads (bookworm builds them as modules).
@@ -551,6 +552,8 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
             if (handles and now > deadline) or now > queue_deadline:
                 (tb.spool / "cancel" / job_id).touch()
                 log(f"timeout: '{' '.join(argv)}' still running after {timeout:.0f}s; killed")
+                log("last lines of the Xen/dom0 serial console:")
+                sys.stderr.write(_tail(tb.serial))
                 return 124
             time.sleep(0.05)
     except KeyboardInterrupt:

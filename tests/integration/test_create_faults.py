@@ -97,6 +97,7 @@ def create_env(**kw: str) -> dict[str, str]:
     return {**os.environ, **kw}
 
 
+@pytest.mark.timeout(2400)  # ~2 creates per step under emulation
 def test_every_injection_point_of_create_leaves_nothing(two_disk_two_vif_cfg: Path,
                                                         tmp_path: Path,
                                                         guest_name: str) -> None:
