@@ -1,8 +1,10 @@
 """Domain lifecycle: ``create`` builds a PV guest from a DomainConfig.
 
-Every step that changes the system registers its undo in a :class:`Rollback`; if a later
-step fails, the undos run in reverse so a failed create leaves no domain, no memory and
-no XenStore nodes behind (like libxl's domain_create failure path).
+Every step runs in a :class:`xentool.journal.Journal` that registers its undo; if a later
+step fails (or SIGINT/SIGTERM arrives) the undos run in reverse, so a failed create leaves
+no domain, no memory, no XenStore node, no backend and no hotplug state behind (libxl's
+domain_create failure path).  A create killed outright leaves a crash record naming the
+domid, so ``destroy`` and ``list`` know the domain is debris.
 
 The XenStore layout and permissions are libxl 4.17's (libxl__domain_make in libxl_create.c,
 libxl__build_post in libxl_dom.c): ``/local/domain/<id>`` is owned by dom0 and readable by
@@ -18,8 +20,7 @@ import os
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from xenstore.client import Perms
 from xentool.errors import XentoolError
@@ -27,31 +28,6 @@ from xentool.errors import XentoolError
 log = logging.getLogger(__name__)
 
 KERNEL_CACHE = "/var/cache/xentool/kernels"
-
-
-@dataclass
-class Rollback:
-    """Undo actions, run newest first when the work they guard fails."""
-
-    steps: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
-
-    def push(self, what: str, undo: Callable[[], None]) -> None:
-        self.steps.append((what, undo))
-
-    def run(self) -> list[str]:
-        """Undo everything; returns what could not be undone (logged, never raised)."""
-        failed = []
-        while self.steps:
-            what, undo = self.steps.pop()
-            try:
-                undo()
-            except Exception as exc:  # noqa: BLE001 - keep undoing the rest
-                log.warning("rollback: could not undo %s: %s", what, exc)
-                failed.append(what)
-        return failed
-
-    def clear(self) -> None:
-        self.steps.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,70 +149,116 @@ def print_plan(config, prep: Prepared, out=None) -> None:
     (out or sys.stdout).write(json.dumps(doc, indent=2) + "\n")
 
 
-def create(config, *, paused: bool, console: bool, plan: bool = False) -> int:
+@dataclass(frozen=True)
+class Source:
+    """Where a config came from, recorded so the monitor can create the domain again."""
+
+    path: str
+    overrides: tuple[str, ...] = ()
+    text: str | None = None  # None: the file's content now
+
+
+def create(config, *, paused: bool, console: bool, plan: bool = False,
+           source: Source | None = None) -> int:
     """Create and start the PV guest described by ``config``; returns its domid.
 
     With ``plan`` only the build plan is printed (nothing touches Xen) and 0 is returned.
+    With ``source`` the domain is recorded for the monitor (on_poweroff/on_reboot/...).
     """
     prep = prepare(config)
     if plan:
         print_plan(config, prep)
         return 0
 
-    from domain_builder import pv
-    from domain_builder.xenctrl import CreateConfig, XenCtrl
+    from xentool.commands.devices import config_devices
+
+    config_devices(0, config)  # a bad disk or vif spec fails before anything exists
+
+    from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store
-    from xenstore.devices.common import write_nodes as write_device
-    from xenstore.devices.console import console_nodes
-    from xentool.domains import name_to_domid
+    from xentool.journal import Journal, default_record_dir
 
-    bp = prep.plan
-    uuid = config.uuid or uuidlib.uuid4()
-    uuid_s = str(uuid)
-    undo = Rollback()
     with XenCtrl() as xc, Store.connect() as xs:
-        if name_to_domid(xc, xs, config.name) is not None:
-            raise XentoolError(f'domain with name "{config.name}" already exists')
-        try:
-            cc = CreateConfig(
-                max_vcpus=bp.max_vcpus, handle=uuid.bytes, grant_version=2,
-                max_grant_frames=config.max_grant_frames or -1,
-                max_maptrack_frames=config.max_maptrack_frames or -1,
-                max_evtchn_port=config.max_event_channels or 1023,
-            )
-            domid = xc.create_domain(cc)
-            undo.push(f"domain {domid}", lambda: xc.destroy(domid))
-            log.info("created domain %d for %s", domid, config.name)
-
-            dom = f"/local/domain/{domid}"
-            undo.push("xenstore nodes", lambda: _rm_nodes(xs, domid, uuid_s))
-            with xs.transaction() as t:
-                t.rm(dom, missing_ok=True)
-                t.rm(f"/vm/{uuid_s}", missing_ok=True)
-                t.rm(f"/libxl/{domid}", missing_ok=True)
-                write_nodes(t, domain_make_nodes(domid, config.name, uuid_s))
-
-            built = pv.build(xc, domid, prep.image, bp, prep.ramdisk)  # type: ignore[arg-type]
-
-            with xs.transaction() as t:
-                write_nodes(t, build_post_nodes(
-                    domid, uuid_s, max_memkb=bp.max_pages * 4, target_memkb=bp.nr_pages * 4,
-                    vcpus=bp.vcpus, max_vcpus=bp.max_vcpus, store_port=built.store_evtchn,
-                    store_mfn=built.store_mfn, start_time=time.time()))
-                write_device(t, console_nodes(domid, built.console_evtchn, built.console_mfn))
-            xs.introduce_domain(domid, built.store_mfn, built.store_evtchn)
-            undo.push("xenstored introduction", lambda: xs.release_domain(domid))
-            if not paused:
-                xc.unpause(domid)
-        except BaseException:
-            left = undo.run()
-            if left:
-                log.error("a failed create left behind: %s", ", ".join(left))
-            raise
+        with Journal("create", record_dir=default_record_dir()) as j:
+            domid = _create_steps(j, xc, xs, config, prep, paused, source)
     if console:
         from xentool.commands.console import exec_console
 
         exec_console(domid)
+    return domid
+
+
+def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
+                  source: Source | None) -> int:
+    from domain_builder import pv
+    from domain_builder.xenctrl import CreateConfig
+    from xenstore.devices.attach import Force, attach, detach, ref_of
+    from xenstore.devices.common import write_nodes as write_device
+    from xenstore.devices.console import console_nodes
+    from xentool.commands.devices import config_devices
+    from xentool.domains import name_to_domid
+    from xentool.locks import create_lock
+
+    bp = prep.plan
+    uuid = config.uuid or uuidlib.uuid4()
+    uuid_s = str(uuid)
+    # The name is checked and claimed (written to XenStore) under the create lock, so two
+    # parallel creates of the same name cannot both succeed.
+    with create_lock():
+        if name_to_domid(xc, xs, config.name) is not None:
+            raise XentoolError(f'domain with name "{config.name}" already exists')
+        cc = CreateConfig(
+            max_vcpus=bp.max_vcpus, handle=uuid.bytes, grant_version=2,
+            max_grant_frames=config.max_grant_frames or -1,
+            max_maptrack_frames=config.max_maptrack_frames or -1,
+            max_evtchn_port=config.max_event_channels or 1023,
+        )
+        domid = j.do("create domain", lambda: xc.create_domain(cc), undo=xc.destroy)
+        j.note("domid", domid)
+        j.note("uuid", uuid_s)
+        log.info("created domain %d for %s", domid, config.name)
+
+        def make_nodes() -> None:
+            with xs.transaction() as t:
+                t.rm(f"/local/domain/{domid}", missing_ok=True)
+                t.rm(f"/vm/{uuid_s}", missing_ok=True)
+                t.rm(f"/libxl/{domid}", missing_ok=True)
+                write_nodes(t, domain_make_nodes(domid, config.name, uuid_s))
+
+        # The undo is registered first: a transaction that failed half-way wrote nothing,
+        # but removing nodes that are not there is harmless either way.
+        j.push("xenstore nodes", lambda: _rm_nodes(xs, domid, uuid_s))
+        j.do("xenstore nodes", make_nodes)
+
+    built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp,  # type: ignore[arg-type]
+                                           prep.ramdisk))
+
+    def post_nodes() -> None:
+        with xs.transaction() as t:
+            write_nodes(t, build_post_nodes(
+                domid, uuid_s, max_memkb=bp.max_pages * 4, target_memkb=bp.nr_pages * 4,
+                vcpus=bp.vcpus, max_vcpus=bp.max_vcpus, store_port=built.store_evtchn,
+                store_mfn=built.store_mfn, start_time=time.time()))
+            write_device(t, console_nodes(domid, built.console_evtchn, built.console_mfn))
+
+    j.do("post-build nodes", post_nodes)
+    j.do("introduce to xenstored",
+         lambda: xs.introduce_domain(domid, built.store_mfn, built.store_evtchn),
+         undo=lambda _: xs.release_domain(domid))
+    for dev in config_devices(domid, config):
+        # attach() unplugs the device again if it fails half-way; once it is in, the undo
+        # unplugs it without asking the (paused, never started) guest.
+        j.do(f"attach {dev.kind} {dev.devid}", lambda dev=dev: attach(xs, dev),
+             undo=lambda _, dev=dev: detach(xs, ref_of(dev), Force.ON))
+    if source is not None:
+        from xentool.monitor import remove_domain_config, save_domain_config
+
+        j.do("save config",
+             lambda: save_domain_config(config, uuid_s, source.path, source.overrides,
+                                        config_text=source.text),
+             undo=lambda _: remove_domain_config(uuid_s))
+    if not paused:
+        j.do("unpause", lambda: xc.unpause(domid))
     return domid
 
 

@@ -340,3 +340,58 @@ def test_guest_garbage_in_frontend_cannot_hang_or_crash(kit: GuestKit, guest_nam
         with Store.connect() as xs:
             assert not xs.exists(f"/local/domain/0/backend/vbd/{domid}/51712")
             assert not xs.exists(fe)
+
+
+# -- devices from the config file: xentool create / destroy ---------------------------------
+
+
+def test_create_attaches_config_devices_and_destroy_frees_them(kit: GuestKit, guest_name: str,
+                                                               cfg_file,
+                                                               tmp_path: Path) -> None:
+    img = image(tmp_path, "cfg.img", 32 * MiB)
+    mac = random_mac()
+    more = (f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]\n"
+            f"vif = [ 'mac={mac}, bridge=xenbr0' ]\n")
+    cfg = cfg_file(kit.busybox_cfg(guest_name, memory=128, extra="xentool.settle=3",
+                                   more=more), "devices.cfg")
+    loops_before, vifs_before = loop_devices(), vif_interfaces()
+    xentool("create", "-q", str(cfg), timeout=300)
+    try:
+        domid = domid_of(guest_name)
+        log = wait_for_console(guest_name, r"XENTOOL-GUEST-READY", timeout=300)
+        assert re.search(rf"^XENTOOL-DISK xvda {32 * MiB // 512} ro=0\r?$", log, re.M), log
+        assert re.search(rf"^XENTOOL-NIC eth0 {mac}\r?$", log, re.M), log
+        assert len(loop_devices() - loops_before) == 1
+        assert f"vif{domid}.0" in run("ip", "-o", "link", "show", "master", "xenbr0").stdout
+        # xl sees the devices xentool plugged in, as if it had done it itself.
+        assert xl("block-list", guest_name).stdout.splitlines()[1].split()[0] == "51712"
+        assert mac in xl("network-list", guest_name).stdout
+    finally:
+        xentool("destroy", guest_name, check=False, timeout=300)
+    assert _device_nodes_of(domid) == set()
+    with Store.connect() as xs:
+        assert not xs.exists(f"/local/domain/{domid}")
+    assert loop_devices() == loops_before
+    deadline = time.monotonic() + 30  # netback unregisters the interface asynchronously
+    while vif_interfaces() != vifs_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vif_interfaces() == vifs_before
+
+
+def test_create_with_a_missing_disk_image_leaves_nothing(kit: GuestKit, guest_name: str,
+                                                         cfg_file, tmp_path: Path) -> None:
+    more = (f"disk = [ 'format=raw, vdev=xvda, access=rw, target={tmp_path}/absent.img' ]\n"
+            "vif = [ 'bridge=xenbr0' ]\n")
+    cfg = cfg_file(kit.busybox_cfg(guest_name, more=more), "bad-disk.cfg")
+    loops_before, vifs_before = loop_devices(), vif_interfaces()
+    with Store.connect() as xs:
+        doms_before = set(xs.ls("/local/domain"))
+        backends_before = set(xenstore_dump("/local/domain/0/backend"))
+    r = xentool("create", "-q", str(cfg), check=False, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "absent.img" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
+    with Store.connect() as xs:
+        assert set(xs.ls("/local/domain")) == doms_before
+        assert set(xenstore_dump("/local/domain/0/backend")) == backends_before
+    assert loop_devices() == loops_before and vif_interfaces() == vifs_before

@@ -18,7 +18,7 @@ from domain_builder.errors import XenError
 from domain_builder.image import parse_kernel
 from domain_builder.layout import PAGE_SIZE, PTE_MFN_MASK, compute
 from xenstore.client import Perms
-from xentool.lifecycle import Rollback, build_post_nodes, domain_make_nodes
+from xentool.lifecycle import build_post_nodes, domain_make_nodes
 
 
 class FakeXc:
@@ -243,16 +243,6 @@ def test_build_post_nodes() -> None:
     assert [nodes[f"/local/domain/3/cpu/{i}/availability"] for i in range(3)] == \
         ["online", "online", "offline"]
     assert nodes["/vm/u/start_time"] == "100.50"
-
-
-def test_rollback_runs_newest_first_and_survives_failures() -> None:
-    done = []
-    rb = Rollback()
-    rb.push("a", lambda: done.append("a"))
-    rb.push("b", lambda: (_ for _ in ()).throw(OSError("boom")))
-    rb.push("c", lambda: done.append("c"))
-    assert rb.run() == ["b"]
-    assert done == ["c", "a"] and rb.steps == []
 
 
 def test_hypercall_page_outside_kernel_is_refused() -> None:

@@ -114,7 +114,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     from xentool import lifecycle  # imported here: the dry run must not need Xen
 
     extra = {"plan": args.plan} if args.plan else {}
-    domid = lifecycle.create(cfg, paused=args.paused, console=args.console, **extra)
+    domid = lifecycle.create(cfg, paused=args.paused, console=args.console,
+                             source=lifecycle.Source(path, tuple(overrides)), **extra)
     if not args.quiet and not args.plan:
         log.info("created domain %s with id %d", cfg.name, domid)
     return 0

@@ -300,21 +300,30 @@ def cmd_network_list(args: argparse.Namespace) -> int:
 # -- for create / destroy ---------------------------------------------------------------------
 
 
-def attach_config_devices(xs, domid: int, config, timeouts=None) -> None:
-    """Plug in every disk and vif of a DomainConfig (guest still paused), as xl create does.
+def config_devices(domid: int, config) -> list:
+    """The node sets of every disk and vif of a DomainConfig, in xl's attach order.
 
-    Validates all specs before touching anything. On failure the devices already attached
-    are unplugged again and the error propagates; call :func:`remove_all_devices` as the
-    create's undo step as well, so a later failure cleans them up too.
+    Pure: validates every spec before anything is touched, so a bad one fails the create
+    before the domain exists.  ``lifecycle.create`` attaches them one journal step each.
     """
-    from xenstore.devices.attach import Timeouts, attach
     from xenstore.devices.vbd import vbd_nodes
     from xenstore.devices.vif import vif_nodes
 
-    t = timeouts or Timeouts()
     devs = [vbd_nodes(domid, vbd_from_spec(d)) for d in config.disks]
     devs += [vif_nodes(domid, vif_from_spec(v)) for v in config.vifs]
-    for dev in devs:
+    return devs
+
+
+def attach_config_devices(xs, domid: int, config, timeouts=None) -> None:
+    """Plug in every disk and vif of a DomainConfig (guest still paused), as xl create does.
+
+    On failure the device being attached is unplugged again and the error propagates;
+    the ones attached before it stay (use :func:`remove_all_devices` to undo them).
+    """
+    from xenstore.devices.attach import Timeouts, attach
+
+    t = timeouts or Timeouts()
+    for dev in config_devices(domid, config):
         attach(xs, dev, t)
 
 

@@ -114,13 +114,14 @@ def test_create_hands_the_config_to_lifecycle(monkeypatch: pytest.MonkeyPatch,
         return 7
 
     monkeypatch.setitem(sys.modules, "xentool.lifecycle",
-                        types.SimpleNamespace(create=create))
+                        types.SimpleNamespace(create=create, Source=lambda p, o: (p, o)))
     import xentool
     monkeypatch.setattr(xentool, "lifecycle", sys.modules["xentool.lifecycle"], raising=False)
     assert main(["create", "-q", "-p", "-c", FULL, "memory=512"]) == 0
     assert main(["create", "-q", "--plan", FULL]) == 0
-    assert calls == [("full-guest", True, True, {}), ("full-guest", False, False,
-                                                      {"plan": True})]
+    # The file and the overrides go along, so the monitor can create the domain again.
+    assert calls == [("full-guest", True, True, {"source": (FULL, ("memory=512",))}),
+                     ("full-guest", False, False, {"source": (FULL, ()), "plan": True})]
 
 
 def test_config_check_reports_every_file() -> None:
