@@ -400,13 +400,12 @@ class XenOps:
         return domain_lock(domid)
 
     def destroy(self, domid: int) -> bool:
-        import argparse
-
-        from xentool.commands.control import cmd_destroy
+        from xentool.commands.control import destroy_domain
         from xentool.errors import DomainNotFound
 
         try:
-            cmd_destroy(argparse.Namespace(domain=str(domid), force=False))
+            # The record stays: the monitor decides what happens to it next.
+            destroy_domain(self.s, domid, forget=False)
         except DomainNotFound:
             return False
         return True

@@ -88,22 +88,33 @@ class FakeSession:
         raise DomainNotFound(q)
 
 
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s: FakeSession) -> None:
+    import xentool.commands.devices as devices
+
+    monkeypatch.setattr(control, "Session", lambda: s)
+    monkeypatch.setattr(control, "LIBXL_USERDATA_DIR", str(tmp_path))
+    monkeypatch.setenv("XENTOOL_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XENTOOL_STATE_DIR", str(tmp_path / "state"))
+    # Device teardown has its own tests (test_devices_attach); here only its place matters.
+    monkeypatch.setattr(devices, "remove_all_devices",
+                        lambda xs, domid: s.log.append(("devices", domid)) or [])
+
+
 @pytest.fixture
 def session(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeSession:
     s = FakeSession()
-    monkeypatch.setattr(control, "Session", lambda: s)
-    monkeypatch.setattr(control, "LIBXL_USERDATA_DIR", str(tmp_path))
+    _isolate(monkeypatch, tmp_path, s)
     return s
 
 
 def test_destroy_pauses_destroys_then_cleans_xenstore_and_userdata(session, tmp_path) -> None:
-    mine = tmp_path / "userdata-d7.01234567-89ab-cdef-0011-223344556677.libxl-json"
-    other = tmp_path / "userdata-d8.ffffffff-89ab-cdef-0011-223344556677.libxl-json"
+    mine = tmp_path / "userdata-d.7.01234567-89ab-cdef-0011-223344556677.libxl-json"
+    other = tmp_path / "userdata-d.8.ffffffff-89ab-cdef-0011-223344556677.libxl-json"
     mine.touch()
     other.touch()
     assert control.cmd_destroy(argparse.Namespace(domain="g", force=False)) == 0
     assert session.log == [
-        ("pause", 7), ("destroy", 7),
+        ("pause", 7), ("devices", 7), ("destroy", 7),
         ("rm", "/local/domain/0/backend/vbd/7/51712"), ("rm", "/local/domain/0/backend/vif/7/0"),
         ("rm", "/vm/01234567-89ab-cdef-0011-223344556677"),
         ("rm", "/local/domain/7"), ("rm", "/libxl/7"), ("closed",),
@@ -113,10 +124,31 @@ def test_destroy_pauses_destroys_then_cleans_xenstore_and_userdata(session, tmp_
 
 def test_destroy_goes_on_when_pause_fails(monkeypatch, tmp_path) -> None:
     s = FakeSession(pause_fails=True)
-    monkeypatch.setattr(control, "Session", lambda: s)
-    monkeypatch.setattr(control, "LIBXL_USERDATA_DIR", str(tmp_path))
+    _isolate(monkeypatch, tmp_path, s)
     control.cmd_destroy(argparse.Namespace(domain="7", force=False))
     assert ("destroy", 7) in s.log
+
+
+def test_destroy_forgets_the_monitor_record_and_a_killed_creates_record(session,
+                                                                       tmp_path) -> None:
+    import json
+    import os
+
+    from xentool.journal import default_record_dir, half_built_domains
+    from xentool.monitor import load_domain_config, write_record, DomainRecord
+
+    uuid = "01234567-89ab-cdef-0011-223344556677"
+    write_record(DomainRecord(uuid=uuid, name="g", config_path="/g.cfg", config_text=""))
+    rec_dir = default_record_dir()
+    rec_dir.mkdir(parents=True)
+    # pid 1 never is a create that died; an unused pid with a foreign start time is.
+    (rec_dir / "create-999999.json").write_text(json.dumps(
+        {"op": "create", "pid": 999999, "start_time": 1, "steps": ["create domain"],
+         "notes": {"domid": 7, "uuid": uuid}}))
+    assert 7 in half_built_domains() and not os.path.exists("/proc/999999")
+    control.cmd_destroy(argparse.Namespace(domain="g", force=False))
+    assert load_domain_config(uuid) is None
+    assert half_built_domains() == {}
 
 
 def test_destroy_refuses_dom0(session) -> None:

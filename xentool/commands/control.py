@@ -13,7 +13,7 @@ from xentool.errors import UsageError, XentoolError
 
 log = logging.getLogger(__name__)
 
-#: Where libxl keeps per-domain files (``userdata-d<domid>.<uuid>.<key>``).
+#: Where libxl keeps per-domain files (``userdata-d.<domid>.<uuid>.<key>``).
 LIBXL_USERDATA_DIR = "/var/lib/xen"
 
 
@@ -86,13 +86,32 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         domid = s.resolve(args.domain)
         if domid == 0 and not args.force:
             raise XentoolError("cannot destroy privileged domain 0 (use -f to insist)")
+        destroy_domain(s, domid)
+    return 0
+
+
+def destroy_domain(s: Session, domid: int, *, forget: bool = True) -> None:
+    """Destroy ``domid`` the way libxl does: devices first (their hotplug scripts free
+    loop devices and take vifs off the bridge), then the domain, then its XenStore nodes
+    and files.  ``forget`` also drops the monitor's record (an explicit destroy means the
+    operator wants it gone) and the crash record of a create killed half-way."""
+    from xentool.commands.devices import remove_all_devices
+    from xentool.locks import domain_lock
+
+    with domain_lock(domid):
         info = s.xc.domain_info(domid)
+        if info is None:
+            from xentool.errors import DomainNotFound
+
+            raise DomainNotFound(str(domid))
         # Stop the guest first so it cannot react to its devices going away; a domain that
         # is already dying may refuse, which is no reason not to finish it (libxl agrees).
         try:
             s.xc.pause(domid)
         except OSError as e:
             log.warning("could not pause domain %d before destroying it: %s", domid, e)
+        for problem in remove_all_devices(s.xs, domid):
+            log.warning("domain %d: %s", domid, problem)
         vm = s.xs.get(f"/local/domain/{domid}/vm")
         paths = xenstore_paths_to_remove(domid, vm, _backend_paths(s, domid))
         s.xc.destroy(domid)
@@ -101,14 +120,24 @@ def cmd_destroy(args: argparse.Namespace) -> int:
                 s.xs.rm(path, missing_ok=True)
             except OSError as e:  # a leftover node is not worth failing the destroy
                 log.warning("could not remove %s: %s", path, e)
-        if info is not None:
-            for f in glob.glob(os.path.join(LIBXL_USERDATA_DIR,
-                                            f"userdata-d{domid}.{info.uuid}.*")):
-                try:
-                    os.unlink(f)
-                except OSError as e:
-                    log.warning("could not remove %s: %s", f, e)
-    return 0
+        for f in glob.glob(os.path.join(LIBXL_USERDATA_DIR,
+                                        f"userdata-d.{domid}.{info.uuid}.*")):
+            try:
+                os.unlink(f)
+            except OSError as e:
+                log.warning("could not remove %s: %s", f, e)
+        if forget:
+            _forget(domid, str(info.uuid))
+
+
+def _forget(domid: int, uuid: str) -> None:
+    from xentool.journal import forget_record, half_built_domains
+    from xentool.monitor import remove_domain_config
+
+    remove_domain_config(uuid)
+    rec = half_built_domains().get(domid)
+    if rec is not None and rec.notes.get("uuid") in (None, uuid):
+        forget_record(rec)
 
 
 # -- vcpu-pin ------------------------------------------------------------------------------
