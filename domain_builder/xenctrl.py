@@ -20,12 +20,15 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from types import TracebackType
-from typing import Any
 
 from domain_builder.errors import XenError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from types import TracebackType
+    from typing import Any
 
 try:  # the compiled extension exists only where libxen-dev was available at build time
     from domain_builder._xenctrl import ffi as _ffi, lib as _lib

@@ -13,20 +13,20 @@ fakes; in production ``xc`` is a ``domain_builder.xenctrl.XenCtrl`` and ``xs`` a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
-
 from xentool.errors import DomainNotFound, XentoolError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Protocol
 
-class _Lister(Protocol):
-    def domains(self) -> list: ...  # list[DomainInfo]
+    class _Lister(Protocol):
+        def domains(self) -> list: ...  # list[DomainInfo]
 
-    def domain_info(self, domid: int): ...  # DomainInfo | None
+        def domain_info(self, domid: int): ...  # DomainInfo | None
 
-
-class _Reader(Protocol):
-    def get(self, path: str, default: str | None = None) -> str | None: ...
+    class _Reader(Protocol):
+        def get(self, path: str, default: str | None = None) -> str | None: ...
 
 
 def name_path(domid: int) -> str:

@@ -44,8 +44,12 @@ ints.  Memory values are MiB like xl's.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
 
 SHUTDOWN_LETTERS = "-rscwS"
 
@@ -191,11 +195,9 @@ def list_json(entries: Sequence[tuple[str | None, Any]]) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------
 
 
-class Uname(NamedTuple):
-    nodename: str
-    release: str
-    version: str
-    machine: str
+# The os.uname() fields ``xl info`` prints, all str.  (collections.namedtuple, not
+# typing.NamedTuple: the read verbs do not import typing, it costs milliseconds.)
+Uname = namedtuple("Uname", ["nodename", "release", "version", "machine"])
 
 
 SCHEDULER_NAMES = {0: "unknown", 4: "sedf", 5: "credit", 6: "credit2", 7: "arinc653",
@@ -283,12 +285,9 @@ def info_json(items: Sequence[tuple[str, Any, str]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-class VcpuRow(NamedTuple):
-    domid: int
-    name: str | None
-    info: Any  # VcpuInfo
-    hard: frozenset[int]
-    soft: frozenset[int]
+# One ``xl vcpu-list`` line: domid (int), name (str | None), info (VcpuInfo), hard and soft
+# affinity (frozenset[int]).
+VcpuRow = namedtuple("VcpuRow", ["domid", "name", "info", "hard", "soft"])
 
 
 VCPU_LIST_HEADER = (f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} "
