@@ -1,28 +1,39 @@
 """The ``xentool`` command line: one table of verbs, like xl's ``xl_cmdtable.c``.
 
 Only the module of the verb being run is imported, so ``xentool list`` pays for nothing
-it does not use (Python start-up is already most of the budget against ``xl``).
+it does not use (Python start-up is already most of the budget against ``xl``).  For the
+same reason this module imports neither ``logging`` (configured only once something
+imports it, see ``_LoggingOnImport``), nor ``dataclasses`` nor ``typing``;
+tests/unit/test_import_cost.py keeps it that way.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
+import os
 import sys
-from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from xentool import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
-@dataclass(frozen=True)
+
 class Verb:
     """One row of the verb table: name, implementing module (under xentool.commands), summary."""
 
-    name: str
-    module: str
-    summary: str
+    __slots__ = ("module", "name", "summary")
+
+    def __init__(self, name: str, module: str, summary: str) -> None:
+        self.name = name
+        self.module = module
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"Verb(name={self.name!r}, module={self.module!r}, summary={self.summary!r})"
 
     @property
     def _ident(self) -> str:
@@ -34,7 +45,9 @@ class Verb:
     def handler(self) -> Callable[[argparse.Namespace], int]:
         return getattr(self._load(), f"cmd_{self._ident}")
 
-    def _load(self):
+    def _load(self) -> ModuleType:
+        import importlib
+
         return importlib.import_module(f"xentool.commands.{self.module}")
 
 
@@ -76,11 +89,41 @@ VERBS: tuple[Verb, ...] = (
 _BY_NAME = {v.name: v for v in VERBS}
 
 
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, computed the same way without shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+    return columns or 80
+
+
+def _formatter(cls: type[argparse.HelpFormatter]) -> Callable[[str], argparse.HelpFormatter]:
+    """A ``formatter_class`` making ``cls`` as wide as argparse would, without shutil.
+
+    argparse makes a formatter for every ``add_argument`` (to check the metavar) and the
+    formatter sizes itself with ``shutil.get_terminal_size()``: importing shutil (and with
+    it zlib, bz2, lzma) is about 3 ms, for a width computed from two environment lookups
+    and an ioctl.
+    """
+
+    def make(prog: str) -> argparse.HelpFormatter:
+        return cls(prog, width=_terminal_columns() - 2)
+
+    return make
+
+
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xentool",
         description="Xen toolstack, a drop-in replacement for xl.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter(argparse.RawDescriptionHelpFormatter),
         epilog="verbs:\n" + "\n".join(f"  {v.name:<20} {v.summary}" for v in VERBS),
         add_help=True,
     )
@@ -93,7 +136,8 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def _verb_parser(verb: Verb) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"xentool {verb.name}", description=verb.summary)
+    p = argparse.ArgumentParser(prog=f"xentool {verb.name}", description=verb.summary,
+                                formatter_class=_formatter(argparse.HelpFormatter))
     verb.configure()(p)
     return p
 
@@ -111,36 +155,88 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (XentoolError, BuildError, OSError)
 
 
+def _configure_logging(logging: ModuleType, verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        format="xentool: %(message)s",
+    )
+
+
+class _LoggingOnImport:
+    """Configure ``logging`` the moment something imports it, and never import it ourselves.
+
+    Importing ``logging`` (with traceback, threading, string, weakref) is several
+    milliseconds of start-up, and the read verbs never log.  The verbs that do (and the libraries under them) just ``import logging``
+    and ``getLogger`` as usual, at import time or later: this meta path finder finds
+    nothing itself, it only wraps the loader of ``logging`` so that ``basicConfig`` runs
+    right after the module is executed, before anyone can log through it.
+    """
+
+    def __init__(self, verbose: int) -> None:
+        self.verbose = verbose
+
+    def install(self) -> None:
+        if "logging" in sys.modules:  # already imported (embedding program, tests)
+            _configure_logging(sys.modules["logging"], self.verbose)
+        else:
+            sys.meta_path.insert(0, self)
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != "logging":
+            return None
+        self.remove()
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec  # not a normal module: let the import fail or succeed as it would
+        exec_module = loader.exec_module
+
+        def exec_and_configure(module: ModuleType) -> None:
+            exec_module(module)
+            _configure_logging(module, self.verbose)
+
+        loader.exec_module = exec_and_configure  # type: ignore[method-assign]
+        return spec
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     top = _top_parser()
     ns = top.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(ns.verbose, 2),
-        format="xentool: %(message)s",
-    )
-    if ns.verb is None:
-        top.print_help()
-        return 2
-    if ns.verb == "help":
-        if ns.args and ns.args[0] in _BY_NAME:
-            _verb_parser(_BY_NAME[ns.args[0]]).print_help()
-            return 0
-        top.print_help()
-        return 0
-    verb = _BY_NAME.get(ns.verb)
-    if verb is None:
-        return _fail(f"unknown verb '{ns.verb}' (see 'xentool help')", 2)
-    args = _verb_parser(verb).parse_args(ns.args)
-    args.verbose = ns.verbose
+    logging_hook = _LoggingOnImport(ns.verbose)
+    logging_hook.install()
     try:
-        return verb.handler()(args)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except BrokenPipeError:
-        # `xentool list | head` must not print a traceback.
-        sys.stderr.close()
-        return 1
-    except Exception as exc:  # noqa: BLE001 - classified just below
-        if not isinstance(exc, _user_errors()) or ns.verbose >= 2:
-            raise
-        return _fail(str(exc), getattr(exc, "exit_code", 1))
+        if ns.verb is None:
+            top.print_help()
+            return 2
+        if ns.verb == "help":
+            if ns.args and ns.args[0] in _BY_NAME:
+                _verb_parser(_BY_NAME[ns.args[0]]).print_help()
+                return 0
+            top.print_help()
+            return 0
+        verb = _BY_NAME.get(ns.verb)
+        if verb is None:
+            return _fail(f"unknown verb '{ns.verb}' (see 'xentool help')", 2)
+        args = _verb_parser(verb).parse_args(ns.args)
+        args.verbose = ns.verbose
+        try:
+            return verb.handler()(args)
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
+        except BrokenPipeError:
+            # `xentool list | head` must not print a traceback.
+            sys.stderr.close()
+            return 1
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not isinstance(exc, _user_errors()) or ns.verbose >= 2:
+                raise
+            return _fail(str(exc), getattr(exc, "exit_code", 1))
+    finally:
+        logging_hook.remove()
