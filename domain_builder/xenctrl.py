@@ -17,16 +17,17 @@ entries are written from Python.  No libxenguest code is involved.
 
 from __future__ import annotations
 
+import _thread
 import enum
 import os
-import struct
+import sys
 from dataclasses import dataclass, field, fields
 
 from domain_builder.errors import XenError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from types import TracebackType
     from typing import Any
 
@@ -86,7 +87,7 @@ MMUEXT_UNPIN_TABLE = 4
 GTF_PERMIT_ACCESS = 1 << 0
 GNTTAB_RESERVED_CONSOLE = 0
 GNTTAB_RESERVED_XENSTORE = 1
-_GRANT_V1 = struct.Struct("<HHI")  # flags, domid, frame
+_GRANT_V1 = "<HHI"  # struct format of a v1 grant entry: flags, domid, frame
 
 
 class ShutdownReason(enum.IntEnum):
@@ -117,9 +118,53 @@ class Scheduler(enum.IntEnum):
 # --------------------------------------------------------------------------------------
 # Result types
 # --------------------------------------------------------------------------------------
+#
+# Frozen dataclasses, each made on first use.  @dataclass compiles half a dozen methods per
+# class, about a millisecond of start-up each, and a verb needs one or two of these
+# (``xentool list`` only DomainInfo).  So ``@_dataclass(frozen=True)`` just records the
+# class and the name stays unbound; the first lookup of the name goes to the module's
+# __getattr__ (PEP 562), which makes the class a dataclass, in place, and binds it.
+# ``from domain_builder.xenctrl import DomainInfo`` and ``xenctrl.DomainInfo`` work as
+# ever; inside this module write ``_module.DomainInfo``: a bare ``DomainInfo`` is a
+# NameError until something has looked the name up.
+
+_DEFERRED: dict[str, tuple[type, dict[str, bool]]] = {}  # name: (class, dataclass options)
+_MAKING = _thread.RLock()
+_module = sys.modules[__name__]
+
+if TYPE_CHECKING:  # for type checkers these are plain dataclasses
+    from dataclasses import dataclass as _dataclass
+else:
+    def _dataclass(**options: bool) -> Callable[[type], type]:
+        def defer(cls: type) -> type:
+            _DEFERRED[cls.__name__] = (cls, options)
+            return cls
+
+        return defer
 
 
-@dataclass(frozen=True)
+def __getattr__(name: str) -> type:
+    """Make the deferred class ``name`` a dataclass and bind it (PEP 562)."""
+    if name not in _DEFERRED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _MAKING:
+        if name not in globals():
+            cls, options = _DEFERRED[name]
+            # A field defaulting to another deferred class (VcpuContext.user_regs) needs it
+            # made first, or its instances would be built by a plain class.
+            for value in vars(cls).values():
+                factory = getattr(value, "default_factory", None)
+                if isinstance(factory, type) and factory.__name__ in _DEFERRED:
+                    __getattr__(factory.__name__)
+            globals()[name] = dataclass(**options)(cls)
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_DEFERRED))
+
+
+@_dataclass(frozen=True)
 class VersionInfo:
     major: int
     minor: int
@@ -140,7 +185,7 @@ class VersionInfo:
         return f"{self.major}.{self.minor}{self.extra}"
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class PhysInfo:
     threads_per_core: int
     cores_per_socket: int
@@ -171,7 +216,7 @@ _PHYSCAPS = {
 }
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class DomainInfo:
     """One domain as ``XEN_SYSCTL_getdomaininfolist`` reports it (memory in pages)."""
 
@@ -224,7 +269,7 @@ class DomainInfo:
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class VcpuInfo:
     vcpu: int
     online: bool
@@ -234,7 +279,7 @@ class VcpuInfo:
     cpu: int
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class SchedCredit:
     """Per-domain parameters of the credit (and credit2) scheduler."""
 
@@ -242,7 +287,7 @@ class SchedCredit:
     cap: int = 0
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class CreditParams:
     """Per-cpupool parameters of the credit scheduler."""
 
@@ -251,12 +296,12 @@ class CreditParams:
     vcpu_migr_delay_us: int
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Credit2Params:
     ratelimit_us: int
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class CpupoolInfo:
     poolid: int
     sched_id: int
@@ -264,7 +309,7 @@ class CpupoolInfo:
     cpus: frozenset[int]
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class CreateConfig:
     """Inputs of ``XEN_DOMCTL_createdomain``; the defaults describe a plain PV guest."""
 
@@ -287,7 +332,7 @@ class CreateConfig:
             raise ValueError(f"grant table version {self.grant_version} is not 1 or 2")
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class UserRegs:
     """x86_64 ``cpu_user_regs`` as a PV boot needs it."""
 
@@ -309,7 +354,7 @@ class UserRegs:
     gs: int = 0
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class VcpuContext:
     """x86_64 PV ``vcpu_guest_context`` fields that a boot (or a dump) needs.
 
@@ -339,6 +384,10 @@ class VcpuContext:
             raise ValueError("at most 16 gdt_frames")
 
 
+for _name in _DEFERRED:  # unbound until looked up: see "Result types" above
+    del globals()[_name]
+
+
 # --------------------------------------------------------------------------------------
 # Pure helpers (unit-tested without Xen)
 # --------------------------------------------------------------------------------------
@@ -361,7 +410,9 @@ def set_to_cpumap(cpus: Iterable[int], size: int) -> bytes:
 
 def grant_entry_v1(backend_domid: int, frame: int) -> bytes:
     """One v1 grant entry giving ``backend_domid`` access to ``frame`` (read/write)."""
-    return _GRANT_V1.pack(GTF_PERMIT_ACCESS, backend_domid, frame)
+    import struct  # here: only the domain builder needs it
+
+    return struct.pack(_GRANT_V1, GTF_PERMIT_ACCESS, backend_domid, frame)
 
 
 def xen_pfn_to_cr3(pfn: int) -> int:
@@ -499,7 +550,7 @@ class XenCtrl:
             self._check("xc_version", _lib.xc_version(h, cmd, arg))
         pagesize = self._check("xc_version",
                                _lib.xc_version(h, _lib.XENVER_pagesize, _ffi.NULL))
-        return VersionInfo(
+        return _module.VersionInfo(
             major=ver >> 16, minor=ver & 0xFF, extra=_cstr(extra),
             capabilities=_cstr(caps), changeset=_cstr(chg), commandline=_cstr(cmdline),
             compiler=_cstr(cc.compiler), compile_by=_cstr(cc.compile_by),
@@ -524,7 +575,7 @@ class XenCtrl:
         self._check("xc_physinfo", _lib.xc_physinfo(h, p))
         freed = self._sharing("xc_sharing_freed_pages", _lib.xc_sharing_freed_pages)
         used = self._sharing("xc_sharing_used_frames", _lib.xc_sharing_used_frames)
-        return PhysInfo(
+        return _module.PhysInfo(
             threads_per_core=p.threads_per_core, cores_per_socket=p.cores_per_socket,
             nr_cpus=p.nr_cpus, max_cpu_id=p.max_cpu_id, nr_nodes=p.nr_nodes,
             max_node_id=p.max_node_id, cpu_khz=p.cpu_khz, capabilities=p.capabilities,
@@ -565,7 +616,7 @@ class XenCtrl:
             raise XenError("xc_cpupool_getinfo", _ffi.errno or 2, f"pool {poolid}")
         try:
             cpus = cpumap_to_set(bytes(_ffi.buffer(info.cpumap, self.cpumap_size())))
-            return CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus)
+            return _module.CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus)
         finally:
             _lib.xc_cpupool_infofree(self._h, info)
 
@@ -580,7 +631,7 @@ class XenCtrl:
                 raise XenError("xc_cpupool_getinfo", _ffi.errno)
             try:
                 cpus = cpumap_to_set(bytes(_ffi.buffer(info.cpumap, self.cpumap_size())))
-                pools.append(CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus))
+                pools.append(_module.CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus))
                 nxt = info.cpupool_id + 1
             finally:
                 _lib.xc_cpupool_infofree(self._h, info)
@@ -621,7 +672,7 @@ class XenCtrl:
         v = _ffi.new("xc_vcpuinfo_t *")
         self._check("xc_vcpu_getinfo", _lib.xc_vcpu_getinfo(self._h, domid, vcpu, v),
                     f"domain {domid} vcpu {vcpu}")
-        return VcpuInfo(v.vcpu, bool(v.online), bool(v.blocked), bool(v.running),
+        return _module.VcpuInfo(v.vcpu, bool(v.online), bool(v.blocked), bool(v.running),
                         v.cpu_time, v.cpu)
 
     def vcpu_affinity(self, domid: int, vcpu: int) -> tuple[frozenset[int], frozenset[int]]:
@@ -760,7 +811,7 @@ class XenCtrl:
         any_ = _ffi.new("vcpu_guest_context_any_t *")  # zeroed, like libxenguest's
         c = any_.x64
         r = ctx.user_regs
-        for f in fields(UserRegs):
+        for f in fields(_module.UserRegs):
             setattr(c.user_regs, f.name, getattr(r, f.name))
         c.flags = ctx.flags
         for i, v in enumerate(ctx.ctrlreg):
@@ -779,8 +830,8 @@ class XenCtrl:
         self._check("xc_vcpu_getcontext", _lib.xc_vcpu_getcontext(self._h, domid, vcpu, any_),
                     f"domain {domid} vcpu {vcpu}")
         c = any_.x64
-        regs = UserRegs(**{f.name: getattr(c.user_regs, f.name) for f in fields(UserRegs)})
-        return VcpuContext(
+        regs = _module.UserRegs(**{f.name: getattr(c.user_regs, f.name) for f in fields(_module.UserRegs)})
+        return _module.VcpuContext(
             user_regs=regs, flags=c.flags, ctrlreg=tuple(c.ctrlreg),
             kernel_ss=c.kernel_ss, kernel_sp=c.kernel_sp,
             event_callback_eip=c.event_callback_eip,
@@ -868,12 +919,14 @@ class XenCtrl:
         ``console``/``xenstore`` are ``(backend_domid, frame)``; the frame is the guest's
         gfn (the MFN for a PV guest).  None, or a backend equal to the guest, skips it.
         """
+        import struct
+
         with self.map_grant_table(domid) as gt:
             for idx, entry in ((GNTTAB_RESERVED_CONSOLE, console),
                                (GNTTAB_RESERVED_XENSTORE, xenstore)):
                 if entry is None or entry[0] == domid:
                     continue
-                off = idx * _GRANT_V1.size
+                off = idx * struct.calcsize(_GRANT_V1)
                 # domid/frame first, flags last: the entry becomes valid only when complete.
                 gt[off + 2:off + 8] = grant_entry_v1(*entry)[2:]
                 gt[off:off + 2] = grant_entry_v1(*entry)[:2]
@@ -883,7 +936,7 @@ class XenCtrl:
         s = _ffi.new("struct xen_domctl_sched_credit *")
         self._check("xc_sched_credit_domain_get",
                     _lib.xc_sched_credit_domain_get(self._h, domid, s), f"domain {domid}")
-        return SchedCredit(s.weight, s.cap)
+        return _module.SchedCredit(s.weight, s.cap)
 
     def set_sched_credit(self, domid: int, params: SchedCredit) -> None:
         s = _ffi.new("struct xen_domctl_sched_credit *")
@@ -896,7 +949,7 @@ class XenCtrl:
         s = _ffi.new("struct xen_domctl_sched_credit2 *")
         self._check("xc_sched_credit2_domain_get",
                     _lib.xc_sched_credit2_domain_get(self._h, domid, s), f"domain {domid}")
-        return SchedCredit(s.weight, s.cap)
+        return _module.SchedCredit(s.weight, s.cap)
 
     def set_sched_credit2(self, domid: int, params: SchedCredit) -> None:
         s = _ffi.new("struct xen_domctl_sched_credit2 *")
@@ -909,7 +962,7 @@ class XenCtrl:
         s = _ffi.new("struct xen_sysctl_credit_schedule *")
         self._check("xc_sched_credit_params_get",
                     _lib.xc_sched_credit_params_get(self._h, poolid, s), f"pool {poolid}")
-        return CreditParams(s.tslice_ms, s.ratelimit_us, s.vcpu_migr_delay_us)
+        return _module.CreditParams(s.tslice_ms, s.ratelimit_us, s.vcpu_migr_delay_us)
 
     def set_credit_params(self, poolid: int, params: CreditParams) -> CreditParams:
         s = _ffi.new("struct xen_sysctl_credit_schedule *")
@@ -918,20 +971,20 @@ class XenCtrl:
         s.vcpu_migr_delay_us = params.vcpu_migr_delay_us
         self._check("xc_sched_credit_params_set",
                     _lib.xc_sched_credit_params_set(self._h, poolid, s), f"pool {poolid}")
-        return CreditParams(s.tslice_ms, s.ratelimit_us, s.vcpu_migr_delay_us)
+        return _module.CreditParams(s.tslice_ms, s.ratelimit_us, s.vcpu_migr_delay_us)
 
     def credit2_params(self, poolid: int) -> Credit2Params:
         s = _ffi.new("struct xen_sysctl_credit2_schedule *")
         self._check("xc_sched_credit2_params_get",
                     _lib.xc_sched_credit2_params_get(self._h, poolid, s), f"pool {poolid}")
-        return Credit2Params(s.ratelimit_us)
+        return _module.Credit2Params(s.ratelimit_us)
 
     def set_credit2_params(self, poolid: int, params: Credit2Params) -> Credit2Params:
         s = _ffi.new("struct xen_sysctl_credit2_schedule *")
         s.ratelimit_us = params.ratelimit_us
         self._check("xc_sched_credit2_params_set",
                     _lib.xc_sched_credit2_params_set(self._h, poolid, s), f"pool {poolid}")
-        return Credit2Params(s.ratelimit_us)
+        return _module.Credit2Params(s.ratelimit_us)
 
 
 class XenStoreReader:
@@ -998,7 +1051,7 @@ class XenStoreReader:
 
 
 def _dominfo(d: Any) -> DomainInfo:
-    return DomainInfo(
+    return _module.DomainInfo(
         domid=d.domain, flags=d.flags, tot_pages=d.tot_pages, max_pages=d.max_pages,
         outstanding_pages=d.outstanding_pages, shr_pages=d.shr_pages,
         paged_pages=d.paged_pages, shared_info_frame=d.shared_info_frame,

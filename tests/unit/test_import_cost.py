@@ -7,14 +7,17 @@ interpreter and check which modules it loaded (no timings: they would be flaky).
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 # Costly stdlib modules that no read verb needs.
-NEVER_ON_READ_PATH = {"logging", "typing", "pathlib", "shutil", "threading"}
+NEVER_ON_READ_PATH = {"logging", "typing", "pathlib", "shutil", "threading", "struct"}
 
 
 def _new_modules(code: str) -> set[str]:
@@ -106,3 +109,95 @@ def test_help_width_is_shutils(monkeypatch: pytest.MonkeyPatch, columns: str | N
         else:
             monkeypatch.setenv(name, value)
     assert cli._terminal_columns() == shutil.get_terminal_size().columns
+
+
+# -- domain_builder.xenctrl: result types are made dataclasses on first use ----------------
+
+RESULT_TYPES = ["VersionInfo", "PhysInfo", "DomainInfo", "VcpuInfo", "SchedCredit",
+                "CreditParams", "Credit2Params", "CpupoolInfo", "CreateConfig", "UserRegs",
+                "VcpuContext"]
+
+
+def test_importing_xenctrl_makes_no_dataclass() -> None:
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from domain_builder import xenctrl
+        print(sorted(set(xenctrl._DEFERRED) & set(vars(xenctrl))))
+        from domain_builder.xenctrl import DomainInfo
+        print(sorted(set(xenctrl._DEFERRED) & set(vars(xenctrl))))
+        """)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "[]\n['DomainInfo']\n"
+
+
+@pytest.mark.parametrize("name", RESULT_TYPES)
+def test_result_types_are_frozen_dataclasses(name: str) -> None:
+    from domain_builder import xenctrl
+
+    cls = getattr(xenctrl, name)
+    assert dataclasses.is_dataclass(cls)
+    assert cls.__dataclass_params__.frozen
+    assert cls.__module__ == xenctrl.__name__ and cls.__qualname__ == name
+    assert vars(xenctrl)[name] is cls
+    assert name in dir(xenctrl)
+
+
+def test_unknown_xenctrl_attribute_is_an_attribute_error() -> None:
+    from domain_builder import xenctrl
+
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
+        xenctrl.NoSuchThing  # noqa: B018
+
+
+def test_a_deferred_field_default_is_made_first() -> None:
+    # VcpuContext.user_regs defaults to UserRegs(): looked up first, VcpuContext must
+    # still build its default with the dataclass, not with the plain class.
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        from domain_builder.xenctrl import VcpuContext
+        print(VcpuContext().user_regs)
+        """)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("UserRegs(rip=0, rsp=0, ")
+
+
+def test_xenctrl_code_never_names_a_deferred_class_directly() -> None:
+    """Inside xenctrl.py a bare ``DomainInfo`` is a NameError until the name was looked up:
+    code must write ``_module.DomainInfo``.  Annotations are strings and do not count."""
+    from domain_builder import xenctrl
+
+    tree = ast.parse(Path(xenctrl.__file__).read_text())
+    bare = []
+
+    class Visitor(ast.NodeVisitor):
+        def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+            for stmt in node.body:
+                self.visit(stmt)
+
+        def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+            if node.value is not None:
+                self.visit(node.value)
+
+        def visit_Name(self, node: ast.Name) -> None:
+            if node.id in RESULT_TYPES and isinstance(node.ctx, ast.Load):
+                bare.append((node.lineno, node.id))
+
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ClassDef) and stmt.name in RESULT_TYPES:
+            # The class body runs at import, while the names are still bound; its
+            # methods and lambdas run later.
+            for node in ast.walk(stmt):
+                if isinstance(node, ast.FunctionDef):
+                    Visitor().visit(node)
+                elif isinstance(node, ast.Lambda):
+                    Visitor().visit(node.body)
+        else:
+            Visitor().visit(stmt)
+    assert bare == []
+
+
+def test_grant_entry_size() -> None:
+    import struct
+
+    from domain_builder import xenctrl
+
+    assert struct.calcsize(xenctrl._GRANT_V1) == 8
