@@ -170,9 +170,10 @@ def create(config, *, paused: bool, console: bool, plan: bool = False,
         print_plan(config, prep)
         return 0
 
-    from xentool.commands.devices import config_devices
+    from xentool.commands.devices import check_disk_targets, config_devices
 
     config_devices(0, config)  # a bad disk or vif spec fails before anything exists
+    check_disk_targets(config)
 
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store
@@ -213,7 +214,8 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
             max_maptrack_frames=config.max_maptrack_frames or -1,
             max_evtchn_port=config.max_event_channels or 1023,
         )
-        domid = j.do("create domain", lambda: xc.create_domain(cc), undo=xc.destroy)
+        domid = j.do("create domain", lambda: xc.create_domain(cc),
+                     undo=lambda d: _destroy_and_release(xc, xs, d))
         j.note("domid", domid)
         j.note("uuid", uuid_s)
         log.info("created domain %d for %s", domid, config.name)
@@ -242,9 +244,11 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
             write_device(t, console_nodes(domid, built.console_evtchn, built.console_mfn))
 
     j.do("post-build nodes", post_nodes)
+    # No undo of its own: releasing a live domain would make xenconsoled look, find it
+    # alive, keep its console mapping and so keep the destroyed domain a zombie.  The
+    # domain's undo releases it once it is dying.
     j.do("introduce to xenstored",
-         lambda: xs.introduce_domain(domid, built.store_mfn, built.store_evtchn),
-         undo=lambda _: xs.release_domain(domid))
+         lambda: xs.introduce_domain(domid, built.store_mfn, built.store_evtchn))
     for dev in config_devices(domid, config):
         # attach() unplugs the device again if it fails half-way; once it is in, the undo
         # unplugs it without asking the (paused, never started) guest.
@@ -260,6 +264,15 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
     if not paused:
         j.do("unpause", lambda: xc.unpause(domid))
     return domid
+
+
+def _destroy_and_release(xc, xs, domid: int) -> None:
+    xc.destroy(domid)
+    try:
+        # @releaseDomain now: xenconsoled and others drop what they hold of the dying domain.
+        xs.release_domain(domid)
+    except OSError:
+        pass  # never introduced
 
 
 def _rm_nodes(xs, domid: int, uuid: str) -> None:

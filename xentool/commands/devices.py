@@ -314,6 +314,18 @@ def config_devices(domid: int, config) -> list:
     return devs
 
 
+def check_disk_targets(config) -> None:
+    """Fail early, naming the file, when a disk's target is missing (xl only finds out when
+    the hotplug script fails, after the domain was built).  Custom scripts interpret the
+    target themselves (iscsi:, drbd:, ...) and are left alone."""
+    import os
+
+    for d in config.disks:
+        if d.target and not d.is_cdrom and d.script in (None, "", "block") \
+                and not os.path.exists(d.target):
+            raise XentoolError(f"disk {d.vdev}: target '{d.target}' does not exist")
+
+
 def attach_config_devices(xs, domid: int, config, timeouts=None) -> None:
     """Plug in every disk and vif of a DomainConfig (guest still paused), as xl create does.
 
