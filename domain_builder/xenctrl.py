@@ -21,7 +21,6 @@ import _thread
 import enum
 import os
 import sys
-from dataclasses import dataclass, field, fields
 
 from domain_builder.errors import XenError
 
@@ -120,13 +119,14 @@ class Scheduler(enum.IntEnum):
 # --------------------------------------------------------------------------------------
 #
 # Frozen dataclasses, each made on first use.  @dataclass compiles half a dozen methods per
-# class, about a millisecond of start-up each, and a verb needs one or two of these
-# (``xentool list`` only DomainInfo).  So ``@_dataclass(frozen=True)`` just records the
-# class and the name stays unbound; the first lookup of the name goes to the module's
-# __getattr__ (PEP 562), which makes the class a dataclass, in place, and binds it.
-# ``from domain_builder.xenctrl import DomainInfo`` and ``xenctrl.DomainInfo`` work as
-# ever; inside this module write ``_module.DomainInfo``: a bare ``DomainInfo`` is a
-# NameError until something has looked the name up.
+# class, about a millisecond of start-up each, importing dataclasses (and inspect with it)
+# several more, and a verb needs one or two of these classes (``xentool list`` only
+# DomainInfo, ``domname`` none).  So ``@_dataclass(frozen=True)`` just records the class
+# (and ``_field(...)`` its arguments) and the name stays unbound; the first lookup of the
+# name goes to the module's __getattr__ (PEP 562), which makes the class a dataclass, in
+# place, and binds it.  ``from domain_builder.xenctrl import DomainInfo`` and
+# ``xenctrl.DomainInfo`` work as ever; inside this module write ``_module.DomainInfo``: a
+# bare ``DomainInfo`` is a NameError until something has looked the name up.
 
 _DEFERRED: dict[str, tuple[type, dict[str, bool]]] = {}  # name: (class, dataclass options)
 _MAKING = _thread.RLock()
@@ -134,6 +134,7 @@ _module = sys.modules[__name__]
 
 if TYPE_CHECKING:  # for type checkers these are plain dataclasses
     from dataclasses import dataclass as _dataclass
+    from dataclasses import field as _field
 else:
     def _dataclass(**options: bool) -> Callable[[type], type]:
         def defer(cls: type) -> type:
@@ -142,6 +143,10 @@ else:
 
         return defer
 
+    class _field:  # the arguments of a dataclasses.field(), until the class is made
+        def __init__(self, **kwargs: Any) -> None:
+            self.kwargs = kwargs
+
 
 def __getattr__(name: str) -> type:
     """Make the deferred class ``name`` a dataclass and bind it (PEP 562)."""
@@ -149,13 +154,17 @@ def __getattr__(name: str) -> type:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     with _MAKING:
         if name not in globals():
+            from dataclasses import dataclass, field
+
             cls, options = _DEFERRED[name]
-            # A field defaulting to another deferred class (VcpuContext.user_regs) needs it
-            # made first, or its instances would be built by a plain class.
-            for value in vars(cls).values():
-                factory = getattr(value, "default_factory", None)
-                if isinstance(factory, type) and factory.__name__ in _DEFERRED:
-                    __getattr__(factory.__name__)
+            for attr, value in list(vars(cls).items()):
+                if isinstance(value, _field):
+                    # A default made by another deferred class (VcpuContext.user_regs)
+                    # needs that class made first.
+                    factory = value.kwargs.get("default_factory")
+                    if isinstance(factory, type) and factory.__name__ in _DEFERRED:
+                        __getattr__(factory.__name__)
+                    setattr(cls, attr, field(**value.kwargs))
             globals()[name] = dataclass(**options)(cls)
     return globals()[name]
 
@@ -362,7 +371,7 @@ class VcpuContext:
     Fields not named here are zero on ``set_vcpu_context`` (like libxenguest does).
     """
 
-    user_regs: UserRegs = field(default_factory=UserRegs)
+    user_regs: UserRegs = _field(default_factory=UserRegs)
     flags: int = 0
     ctrlreg: tuple[int, ...] = (0,) * 8
     kernel_ss: int = 0
@@ -808,6 +817,8 @@ class XenCtrl:
         self.mmuext_op(domid, MMUEXT_PIN_L4_TABLE, mfn)
 
     def set_vcpu_context(self, domid: int, vcpu: int, ctx: VcpuContext) -> None:
+        from dataclasses import fields
+
         any_ = _ffi.new("vcpu_guest_context_any_t *")  # zeroed, like libxenguest's
         c = any_.x64
         r = ctx.user_regs
@@ -826,11 +837,14 @@ class XenCtrl:
                     f"domain {domid} vcpu {vcpu}")
 
     def vcpu_context(self, domid: int, vcpu: int) -> VcpuContext:
+        from dataclasses import fields
+
         any_ = _ffi.new("vcpu_guest_context_any_t *")
         self._check("xc_vcpu_getcontext", _lib.xc_vcpu_getcontext(self._h, domid, vcpu, any_),
                     f"domain {domid} vcpu {vcpu}")
         c = any_.x64
-        regs = _module.UserRegs(**{f.name: getattr(c.user_regs, f.name) for f in fields(_module.UserRegs)})
+        regs = _module.UserRegs(**{f.name: getattr(c.user_regs, f.name)
+                                   for f in fields(_module.UserRegs)})
         return _module.VcpuContext(
             user_regs=regs, flags=c.flags, ctrlreg=tuple(c.ctrlreg),
             kernel_ss=c.kernel_ss, kernel_sp=c.kernel_sp,
