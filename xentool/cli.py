@@ -166,10 +166,11 @@ class _LoggingOnImport:
     """Configure ``logging`` the moment something imports it, and never import it ourselves.
 
     Importing ``logging`` (with traceback, threading, string, weakref) is several
-    milliseconds of start-up, and the read verbs never log.  The verbs that do (and the libraries under them) just ``import logging``
-    and ``getLogger`` as usual, at import time or later: this meta path finder finds
-    nothing itself, it only wraps the loader of ``logging`` so that ``basicConfig`` runs
-    right after the module is executed, before anyone can log through it.
+    milliseconds of start-up, and the read verbs never log.  The verbs that do (and the
+    libraries under them) just ``import logging`` and ``getLogger`` as usual, at import
+    time or later: this meta path finder finds nothing itself, it only wraps the loader of
+    ``logging`` so that ``basicConfig`` runs right after the module is executed, before
+    anyone can log through it.
     """
 
     def __init__(self, verbose: int) -> None:
