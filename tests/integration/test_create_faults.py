@@ -120,6 +120,8 @@ def test_every_injection_point_of_create_leaves_nothing(two_disk_two_vif_cfg: Pa
     for mode in ("step", "kill"):
         for _, k, name in steps:
             walked += 1
+            # Progress for `pytest -s`: a walk takes minutes under emulation.
+            print(f"fault walk: {mode}:{k} ({name})", file=sys.stderr, flush=True)
             r = subprocess.run([sys.executable, "-m", "xentool", "create", "-q",
                                 str(two_disk_two_vif_cfg)], capture_output=True, text=True,
                                timeout=300,
