@@ -200,8 +200,12 @@ def half_built_domains(record_dir: Path | str | None = None) -> dict[int, Orphan
     out = {}
     for rec in orphan_records(record_dir or default_record_dir()):
         domid = rec.notes.get("domid")
-        if rec.op == "create" and isinstance(domid, int):
+        if rec.op != "create":
+            continue
+        if isinstance(domid, int):
             out[domid] = rec
+        elif not rec.steps:
+            forget_record(rec)  # died before it made anything: nothing to recover
     return out
 
 

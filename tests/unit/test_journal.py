@@ -273,3 +273,19 @@ def test_half_built_domains_from_killed_creates(tmp_path: Path,
     assert list(found) == [12] and found[12].steps == ("create domain",)
     forget_record(found[12])
     assert half_built_domains() == {}
+
+
+def test_a_create_killed_before_its_first_step_leaves_no_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xentool.journal import default_record_dir, half_built_domains
+
+    monkeypatch.setenv("XENTOOL_RUN_DIR", str(tmp_path / "run"))
+    r = _child(tmp_path, """
+        from xentool.journal import Journal, default_record_dir
+        with Journal("create", record_dir=default_record_dir()) as j:
+            j.do("create domain", lambda: 12)
+        """, env={FAULT_ENV: "kill:1", "XENTOOL_RUN_DIR": str(tmp_path / "run")})
+    assert r.returncode == -signal.SIGKILL
+    assert len(list(default_record_dir().glob("create-*.json"))) == 1
+    assert half_built_domains() == {}  # nothing was made: the record is dropped
+    assert list(default_record_dir().glob("create-*.json")) == []
