@@ -276,6 +276,10 @@ def _destroy_and_release(xc, xs, domid: int) -> None:
 
 
 def _rm_nodes(xs, domid: int, uuid: str) -> None:
-    for path in (f"/local/domain/{domid}", f"/vm/{uuid}", f"/libxl/{domid}",
-                 f"/local/domain/0/backend/console/{domid}"):
-        xs.rm(path, missing_ok=True)
+    from xenstore.devices.common import path_cleanup
+
+    with xs.transaction() as t:
+        for path in (f"/local/domain/{domid}", f"/vm/{uuid}", f"/libxl/{domid}"):
+            t.rm(path, missing_ok=True)
+        # Like libxl, also the parents the console backend leaves empty.
+        path_cleanup(t, f"/local/domain/0/backend/console/{domid}")

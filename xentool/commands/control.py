@@ -115,9 +115,14 @@ def destroy_domain(s: Session, domid: int, *, forget: bool = True) -> None:
         vm = s.xs.get(f"/local/domain/{domid}/vm")
         paths = xenstore_paths_to_remove(domid, vm, _backend_paths(s, domid))
         s.xc.destroy(domid)
+        from xenstore.devices.common import path_cleanup
+
         for path in paths:
             try:
-                s.xs.rm(path, missing_ok=True)
+                if "/backend/" in path:
+                    path_cleanup(s.xs, path)  # and the parents left empty, like libxl
+                else:
+                    s.xs.rm(path, missing_ok=True)
             except OSError as e:  # a leftover node is not worth failing the destroy
                 log.warning("could not remove %s: %s", path, e)
         for f in glob.glob(os.path.join(LIBXL_USERDATA_DIR,
