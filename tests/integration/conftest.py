@@ -30,6 +30,7 @@ PROVEN = {
     "test_devices.py::test_create_attaches_config_devices_and_destroy_frees_them",
     "test_devices.py::test_guest_sees_file_disk_and_nic",
     "test_devices.py::test_read_only_disk_is_read_only_in_guest",
+    "test_devices.py::test_create_with_a_bad_disk_leaves_nothing",
 }
 
 
