@@ -640,7 +640,8 @@ class XenCtrl:
                 raise XenError("xc_cpupool_getinfo", _ffi.errno)
             try:
                 cpus = cpumap_to_set(bytes(_ffi.buffer(info.cpumap, self.cpumap_size())))
-                pools.append(_module.CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom, cpus))
+                pools.append(_module.CpupoolInfo(info.cpupool_id, info.sched_id, info.n_dom,
+                                                 cpus))
                 nxt = info.cpupool_id + 1
             finally:
                 _lib.xc_cpupool_infofree(self._h, info)
@@ -682,7 +683,7 @@ class XenCtrl:
         self._check("xc_vcpu_getinfo", _lib.xc_vcpu_getinfo(self._h, domid, vcpu, v),
                     f"domain {domid} vcpu {vcpu}")
         return _module.VcpuInfo(v.vcpu, bool(v.online), bool(v.blocked), bool(v.running),
-                        v.cpu_time, v.cpu)
+                                v.cpu_time, v.cpu)
 
     def vcpu_affinity(self, domid: int, vcpu: int) -> tuple[frozenset[int], frozenset[int]]:
         """(hard, soft) affinity of one vcpu."""
