@@ -257,7 +257,7 @@ def test_guest_garbage_in_frontend_is_harmless(env, tmp_path: Path) -> None:
 def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from xentool.commands.devices import attach_config_devices, remove_all_devices
+    from xentool.commands.devices import config_devices, remove_all_devices
     from xentool.config.disk import parse_disk_spec
     from xentool.config.vif import parse_vif_spec
 
@@ -269,7 +269,8 @@ def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> 
         disks=(parse_disk_spec(f"/img,,xvda,w,script={sc}"),
                parse_disk_spec(f"/iso,,hdc,cdrom,script={sc}")),
         vifs=(parse_vif_spec(f"bridge=xenbr0,script={sc}", 0, mac_seed="g"),))
-    attach_config_devices(xs, 5, config, FAST)
+    for dev in config_devices(5, config):  # as lifecycle.create attaches them
+        attach(xs, dev, FAST)
     assert xs.read("/local/domain/0/backend/vbd/5/5632/device-type") == "cdrom"
     assert xs.read("/local/domain/0/backend/vbd/5/5632/mode") == "r"
     assert xs.read("/local/domain/0/backend/vif/5/0/mac") == config.vifs[0].mac

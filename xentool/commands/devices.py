@@ -326,19 +326,6 @@ def check_disk_targets(config) -> None:
             raise XentoolError(f"disk {d.vdev}: target '{d.target}' does not exist")
 
 
-def attach_config_devices(xs, domid: int, config, timeouts=None) -> None:
-    """Plug in every disk and vif of a DomainConfig (guest still paused), as xl create does.
-
-    On failure the device being attached is unplugged again and the error propagates;
-    the ones attached before it stay (use :func:`remove_all_devices` to undo them).
-    """
-    from xenstore.devices.attach import Timeouts, attach
-
-    t = timeouts or Timeouts()
-    for dev in config_devices(domid, config):
-        attach(xs, dev, t)
-
-
 def remove_all_devices(xs, domid: int, timeouts=None) -> list[str]:
     """Unplug every device of a dying domain: runs the hotplug scripts' remove (frees loop
     devices, takes vifs off the bridge) and removes every node; returns problems found."""
