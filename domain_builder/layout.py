@@ -19,6 +19,8 @@ p2m (pfn -> mfn) that populating memory produced and return the exact bytes to w
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -329,21 +331,51 @@ def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_
 def kernel_pages(image: KernelImage, plan: BuildPlan) -> bytearray:
     """The kernel region's bytes: each PT_LOAD segment's file data at its place, zeros around."""
     buf = bytearray(plan.kernel.pages * PAGE_SIZE)
+    write_kernel(memoryview(buf), image, plan, zeroed=True)
+    return buf
+
+
+def write_kernel(dest: memoryview, image: KernelImage, plan: BuildPlan, *,
+                 zeroed: bool = False) -> None:
+    """Fill ``dest`` (the kernel region, ``plan.kernel.pages`` pages) in place, so the builder
+    copies the kernel once, straight into the guest's pages."""
+    size = plan.kernel.pages * PAGE_SIZE
+    if len(dest) != size:
+        raise LayoutError(f"kernel region is {size} bytes, buffer is {len(dest)}")
     base = plan.kernel.vstart
+    placed: list[tuple[int, int]] = []
     for seg in image.segments:
         off = image.vaddr_of(seg.paddr) - base
-        if off < 0 or off + seg.memsz > len(buf):
+        if off < 0 or off + seg.memsz > size:
             raise LayoutError(f"segment at paddr {seg.paddr:#x} falls outside the kernel "
                               f"region")
-        buf[off:off + seg.filesz] = image.segment_data(seg)
-    return buf
+        dest[off:off + seg.filesz] = image.segment_data(seg)
+        placed.append((off, off + seg.filesz))
+    if zeroed:
+        return
+    # Zero only the gaps; the image parser guarantees the segments do not overlap.
+    pos = 0
+    for lo, hi in sorted(placed):
+        if lo > pos:
+            dest[pos:lo] = bytes(lo - pos)
+        pos = max(pos, hi)
+    if pos < size:
+        dest[pos:size] = bytes(size - pos)
+
+
+def _u64le(values: Sequence[int] | array) -> bytes:
+    a = values if isinstance(values, array) else array("Q", values)
+    if sys.byteorder != "little":
+        a = array("Q", a)
+        a.byteswap()
+    return a.tobytes()
 
 
 def p2m_bytes(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
     """The guest's pfn -> mfn list as it finds it at ``start_info.mfn_list``."""
     if len(p2m) != plan.nr_pages:
         raise LayoutError(f"p2m has {len(p2m)} entries, expected nr_pages={plan.nr_pages}")
-    raw = struct.pack(f"<{len(p2m)}Q", *p2m)
+    raw = _u64le(p2m)
     return raw + bytes(plan.p2m.pages * PAGE_SIZE - len(raw))
 
 
@@ -387,14 +419,18 @@ def page_tables(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
             parent_key = 0 if level == 3 else va >> _LEVEL_SHIFT[level + 2]
             child_mfn = p2m[pfn_of[(level, key)]]
             put(level + 1, parent_key, va, (child_mfn << PAGE_SHIFT) | UPPER_PROT)
+    # L1: the L1 tables of an area are consecutive (keys sorted, allocated in order), so its
+    # PTEs are one contiguous run of slots, filled with one slice assignment.
     pt_lo, pt_hi = plan.pagetables.pfn, plan.pagetables.pfn_end
     for lo, hi, first_pfn in areas:
-        for i in range((hi - lo) >> PAGE_SHIFT):
-            va = lo + (i << PAGE_SHIFT)
-            pfn = first_pfn + i
-            prot = L1_PROT_RO if pt_lo <= pfn < pt_hi else L1_PROT
-            put(1, va >> _LEVEL_SHIFT[2], va, (p2m[pfn] << PAGE_SHIFT) | prot)
-    return struct.pack(f"<{len(entries)}Q", *entries)
+        last_pfn = first_pfn + ((hi - lo) >> PAGE_SHIFT)
+        ptes = [(mfn << PAGE_SHIFT) | L1_PROT for mfn in p2m[first_pfn:last_pfn]]
+        for pfn in range(max(pt_lo, first_pfn), min(pt_hi, last_pfn)):
+            ptes[pfn - first_pfn] &= ~_PAGE_RW  # the tables themselves: read-only
+        first = (pfn_of[(1, lo >> _LEVEL_SHIFT[2])] - base) * PTES_PER_TABLE \
+            + ((lo >> PAGE_SHIFT) & (PTES_PER_TABLE - 1))
+        entries[first:first + len(ptes)] = ptes
+    return _u64le(entries)
 
 
 def start_info(plan: BuildPlan, p2m: Sequence[int], *, shared_info_mfn: int,

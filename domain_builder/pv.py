@@ -23,9 +23,9 @@ from domain_builder.image import KernelImage
 from domain_builder.layout import (
     PAGE_SIZE,
     BuildPlan,
-    kernel_pages,
     p2m_bytes,
     page_tables,
+    write_kernel,
 )
 from domain_builder.layout import start_info as start_info_page
 
@@ -166,7 +166,8 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
         def at(pfn: int) -> int:
             return (pfn - lo) * PAGE_SIZE
 
-        _write_pages(view, at(plan.kernel.pfn), kernel_pages(image, plan), plan.kernel.pages)
+        k = at(plan.kernel.pfn)
+        write_kernel(view[k:k + plan.kernel.pages * PAGE_SIZE], image, plan)
         if plan.ramdisk is not None and plan.ramdisk.mapped:
             _write_pages(view, at(plan.ramdisk.pfn), ramdisk, plan.ramdisk.pages)
         if plan.p2m.mapped:

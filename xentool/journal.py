@@ -315,8 +315,11 @@ class Journal:
         # A signal during the action is acted on once its undo is registered: interrupting
         # between "done" and "undo known" is exactly how debris is left behind.
         self._deferring = True
+        t0 = time.perf_counter()
         try:
             result = action()
+            log.debug("%s: step %d %r took %.3f s", self.op, self._step, name,
+                      time.perf_counter() - t0)
             self.steps_done.append(name)
             if undo is not None:
                 self._undos.append(_Undo(name, lambda: undo(result)))
