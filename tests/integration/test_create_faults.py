@@ -1,6 +1,6 @@
 """Walk every step of ``xentool create`` with fault injection: nothing may leak.
 
-A guest with a disk and a vif is created once with ``XENTOOL_FAULT_TRACE`` to learn
+A guest with two disks and two vifs is created once with ``XENTOOL_FAULT_TRACE`` to learn
 the steps of the create journal; then for every step K, ``XENTOOL_FAULT_INJECT=step:K``
 must make the create fail with that cause and leave no trace: no extra domain, free memory
 back where it was, no XenStore node of the domain or its backends, no loop device, no vif.
@@ -78,13 +78,18 @@ def settle(before: Snapshot, timeout: float = 30.0) -> list[str]:
 
 @pytest.fixture
 def disk_and_vif_cfg(kit: GuestKit, tmp_path: Path, guest_name: str) -> Path:
-    # One of each kind: every device step is walked, and each point costs two hotplug
-    # scripts less than with two of each (minutes under emulation).
-    img = tmp_path / "d0.img"
-    with open(img, "wb") as f:
-        f.truncate(8 << 20)
-    more = (f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]\n"
-            "vif = [ 'bridge=xenbr0' ]\n")
+    """Two file disks and two vifs: every kind of device step, and a second of each (the
+    undo of a device must not depend on being the only one)."""
+    disks = []
+    for i, vdev in enumerate(("xvda", "xvdb")):
+        img = tmp_path / f"d{i}.img"
+        with open(img, "wb") as f:
+            f.truncate(8 << 20)
+        disks.append(f"'format=raw, vdev={vdev}, access=rw, target={img}'")
+    more = (f"disk = [ {', '.join(disks)} ]
+"
+            "vif = [ 'bridge=xenbr0', 'bridge=xenbr0' ]
+")
     cfg = tmp_path / "faults.cfg"
     cfg.write_text(kit.tiny_cfg(guest_name, wait=True, more=more))
     return cfg
@@ -96,7 +101,7 @@ def create_env(**kw: str) -> dict[str, str]:
     return {**os.environ, **kw}
 
 
-@pytest.mark.timeout(2400)  # ~2 creates per step under emulation
+@pytest.mark.timeout(3000)  # ~2 creates per step under emulation
 def test_every_injection_point_of_create_leaves_nothing(disk_and_vif_cfg: Path,
                                                         tmp_path: Path,
                                                         guest_name: str) -> None:
@@ -143,3 +148,36 @@ def test_every_injection_point_of_create_leaves_nothing(disk_and_vif_cfg: Path,
     print(f"fault injection: {walked} points walked ({len(steps)} steps x step/kill), "
           f"{len(leaks_found)} leaks")
     assert not leaks_found, "\n".join(leaks_found)
+
+
+def test_eight_parallel_creates_then_eight_parallel_destroys(kit: GuestKit, tmp_path: Path,
+                                                             guest_name: str) -> None:
+    """The create lock and the per-domain locks keep parallel invocations apart: every
+    create succeeds with its own name and domid, every destroy frees its guest."""
+    before = snapshot()
+    names = [f"{guest_name}-{i}" for i in range(8)]
+    cfgs = []
+    for name in names:
+        cfg = tmp_path / f"{name}.cfg"
+        cfg.write_text(kit.tiny_cfg(name, wait=True))
+        cfgs.append(cfg)
+
+    def all_of(argvs: list[list[str]]) -> list[tuple[int, str]]:
+        procs = [subprocess.Popen([sys.executable, "-m", "xentool", *a], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for a in argvs]
+        return [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+
+    try:
+        created = all_of([["create", "-q", str(c)] for c in cfgs])
+        assert [r for r in created if r[0] != 0] == []
+        listed = {line.split()[0]: int(line.split()[1])
+                  for line in xl("list").stdout.splitlines()[1:]}
+        assert set(names) <= set(listed)
+        assert len({listed[n] for n in names}) == 8
+        destroyed = all_of([["destroy", n] for n in names])
+        assert [r for r in destroyed if r[0] != 0] == []
+        assert not settle(before)
+    finally:
+        for name in names:
+            xl("destroy", name, check=False)

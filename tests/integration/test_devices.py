@@ -325,10 +325,12 @@ def test_guest_garbage_in_frontend_cannot_hang_or_crash(kit: GuestKit, guest_nam
         fe = f"/local/domain/{domid}/device/vbd/51712"
         # What a hostile guest can write into its own frontend directory (dom0 plays it here;
         # the guest kit has no xenstore tools): garbage state, numbers, and a fake backend.
-        for node, value in (("state", "9" * 40), ("event-channel", "-7"),
-                            ("ring-ref", "0x1f"), ("backend", "/local/domain/0/backend/vbd/0/1"),
-                            ("virtual-device", "../../../../etc")):
-            run("xenstore-write", f"{fe}/{node}", value)
+        with Store.connect() as xs:
+            for node, value in (("state", "9" * 40), ("event-channel", "-7"),
+                                ("ring-ref", "0x1f"),
+                                ("backend", "/local/domain/0/backend/vbd/0/1"),
+                                ("virtual-device", "../../../../etc")):
+                xs.write(f"{fe}/{node}", value)
         r = xentool("block-list", guest_name, timeout=60)
         row = r.stdout.splitlines()[1].split()
         assert row[3:6] == ["-1", "-1", "-1"]
