@@ -86,10 +86,8 @@ def disk_and_vif_cfg(kit: GuestKit, tmp_path: Path, guest_name: str) -> Path:
         with open(img, "wb") as f:
             f.truncate(8 << 20)
         disks.append(f"'format=raw, vdev={vdev}, access=rw, target={img}'")
-    more = (f"disk = [ {', '.join(disks)} ]
-"
-            "vif = [ 'bridge=xenbr0', 'bridge=xenbr0' ]
-")
+    more = (f"disk = [ {', '.join(disks)} ]\n"
+            "vif = [ 'bridge=xenbr0', 'bridge=xenbr0' ]\n")
     cfg = tmp_path / "faults.cfg"
     cfg.write_text(kit.tiny_cfg(guest_name, wait=True, more=more))
     return cfg

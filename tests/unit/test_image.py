@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import mmap
 import struct
 import subprocess
 import sys
@@ -294,11 +295,18 @@ def test_kernel_cache_roundtrip_and_invalidation(tmp_path) -> None:
     first = load_kernel(k, cache_dir=cache)
     (entry,) = cache.iterdir()
     second = load_kernel(k, cache_dir=cache)
-    assert second.elf == first.elf == elf
+    assert isinstance(second.elf, mmap.mmap)  # served from the cache, mapped
+    assert second.elf[:] == first.elf == elf
+    assert bytes(second.segment_data(second.segments[0])) == \
+        bytes(first.segment_data(first.segments[0]))
     assert (second.container, second.compression) == ("bzImage", Compression.XZ)
-    # A damaged entry is not trusted: it is re-parsed, found bad, and rebuilt.
+    # A damaged entry is not trusted: it is re-parsed, found bad, and rebuilt...
+    entry.write_bytes(entry.read_bytes()[:4096 + 200])
+    assert load_kernel(k, cache_dir=cache).elf[:] == elf
+    assert entry.read_bytes().endswith(elf)
+    # ...and so is one with a bad header.
     entry.write_bytes(entry.read_bytes()[:200])
-    assert load_kernel(k, cache_dir=cache).elf == elf
+    assert load_kernel(k, cache_dir=cache).elf[:] == elf
     assert entry.read_bytes().endswith(elf)
     # A changed kernel file is a different entry.
     import os

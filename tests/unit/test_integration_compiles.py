@@ -1,0 +1,16 @@
+"""The integration suite only runs inside the testbed; a syntax error there should not cost
+a testbed boot to find."""
+
+from __future__ import annotations
+
+import py_compile
+from pathlib import Path
+
+import pytest
+
+SUITE = sorted((Path(__file__).resolve().parents[1] / "integration").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", SUITE, ids=lambda p: p.name)
+def test_integration_module_compiles(path: Path, tmp_path: Path) -> None:
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
