@@ -77,11 +77,12 @@ def _report(exc) -> None:
 
 def _load(path: str, overrides: Sequence[str], quiet: bool):
     from xentool.config import ConfigError, load
+    from xentool.config.cache import default_cache_dir
 
     if not quiet:
         print(f"Parsing config from {path}", file=sys.stderr)
     try:
-        cfg = load(path, overrides)
+        cfg = load(path, overrides, cache_dir=default_cache_dir())
     except ConfigError as exc:
         _report(exc)
         return None

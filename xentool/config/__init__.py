@@ -31,11 +31,26 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from xentool.config.build import build_domain_config
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from xentool.config.errors import ConfigError
-from xentool.config.grammar import MAX_CONFIG_BYTES, ParsedConfig, parse
+from xentool.config.limits import MAX_CONFIG_BYTES
 from xentool.config.model import (CpuAffinity, CpuSet, DiskBackend, DiskFormat, DiskSpec,
                                   DomainConfig, DomainType, NicType, ShutdownAction, VifSpec)
+
+if TYPE_CHECKING:
+    from xentool.config.grammar import ParsedConfig, parse
+
+
+def __getattr__(name: str) -> object:
+    # The grammar (pyparsing) is imported on first use: a create served from the config
+    # cache never needs it.
+    if name in ("ParsedConfig", "parse"):
+        from xentool.config import grammar
+
+        return getattr(grammar, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ConfigError", "CpuAffinity", "CpuSet", "DiskBackend", "DiskFormat", "DiskSpec",
@@ -77,8 +92,19 @@ def _extra(overrides: Sequence[str]) -> str | None:
 
 
 def loads(text: str, source: str = "<config>", overrides: Sequence[str] = ()) -> DomainConfig:
+    from xentool.config.build import build_domain_config
+    from xentool.config.grammar import parse
+
     return build_domain_config(parse(text, source, _extra(overrides)))
 
 
-def load(path: str, overrides: Sequence[str] = ()) -> DomainConfig:
-    return loads(read_config_text(path), path, overrides)
+def load(path: str, overrides: Sequence[str] = (), *,
+         cache_dir: str | Path | None = None) -> DomainConfig:
+    """Read, parse and validate config file ``path``; with ``cache_dir``, through the
+    config cache (:mod:`xentool.config.cache`)."""
+    text = read_config_text(path)
+    if cache_dir is None:
+        return loads(text, path, overrides)
+    from xentool.config.cache import cached_build
+
+    return cached_build(cache_dir, path, text, overrides, lambda: loads(text, path, overrides))

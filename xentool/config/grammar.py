@@ -29,12 +29,8 @@ from typing import Iterator, Mapping, Union
 import pyparsing as pp
 
 from xentool.config.errors import ConfigError
+from xentool.config.limits import MAX_CONFIG_BYTES, MAX_ITEMS, MAX_NESTING
 
-# Limits: real configs are a few KiB and nest lists two or three deep.  Anything far beyond
-# is a mistake or an attack and is refused before pyparsing (which recurses) sees it.
-MAX_CONFIG_BYTES = 256 * 1024
-MAX_NESTING = 32
-MAX_ITEMS = 8192  # statements + list items (separators): bounds the parse to ~1 s
 COMMAND_LINE_SOURCE = "<command line>"
 
 
