@@ -426,7 +426,7 @@ def page_tables(plan: BuildPlan, p2m: Sequence[int]) -> bytes:
         last_pfn = first_pfn + ((hi - lo) >> PAGE_SHIFT)
         ptes = [(mfn << PAGE_SHIFT) | L1_PROT for mfn in p2m[first_pfn:last_pfn]]
         for pfn in range(max(pt_lo, first_pfn), min(pt_hi, last_pfn)):
-            ptes[pfn - first_pfn] &= ~_PAGE_RW  # the tables themselves: read-only
+            ptes[pfn - first_pfn] = (p2m[pfn] << PAGE_SHIFT) | L1_PROT_RO  # the tables
         first = (pfn_of[(1, lo >> _LEVEL_SHIFT[2])] - base) * PTES_PER_TABLE \
             + ((lo >> PAGE_SHIFT) & (PTES_PER_TABLE - 1))
         entries[first:first + len(ptes)] = ptes

@@ -34,6 +34,7 @@ from domain_builder.layout import (
     p2m_bytes,
     page_tables,
     start_info,
+    write_kernel,
 )
 
 
@@ -149,6 +150,12 @@ def test_kernel_pages_places_segments() -> None:
     assert len(buf) == plan.kernel.pages * PAGE_SIZE == 0x3000
     assert buf[:200] == text and buf[200:0x2000] == bytes(0x2000 - 200)
     assert buf[0x2000:0x2004] == b"DATA" and not any(buf[0x2004:])
+    # In place over dirty memory (what the builder does on the guest's pages): same bytes.
+    dirty = bytearray(b"\xff" * len(buf))
+    write_kernel(memoryview(dirty), img, plan)
+    assert dirty == buf
+    with pytest.raises(LayoutError, match="buffer is"):
+        write_kernel(memoryview(dirty)[:-1], img, plan)
 
 
 def test_start_info_fields() -> None:
