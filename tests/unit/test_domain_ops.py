@@ -189,12 +189,15 @@ def test_mem_set_dom0_fills_its_memory_nodes_first(env: SimpleNamespace) -> None
     assert env.xs.read("/local/domain/0/memory/target") == str(512 * 1024)
 
 
-def test_mem_max_checks_target_and_leaves_static_max(env: SimpleNamespace) -> None:
+def test_mem_max_checks_target_and_moves_static_max(env: SimpleNamespace) -> None:
+    # xl 4.17 (the testbed oracle) writes the new limit to memory/static-max too.
     ops.set_memory_max(env, 5, 512 * 1024)
     assert env.xc.maxmem == [(5, 512 * 1024 + 1024)]
-    assert env.xs.read("/local/domain/5/memory/static-max") == str(256 * 1024)
+    assert env.xs.read("/local/domain/5/memory/static-max") == str(512 * 1024)
     with pytest.raises(XentoolError, match="greater than or equal"):
         ops.set_memory_max(env, 5, 64 * 1024)
+    assert env.xc.maxmem == [(5, 512 * 1024 + 1024)]
+    assert env.xs.read("/local/domain/5/memory/static-max") == str(512 * 1024)
 
 
 def test_vcpu_set_writes_every_availability_node(env: SimpleNamespace) -> None:

@@ -411,11 +411,18 @@ def set_memory_target(s: Session, domid: int, request_kb: int) -> MemTarget:
 
 
 def set_memory_max(s: Session, domid: int, max_kb: int) -> None:
+    """Hypervisor limit and ``memory/static-max``, both moved as libxl does."""
     from xentool.locks import domain_lock
 
-    with domain_lock(domid):
-        target = _read_kb(s.xs, f"{_dompath(domid)}/memory/target")
+    dom = _dompath(domid)
+
+    def apply(t) -> None:
+        target = _read_kb(t, f"{dom}/memory/target")
         s.xc.set_max_mem(domid, plan_mem_max(max_kb, target))
+        t.write(f"{dom}/memory/static-max", str(max_kb))
+
+    with domain_lock(domid):
+        s.xs.transact(apply)
 
 
 def _set_memory(args: argparse.Namespace, setter, what: str) -> int:
