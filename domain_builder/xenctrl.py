@@ -169,6 +169,13 @@ def __getattr__(name: str) -> type:
     return globals()[name]
 
 
+def preload() -> None:
+    """Make every deferred class now: a long-running daemon should not pay for a class's
+    first use on an event path it is timed on."""
+    for name in list(_DEFERRED):
+        __getattr__(name)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_DEFERRED))
 

@@ -658,6 +658,9 @@ class Daemon:
         return True
 
     def run(self) -> None:
+        from domain_builder.xenctrl import preload
+
+        preload()
         backoff = 0.1
         while not self.stop.is_set():
             try:
