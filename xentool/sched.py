@@ -220,7 +220,8 @@ def load_policy(path: str) -> Policy:
 def sched_params_from_libxl_json(text: str) -> Params:
     """``cpu_weight``/``cap`` from a libxl domain-config JSON (-1 or absent: not set)."""
     try:
-        doc = json.loads(text)
+        # libxl stores its userdata with the C string's terminating NUL.
+        doc = json.loads(text.split("\0", 1)[0])
         sp = doc.get("b_info", {}).get("sched_params", {})
     except (ValueError, AttributeError):
         return Params()
