@@ -15,11 +15,7 @@ from .helpers import GuestKit, domain_names, xl
 # Suites written against the real hypervisor that have not yet passed end to end in the testbed.
 # `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
 # they are being finished; their status is tracked in the issues, not hidden here.
-UNPROVEN = {
-    "test_domain_ops.py",       # shutdown/reboot/rename/mem-set/vcpu-set vs xl
-    "test_sched_controller.py",
-    "test_sched_fairshare.py",
-}
+UNPROVEN: set[str] = set()
 
 # Single tests of those suites that have passed, as "file.py::test_name" (all parameters).
 PROVEN: set[str] = set()
