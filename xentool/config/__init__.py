@@ -29,10 +29,7 @@ Where xentool and xl (4.17) differ, on purpose:
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from xentool.config.errors import ConfigError
 from xentool.config.limits import MAX_CONFIG_BYTES
@@ -40,6 +37,8 @@ from xentool.config.model import (CpuAffinity, CpuSet, DiskBackend, DiskFormat, 
                                   DomainConfig, DomainType, NicType, ShutdownAction, VifSpec)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from xentool.config.grammar import ParsedConfig, parse
 
 
@@ -51,6 +50,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(grammar, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError", "CpuAffinity", "CpuSet", "DiskBackend", "DiskFormat", "DiskSpec",
