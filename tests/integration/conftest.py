@@ -25,6 +25,8 @@ PROVEN: set[str] = set()
 # inside its time limit; XENTOOL_ALL_TESTS=1 runs them too.
 LONG = {
     "test_monitor.py",          # on_* actions, busybox round trip, 20 destroy/restart races
+    "test_domain_ops.py",       # busybox shutdown/reboot/balloon against xl
+    "test_sched_fairshare.py",  # 2 schedulers x (30 + 2 + 10 + 15) s windows, busybox guests
 }
 
 
