@@ -25,6 +25,8 @@ mount -t xenfs xenfs /proc/xen || die "cannot mount xenfs"
 grep -q control_d /proc/xen/capabilities || die "not running as a Xen dom0"
 
 mkdir -p /run/xen /run/xenstored /var/lib/xen /var/log/xen/console /var/lib/xenstored
+# systemd-tmpfiles makes /run/lock (= /var/lock) on Debian; xenconsole locks the console there.
+mkdir -p -m 1777 /run/lock
 bin=/usr/lib/xen-4.17/bin
 $bin/xenstored --pid-file /run/xen/xenstored.pid || die "xenstored failed"
 $bin/xen-init-dom0 > /var/log/xen/xen-init-dom0.log 2>&1 || die "xen-init-dom0 failed"
