@@ -181,11 +181,12 @@ def create(config, *, paused: bool, console: bool, plan: bool = False,
 
     with XenCtrl() as xc, Store.connect() as xs:
         with Journal("create", record_dir=default_record_dir()) as j:
-            domid = _create_steps(j, xc, xs, config, prep, paused, source)
+            # With a console the guest starts only once the client is attached.
+            domid = _create_steps(j, xc, xs, config, prep, paused or console, source)
     if console:
-        from xentool.commands.console import exec_console
+        from xentool.commands.console import console_before_start
 
-        exec_console(domid)
+        console_before_start(domid, unpause=not paused)
     return domid
 
 

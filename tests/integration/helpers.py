@@ -6,7 +6,11 @@ Every domain a test creates is destroyed afterwards, even when the test fails.
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -91,3 +95,52 @@ def wait_for_console(name: str, pattern: str, timeout: float = 120.0) -> str:
         time.sleep(0.2)
     raise AssertionError(f"no {pattern!r} on the console of {name} after {timeout}s; "
                          f"log so far:\n{text[-3000:]}")
+
+
+def console_session(*args: str, pattern: str, timeout: float = 240.0) -> tuple[str, int]:
+    """Run ``xentool ARGS`` on a pseudo-terminal like an operator would (``console NAME``,
+    ``create -c CFG``), read what it shows until ``pattern`` appears, then leave with ^] as
+    a person would.  Returns the text seen and the exit status."""
+    argv = [sys.executable, "-m", "xentool", *args]
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    seen = b""
+    rx = re.compile(pattern.encode())
+    deadline = time.monotonic() + timeout
+    try:
+        while not rx.search(seen):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no {pattern!r} through `xentool {' '.join(args)}` after "
+                                     f"{timeout}s; seen:\n{seen[-3000:].decode(errors='replace')}")
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the client closed the terminal (it exited)
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"`xentool {' '.join(args)}` ended before {pattern!r}; "
+                                     f"seen:\n{seen[-3000:].decode(errors='replace')}")
+            seen += chunk
+        os.write(fd, b"\x1d")  # ^], xenconsole's escape
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    os.read(fd, 65536)
+                except OSError:
+                    pass
+        raise AssertionError(f"`xentool {' '.join(args)}` did not end after ^]")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
