@@ -174,6 +174,10 @@ def create(config, *, paused: bool, console: bool, plan: bool = False,
 
     config_devices(0, config)  # a bad disk or vif spec fails before anything exists
     check_disk_targets(config)
+    if console:
+        from xentool.commands.console import require_client
+
+        require_client()
 
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store

@@ -85,3 +85,25 @@ def test_missing_client_is_a_clear_error(tmp_path, monkeypatch, attached) -> Non
     with pytest.raises(console.XentoolError, match="xenconsole|absent"):
         console.console_before_start(7, unpause=True)
     assert attached[1].unpaused == []
+
+
+def test_create_with_console_checks_the_client_before_making_a_domain(
+        tmp_path, monkeypatch) -> None:
+    from test_image_kit import make_elf
+
+    from xentool import lifecycle
+    from xentool.config import load
+
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(make_elf())
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(f'name = "g"\ntype = "pv"\nkernel = "{kernel}"\nmemory = 64\n')
+    monkeypatch.setenv("XENTOOL_KERNEL_CACHE", "")
+
+    def no_xen(*a: object, **k: object) -> None:
+        raise AssertionError("a domain was being created")
+
+    monkeypatch.setattr(domain_builder.xenctrl, "XenCtrl", no_xen)
+    monkeypatch.setattr(console, "XENCONSOLE", str(tmp_path / "absent"))
+    with pytest.raises(console.XentoolError, match="absent is missing"):
+        lifecycle.create(load(str(cfg)), paused=False, console=True)

@@ -28,10 +28,14 @@ def console_argv(domid: int, ctype: str | None, num: int) -> list[str]:
 
 def exec_console(domid: int, ctype: str | None = None, num: int = 0) -> None:
     """Replace this process with xenconsole (like xl, so ^] and the tty behave the same)."""
+    require_client()
     argv = console_argv(domid, ctype, num)
+    os.execv(argv[0], argv)
+
+
+def require_client() -> None:
     if not os.access(XENCONSOLE, os.X_OK):
         raise XentoolError(f"console: {XENCONSOLE} is missing (install xen-utils-4.17)")
-    os.execv(argv[0], argv)
 
 
 def console_before_start(domid: int, *, unpause: bool, timeout: float = 10.0) -> int:
@@ -40,8 +44,7 @@ def console_before_start(domid: int, *, unpause: bool, timeout: float = 10.0) ->
     output is lost.  Returns the client's exit status."""
     from domain_builder.xenctrl import XenCtrl
 
-    if not os.access(XENCONSOLE, os.X_OK):
-        raise XentoolError(f"console: {XENCONSOLE} is missing (install xen-utils-4.17)")
+    require_client()
     ready_r, ready_w = os.pipe()
     os.set_inheritable(ready_w, True)
     pid = os.fork()
@@ -57,7 +60,8 @@ def console_before_start(domid: int, *, unpause: bool, timeout: float = 10.0) ->
         # EOF (client died) or a timeout still lets the guest run: as with xl, the guest
         # matters more than the console.
         if not select.select([ready_r], [], [], timeout)[0]:
-            log.warning("console: xenconsole not attached after %.0fs; starting the guest", timeout)
+            log.warning("console: xenconsole not attached after %.0fs; starting the guest",
+                        timeout)
     finally:
         os.close(ready_r)
     if unpause:
