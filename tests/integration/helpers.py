@@ -108,22 +108,26 @@ def console_session(*args: str, pattern: str, timeout: float = 240.0) -> tuple[s
             os.execv(argv[0], argv)
         finally:
             os._exit(127)
+    what = f"`xentool {' '.join(args)}`"
     seen = b""
+
+    def shown() -> str:
+        return seen[-3000:].decode(errors="replace")
+
     rx = re.compile(pattern.encode())
     deadline = time.monotonic() + timeout
     try:
         while not rx.search(seen):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError(f"no {pattern!r} through `xentool {' '.join(args)}` after "
-                                     f"{timeout}s; seen:\n{seen[-3000:].decode(errors='replace')}")
+                raise AssertionError(f"no {pattern!r} through {what} after {timeout}s; "
+                                     f"seen:\n{shown()}")
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # EIO: the client closed the terminal (it exited)
                 chunk = b""
             if not chunk:
-                raise AssertionError(f"`xentool {' '.join(args)}` ended before {pattern!r}; "
-                                     f"seen:\n{seen[-3000:].decode(errors='replace')}")
+                raise AssertionError(f"{what} ended before {pattern!r}; seen:\n{shown()}")
             seen += chunk
         os.write(fd, b"\x1d")  # ^], xenconsole's escape
         end = time.monotonic() + 30
@@ -136,7 +140,7 @@ def console_session(*args: str, pattern: str, timeout: float = 240.0) -> tuple[s
                     os.read(fd, 65536)
                 except OSError:
                     pass
-        raise AssertionError(f"`xentool {' '.join(args)}` did not end after ^]")
+        raise AssertionError(f"{what} did not end after ^]")
     finally:
         try:
             os.kill(pid, signal.SIGKILL)
