@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from xenstore.devices.attach import DeviceInfo
 from xenstore.devices.vbd import Vbd
-from xentool.commands.devices import (block_list_header, block_list_row, network_list_header,
-                                      network_list_row, next_devid, parse_disk_args,
-                                      parse_vif_args)
+from xentool.commands.devices import (_timeouts, block_list_header, block_list_row,
+                                      network_list_header, network_list_row, next_devid,
+                                      parse_disk_args, parse_vif_args)
 from xentool.errors import XentoolError
 
 
@@ -90,3 +92,18 @@ def test_tables_match_xl_format() -> None:
                      "/local/domain/5/device/vif/0", 4, 13, (1280, 1281), "00:16:3e:5a:01:02")
     assert network_list_row(nic) == \
         "0   0  00:16:3e:5a:01:02     0     4     13  1280/1281        /local/domain/0/backend/vif/5/0"
+
+
+@pytest.mark.parametrize("timeout, expected", [
+    (None, (10.0, 10.0, 40.0)),    # libxl's
+    (5.0, (5.0, 5.0, 40.0)),       # a short wait never cuts a hotplug script below libxl's
+    (120.0, (120.0, 120.0, 120.0)),
+])
+def test_timeout_option_covers_backend_and_hotplug_script(timeout, expected) -> None:
+    t = _timeouts(argparse.Namespace(timeout=timeout))
+    assert (t.init, t.destroy, t.hotplug) == expected
+
+
+def test_timeout_option_must_be_positive() -> None:
+    with pytest.raises(XentoolError, match="positive"):
+        _timeouts(argparse.Namespace(timeout=0.0))

@@ -129,7 +129,8 @@ def network_list_row(info) -> str:
 
 def _timeouts_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="how long to wait for the backend (default as libxl: 10s)")
+                   help="how long to wait for the backend, and at least as long for the "
+                        "hotplug script (defaults as libxl: 10s and 40s)")
 
 
 def _timeouts(args: argparse.Namespace):
@@ -139,7 +140,10 @@ def _timeouts(args: argparse.Namespace):
     if args.timeout is not None:
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
-        t = replace(t, init=args.timeout, destroy=args.timeout)
+        # Hotplug scripts queue on one lock (block, vif-bridge): a caller who waits longer
+        # for the backend must not see the script of the last device in line cut off.
+        t = replace(t, init=args.timeout, destroy=args.timeout,
+                    hotplug=max(t.hotplug, args.timeout))
     return t
 
 
