@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,12 @@ GUEST_MODULES = ("xen-blkfront", "xen-netfront")
 ROOTFS_SIZE = "3G"
 BOOT_TIMEOUT = 600.0
 DEFAULT_JOB_TIMEOUT = 20 * 60.0
+# The agent rewrites spool/beat every 2 s from a thread of its own; this long without a beat
+# means dom0 (or the share) is wedged, which no job timeout would ever end sooner.
+DOM0_SILENT_AFTER = 300.0
+SWITCH_CONSOLE_INPUT = b"\x01\x01\x01"  # Ctrl-A three times, as Xen's banner says
+DEBUG_KEY_QUIET = 5.0  # seconds of silence that end one key's dump
+DEBUG_KEY_MAX_WAIT = 60.0
 MEMORY_MIB = 6144
 # With "-cpu max" (QEMU 7.2 emulates AVX under TCG) dom0 processes died at random as soon as
 # guests ran beside them: corrupted malloc state, segfaults in ld.so and libc, 4 of 8
@@ -368,6 +375,25 @@ class Testbed:
     def serial(self) -> Path:
         return self.run_dir / "serial.log"
 
+    def xen_debug_keys(self, keys: str = "qrd") -> str:
+        """What Xen prints for `keys` on its console (q: domains and vCPUs, r: run queues,
+        d: registers and stacks of every pCPU); empty if Xen no longer answers."""
+        answer = bytearray()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(DEBUG_KEY_QUIET)
+                sock.connect(str(self.run_dir / "serial.sock"))
+                sock.sendall(SWITCH_CONSOLE_INPUT)  # from dom0's console to Xen's key handler
+                for key in keys:
+                    time.sleep(0.5)
+                    sock.sendall(key.encode())
+                    # QEMU paces the UART by this connection: unread, Xen's dump stalls.
+                    answer += _read_until_quiet(sock, DEBUG_KEY_MAX_WAIT)
+                sock.sendall(SWITCH_CONSOLE_INPUT)  # back to dom0
+        except OSError as exc:
+            return f"(cannot reach the serial console: {exc})\n"
+        return answer.decode(errors="replace").replace("\r\n", "\n")
+
     def alive(self) -> bool:
         try:
             os.kill(self.pid, 0)
@@ -432,7 +458,11 @@ def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
         "-accel", accel, "-cpu", tcg_cpu() if accel == "tcg" else "host",
         "-m", str(MEMORY_MIB), "-smp", "2", "-no-reboot",
         "-display", "none", "-monitor", "none", "-nic", "none",
-        "-serial", f"file:{run_dir / 'serial.log'}",
+        # A socket (nobody attached, everything logged) so that a wedged run can ask Xen for
+        # its state with debug keys; see Testbed.xen_debug_keys.
+        "-chardev", f"socket,id=com1,path={run_dir / 'serial.sock'},server=on,wait=off,"
+                    f"logfile={run_dir / 'serial.log'}",
+        "-serial", "chardev:com1",
         "-kernel", str(image.xen), "-append", xen_args, "-initrd", modules,
         "-drive", f"file={image.rootfs},if=virtio,format=raw,snapshot=on",
         "-virtfs", f"local,path={CHECKOUT},mount_tag=src,security_model=none",
@@ -472,6 +502,28 @@ def _wait_ready(tb: Testbed, proc: subprocess.Popen) -> None:
         if time.monotonic() > deadline:
             raise TestbedError(f"dom0 not ready after {BOOT_TIMEOUT:.0f}s:\n" + _tail(tb.serial))
         time.sleep(0.2)
+
+
+def _read_until_quiet(sock: socket.socket, limit: float) -> bytes:
+    """What `sock` yields until it is silent for its timeout (at most `limit` seconds)."""
+    data = bytearray()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -534,6 +586,7 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
     rc_file = tb.spool / "done" / f"{job_id}.rc"
     handles: dict[Path, object] = {}
     deadline = time.monotonic() + timeout
+    last_beat, last_beat_at = _read(tb.spool / "beat"), time.monotonic()
     # A queued job may wait for others, but not forever (a wedged agent must not hang CI).
     queue_deadline = time.monotonic() + timeout + 3600
     try:
@@ -560,11 +613,23 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
             if now - last_touch > 1.0:
                 alive.touch()  # the agent kills jobs nobody waits for any more
                 last_touch = now
-            if (handles and now > deadline) or now > queue_deadline:
+            beat = _read(tb.spool / "beat")
+            if beat != last_beat:
+                last_beat, last_beat_at = beat, now
+            # No beat at all: an agent from before the heartbeat (a kept VM); not a sign.
+            silent = last_beat is not None and now - last_beat_at > DOM0_SILENT_AFTER
+            if (handles and now > deadline) or now > queue_deadline or silent:
                 (tb.spool / "cancel" / job_id).touch()
-                log(f"timeout: '{' '.join(argv)}' still running after {timeout:.0f}s; killed")
+                if silent:
+                    log(f"dom0 has given no sign of life for {now - last_beat_at:.0f}s "
+                        f"(frozen?); '{' '.join(argv)}' abandoned")
+                else:
+                    log(f"timeout: '{' '.join(argv)}' still running after {timeout:.0f}s; "
+                        "killed")
                 log("last lines of the Xen/dom0 serial console:")
                 sys.stderr.write(_tail(tb.serial))
+                log("Xen's view (debug keys q, r, d):")
+                sys.stderr.write(tb.xen_debug_keys() or "(no answer from Xen)\n")
                 return 124
             time.sleep(0.05)
     except KeyboardInterrupt:

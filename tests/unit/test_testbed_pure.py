@@ -71,3 +71,61 @@ def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
             (tmp / "partial").write_bytes(b"x")
             raise OSError(28, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_keys_reach_xen_and_return_its_answer(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+
+    monkeypatch.setattr(testbed, "DEBUG_KEY_QUIET", 0.3)
+    monkeypatch.setattr(testbed.time, "sleep", lambda s: None)
+    received = bytearray()
+
+    def fake_qemu(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(64):
+                received.extend(data)
+                if b"q" in data:
+                    conn.sendall(b"(XEN) 'q' pressed -> dumping domain info\r\n")
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "serial.sock"))
+        listener.listen(1)
+        t = threading.Thread(target=fake_qemu, args=(listener,))
+        t.start()
+        answer = testbed.Testbed(tmp_path, pid=0, owned=False).xen_debug_keys("qr")
+        t.join(5)
+    assert bytes(received) == b"\x01\x01\x01qr\x01\x01\x01"
+    assert answer == "(XEN) 'q' pressed -> dumping domain info\n"
+
+
+def test_debug_keys_without_a_console_say_so(tmp_path: Path) -> None:
+    answer = testbed.Testbed(tmp_path, pid=0, owned=False).xen_debug_keys()
+    assert answer.startswith("(cannot reach the serial console:")
+
+
+def test_a_silent_dom0_ends_the_job_with_xens_view(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    class FrozenTestbed:
+        spool = tmp_path / "spool"
+        serial = tmp_path / "serial.log"
+
+        def alive(self) -> bool:
+            return True
+
+        def xen_debug_keys(self) -> str:
+            return "(XEN) 'q' pressed -> dumping domain info\n"
+
+    FrozenTestbed.spool.mkdir()
+    FrozenTestbed.serial.write_text("[ 1.0] last dom0 line\n")
+    (FrozenTestbed.spool / "beat").write_text("7\n")  # and never again
+    monkeypatch.setattr(testbed, "DOM0_SILENT_AFTER", 0.3)
+    rc = testbed.run_job(FrozenTestbed(), ["sleep", "inf"], tmp_path, {}, timeout=600)  # type: ignore[arg-type]
+    assert rc == 124
+    err = capsys.readouterr().err
+    assert "dom0 has given no sign of life for" in err and "'sleep inf' abandoned" in err
+    assert "last dom0 line" in err and "dumping domain info" in err
+    assert list((FrozenTestbed.spool / "cancel").iterdir())  # the agent is told to kill it

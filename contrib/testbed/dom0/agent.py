@@ -9,6 +9,8 @@ every write is visible on the other side at once). Protocol, one job at a time, 
   host:  alive/<id>            touched every second while the host waits; a job whose host
                                went away (no touch for ORPHAN_AFTER s) is skipped or killed
   agent: done/<id>.rc          the exit status (written atomically, last)
+  agent: beat                  rewritten every BEAT s by a thread of its own, so the host can
+                               tell a frozen dom0 (or share) from a job that is merely slow
 
 Serialising jobs keeps tests that compare xentool against xl from seeing each other's domains.
 """
@@ -20,11 +22,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 POLL = 0.05
 ORPHAN_AFTER = 30.0
+BEAT = 2.0
 
 
 class Heartbeat:
@@ -52,6 +56,14 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.rename(tmp, path)
+
+
+def beat_forever(path: Path) -> None:
+    n = 0
+    while True:
+        n += 1
+        path.write_text(f"{n}\n")
+        time.sleep(BEAT)
 
 
 def run_job(spool: Path, job_file: Path) -> None:
@@ -96,6 +108,7 @@ def main() -> int:
     for sub in ("jobs", "out", "cancel", "done", "alive"):
         (spool / sub).mkdir(exist_ok=True)
     write_atomic(spool / "ready", json.dumps({"pid": os.getpid(), "time": time.time()}))
+    threading.Thread(target=beat_forever, args=(spool / "beat",), daemon=True).start()
     print("XENTOOL-TESTBED: agent ready", flush=True)
     while True:
         jobs = sorted(p for p in (spool / "jobs").iterdir() if p.suffix == ".json")
