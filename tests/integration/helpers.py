@@ -6,6 +6,7 @@ Every domain a test creates is destroyed afterwards, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,36 @@ def xl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Compl
 def xentool(*args: str, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run(sys.executable, "-m", "xentool", *args, check=check, timeout=timeout)
+
+
+@contextlib.contextmanager
+def private_cpupool(name: str, sched: str, tmp: Path, cpu: int = 1) -> Iterator[str]:
+    """A cpupool `name` under `sched` owning pCPU `cpu`, handed back to Pool-0 afterwards.
+    Domains put into it must be destroyed before the block ends."""
+    cfg = tmp / f"{name}.cfg"
+    cfg.write_text(f'name = "{name}"\nsched = "{sched}"\ncpus = ["{cpu}"]\n')
+    xl("cpupool-cpu-remove", "Pool-0", str(cpu))
+    try:
+        xl("cpupool-create", str(cfg))
+        try:
+            yield name
+        finally:
+            _wait_cpupool_empty(name)
+            xl("cpupool-destroy", name, check=False)
+    finally:
+        xl("cpupool-cpu-add", "Pool-0", str(cpu), check=False)
+
+
+def _wait_cpupool_empty(name: str, timeout: float = 60.0) -> None:
+    # A destroyed domain stays in its pool until Xen has freed it: destroying the pool
+    # before that fails, and would leave pCPU 1 out of Pool-0 for every later test.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = xl("cpupool-list", name, check=False).stdout.splitlines()[1:]
+        if not rows or rows[0].split()[-1] == "0":
+            return
+        time.sleep(0.2)
+    print(f"cpupool {name} still has domains after {timeout:.0f}s:\n{xl('list').stdout}")
 
 
 def domain_names() -> set[str]:

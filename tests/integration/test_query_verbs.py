@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, xentool, xl
+from .helpers import GuestKit, private_cpupool, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -258,18 +258,8 @@ def test_sched_credit2_both_directions(guests: Guests) -> None:
 @pytest.fixture
 def credit_pool(tmp_path: Path) -> Iterator[str]:
     """A cpupool under the credit scheduler (the default is credit2) on pcpu 1."""
-    pool = "xt-credit"
-    cfg = tmp_path / "pool.cfg"
-    cfg.write_text(f'name = "{pool}"\nsched = "credit"\ncpus = ["1"]\n')
-    xl("cpupool-cpu-remove", "Pool-0", "1")
-    try:
-        xl("cpupool-create", str(cfg))
-        try:
-            yield pool
-        finally:
-            xl("cpupool-destroy", pool, check=False)
-    finally:
-        xl("cpupool-cpu-add", "Pool-0", "1", check=False)
+    with private_cpupool("xt-credit", "credit", tmp_path) as pool:
+        yield pool
 
 
 def test_sched_credit_both_directions(credit_pool: str, guests: Guests) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, wait_for_console, xentool, xl
+from .helpers import GuestKit, private_cpupool, wait_for_console, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -31,18 +31,8 @@ CAP_WINDOW = 15.0
 @pytest.fixture(params=["credit", "credit2"])
 def one_cpu_pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     sched = request.param
-    pool = f"xt-fair-{sched}"
-    cfg = tmp_path / "pool.cfg"
-    cfg.write_text(f'name = "{pool}"\nsched = "{sched}"\ncpus = ["1"]\n')
-    xl("cpupool-cpu-remove", "Pool-0", "1")
-    try:
-        xl("cpupool-create", str(cfg))
-        try:
-            yield pool, sched
-        finally:
-            xl("cpupool-destroy", pool, check=False)
-    finally:
-        xl("cpupool-cpu-add", "Pool-0", "1", check=False)
+    with private_cpupool(f"xt-fair-{sched}", sched, tmp_path) as pool:
+        yield pool, sched
 
 
 class Controller:
