@@ -36,3 +36,14 @@ def test_plot_without_results_fails_clearly(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "plot.py"), "--results",
                         str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr == f"plot: no results in {tmp_path}\n"
+
+
+def test_create_breakdown_preimports_modules_that_exist() -> None:
+    # A renamed module would make the "pre-imported" figure silently include its import.
+    r = subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = ['bench']\n"
+                        "import create_breakdown as b, importlib\n"
+                        "for m in b.CREATE_MODULES: importlib.import_module(m)\n"
+                        "print(len(b.CREATE_MODULES))"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) >= 20
