@@ -18,7 +18,6 @@ ratios to xl; ``--out`` keeps the samples as JSON.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -29,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from create_scaling import XENTOOL, destroy, machine, ratio, run, write_cfg  # noqa: E402
+from create_scaling import (XENTOOL, destroy, machine, ratio, run,  # noqa: E402
+                            tiny_guest_parser, workdir, write_cfg)
 
 # Everything `xentool create` of a PV guest with no devices imports after argument parsing.
 CREATE_MODULES = (
@@ -70,19 +70,12 @@ def forked_create(cfg: Path) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    kit = os.environ.get("XENTOOL_GUEST_DIR", "")
-    ap.add_argument("--kernel", default=os.path.join(kit, "tiny-wait.elf") if kit else None)
-    ap.add_argument("--memory", type=int, default=16, help="MiB per guest (default 16)")
+    ap = tiny_guest_parser(__doc__, "bench/results/create_breakdown.json")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--out", default="bench/results/create_breakdown.json")
-    ap.add_argument("--workdir", default="/tmp/xentool-bench")
     a = ap.parse_args()
-    if not a.kernel or not os.path.exists(a.kernel):
-        print("bench: no tiny kernel: set XENTOOL_GUEST_DIR or --kernel", file=sys.stderr)
+    d = workdir(a)
+    if d is None:
         return 2
-    d = Path(a.workdir)
-    d.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
     print(f"pre-importing the create path: {preimport():.2f} s", flush=True)
     samples: dict[str, list[float]] = {"interpreter": [], "xentool": [], "preimported": [],

@@ -124,27 +124,41 @@ def scaling(tool: str, d: Path, kernel: str, memory: int, count: int, list_reps:
     return times, lists
 
 
+def tiny_guest_parser(doc: str | None, out: str) -> argparse.ArgumentParser:
+    """The options every tiny-guest bench shares: --kernel, --memory, --out, --workdir."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    kit = os.environ.get("XENTOOL_GUEST_DIR", "")
+    ap.add_argument("--kernel", default=os.path.join(kit, "tiny-wait.elf") if kit else None)
+    ap.add_argument("--memory", type=int, default=16, help="MiB per guest (default 16)")
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--workdir", default="/tmp/xentool-bench")
+    return ap
+
+
+def workdir(a: argparse.Namespace) -> Path | None:
+    """The configs' directory, made; None (after saying why) without a tiny kernel."""
+    if not a.kernel or not os.path.exists(a.kernel):
+        print("bench: no tiny kernel: set XENTOOL_GUEST_DIR or --kernel", file=sys.stderr)
+        return None
+    d = Path(a.workdir)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    kit = os.environ.get("XENTOOL_GUEST_DIR", "")
-    ap.add_argument("--kernel", default=os.path.join(kit, "tiny-wait.elf") if kit else None)
-    ap.add_argument("--memory", type=int, default=16, help="MiB per guest (default 16)")
+    ap = tiny_guest_parser(__doc__, "bench/results/create_scaling.json")
     ap.add_argument("--reps", type=int, default=20, help="create-latency repetitions")
     ap.add_argument("--count", type=int, default=100, help="guests in the scaling run")
     ap.add_argument("--list-reps", type=int, default=10)
     ap.add_argument("--tools", default="xl,xentool")
-    ap.add_argument("--out", default="bench/results/create_scaling.json")
-    ap.add_argument("--workdir", default="/tmp/xentool-bench")
     a = ap.parse_args()
-    if not a.kernel or not os.path.exists(a.kernel):
-        print("bench: no tiny kernel: set XENTOOL_GUEST_DIR or --kernel", file=sys.stderr)
+    d = workdir(a)
+    if d is None:
         return 2
-    d = Path(a.workdir)
-    d.mkdir(parents=True, exist_ok=True)
     m = machine()
     free = int(m.get("free_memory_mb") or 0)
     if free and a.count * a.memory > free * 0.9:
