@@ -58,7 +58,7 @@ def private_cpupool(name: str, sched: str, tmp: Path, cpu: int = 1) -> Iterator[
 
 def _wait_cpupool_empty(name: str, timeout: float = 60.0) -> None:
     # A destroyed domain stays in its pool until Xen has freed it: destroying the pool
-    # before that fails, and would leave pCPU 1 out of Pool-0 for every later test.
+    # before that fails, and would leave its pCPU out of Pool-0 for every later test.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = xl("cpupool-list", name, check=False).stdout.splitlines()[1:]
