@@ -64,8 +64,9 @@ def forked_create(cfg: Path) -> float:
         os._exit(cli.main(["create", str(cfg)]))
     _, status = os.waitpid(pid, 0)
     dt = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"pre-imported create of {cfg} exited {status}")
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        raise RuntimeError(f"pre-imported create of {cfg} exited {rc}")
     return dt
 
 
