@@ -6,7 +6,7 @@ the constants are ``...`` so their values are read from the headers at build tim
 Built by ``pip install`` through setup.py's ``cffi_modules``.
 """
 
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped]  # cffi ships no stubs (types-cffi)
 
 ffibuilder = FFI()
 

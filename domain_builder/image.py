@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import enum
+import itertools
 import lzma
 import mmap
 import os
@@ -20,6 +21,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domain_builder.errors import ImageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Literal, Protocol, TypedDict
+
+    class _Decompressor(Protocol):
+        """What bz2.BZ2Decompressor and lzma.LZMADecompressor have in common."""
+
+        def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+        @property
+        def eof(self) -> bool: ...
+        @property
+        def needs_input(self) -> bool: ...
+
+    # XenNotes fields that a Xen note of the same name (lower case) sets.
+    _StrField = Literal["xen_version", "guest_os", "guest_version", "loader", "pae_mode"]
+    _NumField = Literal["entry", "hypercall_page", "virt_base", "paddr_offset",
+                        "hv_start_low", "suspend_cancel", "init_p2m", "phys32_entry"]
+
+    class _NotesFields(TypedDict, total=False):
+        """Keyword arguments of XenNotes, gathered before it is made."""
+
+        entry: int | None
+        hypercall_page: int | None
+        virt_base: int | None
+        paddr_offset: int | None
+        xen_version: str
+        guest_os: str
+        guest_version: str
+        loader: str
+        pae_mode: str
+        features: tuple[str, ...]
+        features_supported: frozenset[str]
+        features_required: frozenset[str]
+        supported_features_mask: int
+        bsd_symtab: bool
+        hv_start_low: int | None
+        l1_mfn_valid: bool
+        suspend_cancel: int | None
+        init_p2m: int | None
+        mod_start_pfn: bool
+        phys32_entry: int | None
 
 PAGE_SIZE = 4096
 DEFAULT_MAX_SIZE = 256 << 20
@@ -61,12 +105,19 @@ class NoteType(enum.IntEnum):
     PHYS32_ENTRY = 18
 
 
-_STRING_NOTES = frozenset({
-    NoteType.XEN_VERSION, NoteType.GUEST_OS, NoteType.GUEST_VERSION, NoteType.LOADER,
-    NoteType.PAE_MODE, NoteType.FEATURES, NoteType.BSD_SYMTAB,
-})
-# L1_MFN_VALID is an array of masks; we only record that it is there.
-_NUMERIC_NOTES = frozenset(NoteType) - _STRING_NOTES - {NoteType.INFO, NoteType.L1_MFN_VALID}
+# Notes stored as they are, in the XenNotes field of the note's name in lower case.
+_STRING_FIELDS: dict[NoteType, _StrField] = {
+    NoteType.XEN_VERSION: "xen_version", NoteType.GUEST_OS: "guest_os",
+    NoteType.GUEST_VERSION: "guest_version", NoteType.LOADER: "loader",
+    NoteType.PAE_MODE: "pae_mode",
+}
+_NUMERIC_FIELDS: dict[NoteType, _NumField] = {
+    NoteType.ENTRY: "entry", NoteType.HYPERCALL_PAGE: "hypercall_page",
+    NoteType.VIRT_BASE: "virt_base", NoteType.PADDR_OFFSET: "paddr_offset",
+    NoteType.HV_START_LOW: "hv_start_low", NoteType.SUSPEND_CANCEL: "suspend_cancel",
+    NoteType.INIT_P2M: "init_p2m", NoteType.PHYS32_ENTRY: "phys32_entry",
+}
+_STRING_NOTES = frozenset({*_STRING_FIELDS, NoteType.FEATURES, NoteType.BSD_SYMTAB})
 
 # Index = XENFEAT_* bit number (xen/include/public/features.h), the names Xen's parser knows.
 FEATURE_BITS: dict[str, int] = {
@@ -93,7 +144,8 @@ class Compression(enum.Enum):
 
 @dataclass(frozen=True)
 class Segment:
-    """One PT_LOAD segment: file bytes [offset, offset+filesz) land at paddr, then zeros to memsz."""
+    """One PT_LOAD segment: file bytes [offset, offset+filesz) land at paddr, then zeros up
+    to memsz."""
 
     paddr: int
     vaddr: int
@@ -254,8 +306,9 @@ class _Capped:
                 f"(the limit; raise it with max_size if the image is genuine)")
 
 
-def _stream(kind: Compression, data: bytes, out: _Capped, dec) -> None:
-    """Drive a bz2/lzma decompressor (``decompress(data, max_length)``, ``eof``, ``needs_input``)."""
+def _stream(kind: Compression, data: bytes, out: _Capped, dec: _Decompressor) -> None:
+    """Drive a bz2/lzma decompressor (``decompress(data, max_length)``, ``eof``,
+    ``needs_input``)."""
     out.add(dec.decompress(data, min(_CHUNK, out.room() + 1)))
     while not dec.eof:
         if dec.needs_input:
@@ -407,6 +460,10 @@ def bzimage_payload(data: bytes) -> bytes:
 # ELF
 
 
+# An ELF file in memory: bytes, or (from the decompressed-kernel cache) a read-only mmap.
+ElfData = bytes | mmap.mmap
+
+
 @dataclass(frozen=True)
 class _Elf:
     cls: int
@@ -426,10 +483,11 @@ def _need(cond: bool, msg: str) -> None:
         raise ImageError(msg)
 
 
-def _parse_ehdr(data: bytes) -> _Elf:
+def _parse_ehdr(data: ElfData) -> _Elf:
     _need(len(data) >= 52, f"ELF file is truncated: {len(data)} bytes, shorter than a header")
     cls = {1: 32, 2: 64}.get(data[4])
     _need(cls is not None, f"ELF e_ident[EI_CLASS] = {data[4]} is neither ELF32 (1) nor ELF64 (2)")
+    assert cls is not None
     _need(data[5] == 1, f"ELF e_ident[EI_DATA] = {data[5]}: only little-endian x86 is supported")
     if cls == 64:
         _need(len(data) >= 64, f"ELF64 header is truncated: file has {len(data)} bytes")
@@ -457,7 +515,7 @@ def _parse_ehdr(data: bytes) -> _Elf:
     return _Elf(cls, machine, entry, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx)
 
 
-def _phdrs(data: bytes, e: _Elf) -> list[tuple[int, int, int, int, int, int]]:
+def _phdrs(data: ElfData, e: _Elf) -> list[tuple[int, int, int, int, int, int]]:
     """(type, offset, vaddr, paddr, filesz, memsz) of each program header."""
     out = []
     for i in range(e.phnum):
@@ -472,7 +530,7 @@ def _phdrs(data: bytes, e: _Elf) -> list[tuple[int, int, int, int, int, int]]:
     return out
 
 
-def _shdrs(data: bytes, e: _Elf) -> list[tuple[int, int, int, int]]:
+def _shdrs(data: ElfData, e: _Elf) -> list[tuple[int, int, int, int]]:
     """(name, type, offset, size) of each section header."""
     out = []
     for i in range(e.shnum):
@@ -485,14 +543,16 @@ def _shdrs(data: bytes, e: _Elf) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _in_file(data: bytes, off: int, size: int, what: str) -> None:
+def _in_file(data: ElfData, off: int, size: int, what: str) -> None:
     _need(off <= len(data) and size <= len(data) - off,
           f"{what} at offset {off:#x} with size {size} runs past the end of the "
           f"{len(data)}-byte file")
 
 
-def _iter_notes(data: bytes, off: int, size: int, what: str):
-    """Yield (name, type, desc) of each note in [off, off+size), checking every bound."""
+def _iter_notes(data: ElfData, off: int, size: int, what: str
+                ) -> Iterator[tuple[bytes, int, bytes, int]]:
+    """Yield (name, type, desc, offset) of each note in [off, off+size), checking every
+    bound."""
     end = off + size
     pos = off
     count = 0
@@ -549,7 +609,7 @@ def parse_features(text: str, where: str) -> tuple[tuple[str, ...], frozenset[st
 
 
 def _notes_from_elfnotes(found: list[tuple[int, bytes, int]]) -> XenNotes:
-    kw: dict[str, object] = {}
+    kw: _NotesFields = {}
     for ntype_raw, desc, pos in found:
         try:
             ntype = NoteType(ntype_raw)
@@ -565,7 +625,7 @@ def _notes_from_elfnotes(found: list[tuple[int, bytes, int]]) -> XenNotes:
             elif ntype is NoteType.BSD_SYMTAB:
                 kw["bsd_symtab"] = s == "yes"
             else:
-                kw[ntype.name.lower()] = s
+                kw[_STRING_FIELDS[ntype]] = s
         elif ntype is NoteType.SUPPORTED_FEATURES:
             _need(len(desc) >= 4, f"Xen note SUPPORTED_FEATURES at offset {pos:#x} is "
                                   f"{len(desc)} bytes, shorter than a 32-bit mask")
@@ -574,15 +634,15 @@ def _notes_from_elfnotes(found: list[tuple[int, bytes, int]]) -> XenNotes:
             kw["l1_mfn_valid"] = True
         elif ntype is NoteType.MOD_START_PFN:
             kw["mod_start_pfn"] = _note_num(desc, ntype, pos) != 0
-        elif ntype in _NUMERIC_NOTES:
-            kw[ntype.name.lower()] = _note_num(desc, ntype, pos)
-    return XenNotes(source="notes", **kw)  # type: ignore[arg-type]
+        elif ntype in _NUMERIC_FIELDS:
+            kw[_NUMERIC_FIELDS[ntype]] = _note_num(desc, ntype, pos)
+    return XenNotes(source="notes", **kw)
 
 
 def _notes_from_guest_info(text: str) -> XenNotes:
     """The pre-ELF-note ``__xen_guest`` section: ``KEY=VALUE,KEY=VALUE,...``."""
-    kw: dict[str, object] = {}
-    hypercall_pfn = None
+    kw: _NotesFields = {}
+    hypercall_pfn: int | None = None
     for item in text.split(","):
         if not item:
             continue
@@ -617,12 +677,14 @@ def _notes_from_guest_info(text: str) -> XenNotes:
         elif key == "FEATURES":
             items, sup, req = parse_features(value, "__xen_guest FEATURES")
             kw["features"], kw["features_supported"], kw["features_required"] = items, sup, req
-    if hypercall_pfn is not None and kw.get("virt_base") is not None:
-        kw["hypercall_page"] = (hypercall_pfn << 12) + int(kw["virt_base"])  # type: ignore
-    return XenNotes(source="__xen_guest", **kw)  # type: ignore[arg-type]
+    virt_base = kw.get("virt_base")
+    if hypercall_pfn is not None and virt_base is not None:
+        kw["hypercall_page"] = (hypercall_pfn << 12) + virt_base
+    return XenNotes(source="__xen_guest", **kw)
 
 
-def _find_notes(data: bytes, e: _Elf, phdrs) -> XenNotes | None:
+def _find_notes(data: ElfData, e: _Elf,
+                phdrs: list[tuple[int, int, int, int, int, int]]) -> XenNotes | None:
     found: list[tuple[int, bytes, int]] = []
     for ptype, off, _, _, filesz, _ in phdrs:
         if ptype == PT_NOTE:
@@ -637,14 +699,14 @@ def _find_notes(data: bytes, e: _Elf, phdrs) -> XenNotes | None:
     _, _, stroff, strsize = shdrs[e.shstrndx]
     _in_file(data, stroff, strsize, "ELF section name table")
     strtab = data[stroff:stroff + strsize]
-    for name_off, stype, off, size in shdrs:
+    for _name_off, stype, off, size in shdrs:
         if stype == SHT_NOTE:
             _in_file(data, off, size, "SHT_NOTE section")
             found += [(t, d, p) for n, t, d, p in _iter_notes(data, off, size, "SHT_NOTE")
                       if n == b"Xen"]
     if found:
         return _notes_from_elfnotes(found)
-    for name_off, stype, off, size in shdrs:
+    for name_off, _stype, off, size in shdrs:
         if name_off < len(strtab) and strtab[name_off:].split(b"\0", 1)[0] == b"__xen_guest":
             _in_file(data, off, size, "__xen_guest section")
             raw = data[off:off + size].split(b"\0", 1)[0]
@@ -656,7 +718,7 @@ def _find_notes(data: bytes, e: _Elf, phdrs) -> XenNotes | None:
     return None
 
 
-def parse_elf(data: bytes, *, container: str = "elf",
+def parse_elf(data: ElfData, *, container: str = "elf",
               compression: Compression = Compression.NONE) -> KernelImage:
     """Parse a Xen PV kernel ELF and resolve its load addresses the way Xen's libelf does."""
     _need(data[:4] == b"\x7fELF", f"not an ELF file (magic {bytes(data[:4])!r})")
@@ -678,7 +740,7 @@ def parse_elf(data: bytes, *, container: str = "elf",
         segs.append(Segment(paddr, vaddr, off, filesz, memsz))
     _need(bool(segs), "ELF has no PT_LOAD segment with memory")
     segs.sort(key=lambda s: s.paddr)
-    for a, b in zip(segs, segs[1:]):
+    for a, b in itertools.pairwise(segs):
         _need(a.paddr + a.memsz <= b.paddr,
               f"PT_LOAD segments overlap: [{a.paddr:#x}, {a.paddr + a.memsz:#x}) and "
               f"[{b.paddr:#x}, {b.paddr + b.memsz:#x})")

@@ -285,7 +285,8 @@ def _compute(image: KernelImage, nr_pages: int, max_pages: int, vcpus: int, max_
     pagetables = region("pagetables", pt_pfn, sum(counts))
     bootstack = region("bootstack", pagetables.pfn_end, 1)
     map_end = _round_up(bootstack.vend + BOOT_PADDING, MAP_ALIGN)
-    if _table_counts([(vbase, map_end), *extra]) != counts:  # padding rounding never crosses; be sure
+    # Padding rounding never crosses; be sure.
+    if _table_counts([(vbase, map_end), *extra]) != counts:
         raise LayoutError("internal: page-table count changed after placing the stack")
     map_pages = (map_end - vbase) >> PAGE_SHIFT
 
@@ -363,7 +364,7 @@ def write_kernel(dest: memoryview, image: KernelImage, plan: BuildPlan, *,
         dest[pos:size] = bytes(size - pos)
 
 
-def _u64le(values: Sequence[int] | array) -> bytes:
+def _u64le(values: Sequence[int] | array[int]) -> bytes:
     a = values if isinstance(values, array) else array("Q", values)
     if sys.byteorder != "little":
         a = array("Q", a)

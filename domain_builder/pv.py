@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from domain_builder.errors import XenError
 from domain_builder.image import KernelImage
@@ -28,6 +29,9 @@ from domain_builder.layout import (
     write_kernel,
 )
 from domain_builder.layout import start_info as start_info_page
+
+if TYPE_CHECKING:
+    from domain_builder.xenctrl import VcpuContext
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,13 @@ LEGACY_MAX_VCPUS = 32
 VCPU_INFO_SIZE = 64
 
 
+class _Domain(Protocol):
+    """The part of ``domain_builder.xenctrl.DomainInfo`` the builder uses."""
+
+    @property
+    def shared_info_frame(self) -> int: ...
+
+
 class _Xc(Protocol):
     """The part of ``domain_builder.xenctrl.XenCtrl`` the builder uses (fakes in tests)."""
 
@@ -57,13 +68,15 @@ class _Xc(Protocol):
     def populate_physmap(self, domid: int, pfns: Sequence[int], order: int = 0,
                          mem_flags: int = 0) -> list[int]: ...
     def tot_pages(self, domid: int) -> int: ...
-    def map_foreign(self, domid: int, pfns: Sequence[int], writable: bool = True): ...
+    def map_foreign(self, domid: int, pfns: Sequence[int], writable: bool = True
+                    ) -> AbstractContextManager[memoryview]: ...
     def evtchn_alloc_unbound(self, domid: int, remote_domid: int) -> int: ...
     def hypercall_init(self, domid: int, gmfn: int) -> None: ...
-    def domain_info(self, domid: int): ...
-    def seed_grant_table(self, domid: int, console, xenstore) -> None: ...
+    def domain_info(self, domid: int) -> _Domain | None: ...
+    def seed_grant_table(self, domid: int, console: tuple[int, int] | None,
+                         xenstore: tuple[int, int] | None) -> None: ...
     def pin_l4_table(self, domid: int, mfn: int) -> None: ...
-    def set_vcpu_context(self, domid: int, vcpu: int, ctx) -> None: ...
+    def set_vcpu_context(self, domid: int, vcpu: int, ctx: VcpuContext) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,7 @@ def _write_pages(view: memoryview, offset: int, data: bytes | bytearray | memory
         view[offset + n:end] = bytes(end - offset - n)
 
 
-def vcpu0_context(plan: BuildPlan, l4_mfn: int):
+def vcpu0_context(plan: BuildPlan, l4_mfn: int) -> VcpuContext:
     """Boot registers of vCPU 0 (PV ABI): rip=entry, rsp=stack top, rsi=&start_info."""
     from domain_builder.xenctrl import (
         VGCF_IN_KERNEL,
@@ -168,7 +181,7 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
 
         k = at(plan.kernel.pfn)
         write_kernel(view[k:k + plan.kernel.pages * PAGE_SIZE], image, plan)
-        if plan.ramdisk is not None and plan.ramdisk.mapped:
+        if ramdisk is not None and plan.ramdisk is not None and plan.ramdisk.mapped:
             _write_pages(view, at(plan.ramdisk.pfn), ramdisk, plan.ramdisk.pages)
         if plan.p2m.mapped:
             _write_pages(view, at(plan.p2m.pfn), p2m_bytes(plan, p2m), plan.p2m.pages)
@@ -181,7 +194,7 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
                      plan.pagetables.pages)
         _write_pages(view, at(plan.bootstack.pfn), b"", 1)
     # Pages outside the boot mapping: an unmapped ramdisk, an INIT_P2M p2m list.
-    if plan.ramdisk is not None and not plan.ramdisk.mapped:
+    if ramdisk is not None and plan.ramdisk is not None and not plan.ramdisk.mapped:
         rd = plan.ramdisk
         with xc.map_foreign(domid, p2m[rd.pfn:rd.pfn_end]) as view:
             _write_pages(view, 0, ramdisk, rd.pages)

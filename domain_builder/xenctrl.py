@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 try:  # the compiled extension exists only where libxen-dev was available at build time
-    from domain_builder._xenctrl import ffi as _ffi, lib as _lib
+    from domain_builder._xenctrl import ffi as _ffi
+    from domain_builder._xenctrl import lib as _lib
 except ImportError as _exc:  # pragma: no cover - exercised only on broken installs
     _ffi = _lib = None
     _IMPORT_ERROR: ImportError | None = _exc
@@ -130,26 +131,38 @@ class Scheduler(enum.IntEnum):
 
 _DEFERRED: dict[str, tuple[type, dict[str, bool]]] = {}  # name: (class, dataclass options)
 _MAKING = _thread.RLock()
-_module = sys.modules[__name__]
+if TYPE_CHECKING:  # this very module, so that ``_module.DomainInfo`` has its real type
+    import domain_builder.xenctrl as _module
+else:
+    _module = sys.modules[__name__]
+
+
+class _FieldArgs:
+    """The arguments of a ``dataclasses.field()``, kept until the class is made."""
+
+    def __init__(self, **kwargs: Any) -> None:  # whatever dataclasses.field() accepts
+        self.kwargs = kwargs
+
+
+def _defer(**options: bool) -> Callable[[type], type]:
+    """``@dataclass(**options)`` at run time: record the class, make it on first use."""
+    def defer(cls: type) -> type:
+        _DEFERRED[cls.__name__] = (cls, options)
+        return cls
+
+    return defer
+
 
 if TYPE_CHECKING:  # for type checkers these are plain dataclasses
     from dataclasses import dataclass as _dataclass
     from dataclasses import field as _field
 else:
-    def _dataclass(**options: bool) -> Callable[[type], type]:
-        def defer(cls: type) -> type:
-            _DEFERRED[cls.__name__] = (cls, options)
-            return cls
-
-        return defer
-
-    class _field:  # the arguments of a dataclasses.field(), until the class is made
-        def __init__(self, **kwargs: Any) -> None:
-            self.kwargs = kwargs
+    _dataclass = _defer
+    _field = _FieldArgs
 
 
-def __getattr__(name: str) -> type:
-    """Make the deferred class ``name`` a dataclass and bind it (PEP 562)."""
+def _make(name: str) -> type:
+    """Make the deferred class ``name`` a dataclass and bind it (the module's __getattr__)."""
     if name not in _DEFERRED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     with _MAKING:
@@ -158,22 +171,27 @@ def __getattr__(name: str) -> type:
 
             cls, options = _DEFERRED[name]
             for attr, value in list(vars(cls).items()):
-                if isinstance(value, _field):
+                if isinstance(value, _FieldArgs):
                     # A default made by another deferred class (VcpuContext.user_regs)
                     # needs that class made first.
                     factory = value.kwargs.get("default_factory")
                     if isinstance(factory, type) and factory.__name__ in _DEFERRED:
-                        __getattr__(factory.__name__)
+                        _make(factory.__name__)
                     setattr(cls, attr, field(**value.kwargs))
             globals()[name] = dataclass(**options)(cls)
-    return globals()[name]
+    made: type = globals()[name]
+    return made
+
+
+if not TYPE_CHECKING:  # PEP 562; hidden from type checkers, which see every class declared
+    __getattr__ = _make
 
 
 def preload() -> None:
     """Make every deferred class now: a long-running daemon should not pay for a class's
     first use on an event path it is timed on."""
     for name in list(_DEFERRED):
-        __getattr__(name)
+        _make(name)
 
 
 def __dir__() -> list[str]:
@@ -252,15 +270,41 @@ class DomainInfo:
     cpupool: int
     gpaddr_bits: int = 0
 
-    dying = property(lambda self: bool(self.flags & (1 << 0)))
-    hvm = property(lambda self: bool(self.flags & (1 << 1)))
-    shutdown = property(lambda self: bool(self.flags & (1 << 2)))
-    paused = property(lambda self: bool(self.flags & (1 << 3)))
-    blocked = property(lambda self: bool(self.flags & (1 << 4)))
-    running = property(lambda self: bool(self.flags & (1 << 5)))
-    debugged = property(lambda self: bool(self.flags & (1 << 6)))
-    xs_domain = property(lambda self: bool(self.flags & (1 << 7)))
-    hap = property(lambda self: bool(self.flags & (1 << 8)))
+    @property
+    def dying(self) -> bool:
+        return bool(self.flags & (1 << 0))
+
+    @property
+    def hvm(self) -> bool:
+        return bool(self.flags & (1 << 1))
+
+    @property
+    def shutdown(self) -> bool:
+        return bool(self.flags & (1 << 2))
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.flags & (1 << 3))
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.flags & (1 << 4))
+
+    @property
+    def running(self) -> bool:
+        return bool(self.flags & (1 << 5))
+
+    @property
+    def debugged(self) -> bool:
+        return bool(self.flags & (1 << 6))
+
+    @property
+    def xs_domain(self) -> bool:
+        return bool(self.flags & (1 << 7))
+
+    @property
+    def hap(self) -> bool:
+        return bool(self.flags & (1 << 8))
 
     @property
     def shutdown_reason(self) -> int | None:
@@ -436,7 +480,8 @@ def xen_pfn_to_cr3(pfn: int) -> int:
 
 
 def _cstr(buf: Any) -> str:
-    return _ffi.string(buf).decode("utf-8", "replace")
+    text: str = _ffi.string(buf).decode("utf-8", "replace")
+    return text
 
 
 # --------------------------------------------------------------------------------------
@@ -447,7 +492,7 @@ def _cstr(buf: Any) -> str:
 class ForeignMapping:
     """Guest pages mapped into dom0; ``view`` is a writable memoryview over all of them."""
 
-    def __init__(self, release: Any, addr: Any, nbytes: int) -> None:
+    def __init__(self, release: Callable[[], None], addr: Any, nbytes: int) -> None:
         self._release = release
         self._addr = addr
         self.view: memoryview | None = memoryview(_ffi.buffer(addr, nbytes))
@@ -469,9 +514,11 @@ class ForeignMapping:
             self._release()
 
     def __del__(self) -> None:  # last resort: never leak a mapping of guest memory
-        try:
+        # Not contextlib.suppress: it would cost an import, and at interpreter exit this
+        # module's globals (a contextlib among them) may already be gone.
+        try:  # noqa: SIM105
             self.close()
-        except Exception:  # noqa: BLE001 - nothing sensible to do at finalisation
+        except Exception:  # nothing sensible to do at finalisation
             pass
 
 
@@ -600,7 +647,7 @@ class XenCtrl:
             hw_cap=tuple(p.hw_cap), sharing_freed_pages=freed, sharing_used_frames=used,
         )
 
-    def _sharing(self, op: str, fn: Any) -> int:
+    def _sharing(self, op: str, fn: Callable[[Any], int]) -> int:
         n = fn(self._h)
         if n < 0:
             if _ffi.errno == 38:  # ENOSYS: no memory sharing (the normal case) reads as 0
@@ -611,7 +658,8 @@ class XenCtrl:
     def sched_id(self) -> int:
         out = _ffi.new("int *")
         self._check("xc_sched_id", _lib.xc_sched_id(self._h, out))
-        return out[0]
+        sched: int = out[0]
+        return sched
 
     def max_cpus(self) -> int:
         return self._check("xc_get_max_cpus", _lib.xc_get_max_cpus(self._h))
@@ -758,7 +806,8 @@ class XenCtrl:
         c.arch.misc_flags = cfg.misc_flags
         pdomid = _ffi.new("uint32_t *", domid)
         self._check("xc_domain_create", _lib.xc_domain_create(self._h, pdomid, c))
-        return pdomid[0]
+        new_domid: int = pdomid[0]
+        return new_domid
 
     def set_handle(self, domid: int, handle: bytes) -> None:
         if len(handle) != 16:
@@ -883,7 +932,8 @@ class XenCtrl:
     def hvm_param(self, domid: int, param: int) -> int:
         out = _ffi.new("uint64_t *")
         self._check("xc_hvm_param_get", _lib.xc_hvm_param_get(self._h, domid, param, out))
-        return out[0]
+        value: int = out[0]
+        return value
 
     def set_hvm_param(self, domid: int, param: int, value: int) -> None:
         self._check("xc_hvm_param_set", _lib.xc_hvm_param_set(self._h, domid, param, value))
@@ -1008,69 +1058,6 @@ class XenCtrl:
         self._check("xc_sched_credit2_params_set",
                     _lib.xc_sched_credit2_params_set(self._h, poolid, s), f"pool {poolid}")
         return _module.Credit2Params(s.ratelimit_us)
-
-
-class XenStoreReader:
-    """Read-only XenStore access through libxenstore, for the hot query verbs.
-
-    ``xentool list`` reads one name per domain; libxenstore answers those without the
-    import and router-thread start-up of the full client, which is most of what the verb
-    costs next to ``xl list``.  Everything else (writes, transactions, watches) belongs to
-    ``xenstore.client.Store``.  Same reading contract as ``Store.get``/``Store.ls``.
-    """
-
-    def __init__(self) -> None:
-        self._h: Any = None
-
-    def __enter__(self) -> XenStoreReader:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def open(self) -> None:
-        if self._h is None:
-            if _lib is None:
-                raise XenError("xs_open", 38, f"libxenstore binding is not built "
-                                              f"({_IMPORT_ERROR})")
-            h = _lib.xs_open(0)
-            if h == _ffi.NULL:
-                raise XenError("xs_open", _ffi.errno or 111, "cannot reach xenstored")
-            self._h = h
-
-    def close(self) -> None:
-        h, self._h = self._h, None
-        if h is not None:
-            _lib.xs_close(h)
-
-    def get(self, path: str, default: str | None = None) -> str | None:
-        """The value at ``path``, or ``default`` if there is no such node."""
-        if self._h is None:
-            raise XenError("xs_read", 9, "reader is not open")
-        n = _ffi.new("unsigned int *")
-        raw = _lib.xs_read(self._h, 0, path.encode(), n)
-        if raw == _ffi.NULL:
-            err = _ffi.errno
-            if err in (2, 0):  # ENOENT
-                return default
-            raise XenError("xs_read", err, path)
-        try:
-            return bytes(_ffi.buffer(raw, n[0])).decode("utf-8", "replace")
-        finally:
-            _lib.free(raw)
-
-    def ls(self, path: str) -> list[str]:
-        if self._h is None:
-            raise XenError("xs_directory", 9, "reader is not open")
-        n = _ffi.new("unsigned int *")
-        arr = _lib.xs_directory(self._h, 0, path.encode(), n)
-        if arr == _ffi.NULL:
-            raise XenError("xs_directory", _ffi.errno or 2, path)
-        try:  # one allocation holds the array and the strings
-            return [_ffi.string(arr[i]).decode("utf-8", "replace") for i in range(n[0])]
-        finally:
-            _lib.free(arr)
 
 
 def _dominfo(d: Any) -> DomainInfo:

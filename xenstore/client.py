@@ -1,8 +1,9 @@
 """A typed XenStore client over pyxs.
 
-pyxs supplies the wire protocol (packets, unix-socket and xenbus transports, path checks)
-and the router thread that multiplexes replies and watch events over one connection.
-This layer adds what a toolstack needs on top:
+pyxs supplies the unix-socket and xenbus transports, the path checks and the router thread
+that multiplexes replies and watch events over one connection. This layer builds the
+requests itself (the message header and opcodes are the protocol's, see below) and adds
+what a toolstack needs on top:
 
 * every failure is a ``XenStoreError(errno, path)``; a dead xenstored never hangs a caller
   (requests time out and notice a dead router thread);
@@ -22,6 +23,7 @@ Protocol reference: Xen ``docs/misc/xenstore.txt`` and ``xen/include/public/io/x
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import itertools
@@ -31,19 +33,54 @@ import queue
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from pyxs._internal import NUL, Op, Packet, next_rq_id
 from pyxs.client import Router
 from pyxs.connection import UnixSocketConnection, XenBusConnection
-from pyxs.exceptions import InvalidPath, InvalidPayload, InvalidPermission, PyXSError
+from pyxs.exceptions import InvalidPath, InvalidPermission, PyXSError
 from pyxs.helpers import check_path, check_watch_path
 
 from xenstore.errors import XenStoreError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Iterator, Sequence
+    from types import TracebackType
+    from typing import Protocol, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+    # The parts of pyxs (which has no type hints) this module uses.
+
+    class _Reply(Protocol):
+        """A reply packet as the pyxs router hands it over."""
+
+        op: int
+        payload: bytes
+
+    class _RVar(Protocol):
+        """pyxs.client.RVar: where the router puts the reply to one request."""
+
+        condition: threading.Condition
+        target: _Reply | None
+
+    class _Router(Protocol):
+        """pyxs.client.Router: owns the connection and its reader thread."""
+
+        connection: object
+        thread: threading.Thread
+
+        def start(self) -> None: ...
+
+        def terminate(self) -> None: ...
+
+        def send(self, packet: _Request) -> _RVar: ...
+
+        def subscribe(self, token: bytes, monitor: Watch) -> None: ...
+
+        def unsubscribe(self, token: bytes, monitor: Watch) -> None: ...
+
+log = logging.getLogger(__name__)
 
 #: Where xenstored listens, in the order libxenstore tries them.
 SOCKET_PATHS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
@@ -56,6 +93,57 @@ PAYLOAD_MAX = 4096
 REQUEST_TIMEOUT = 30.0
 
 SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
+
+NUL = b"\0"
+
+
+class Op:
+    """Message types (xs_wire.h ``enum xsd_sockmsg_type``, docs/misc/xenstore.txt).
+
+    pyxs keeps its table in a private module; these numbers are part of the stable wire
+    protocol, so the ones this client sends or expects back are named here.
+    """
+
+    DIRECTORY = 1
+    READ = 2
+    GET_PERMS = 3
+    WATCH = 4
+    UNWATCH = 5
+    TRANSACTION_START = 6
+    TRANSACTION_END = 7
+    INTRODUCE = 8
+    RELEASE = 9
+    GET_DOMAIN_PATH = 10
+    WRITE = 11
+    MKDIR = 12
+    RM = 13
+    SET_PERMS = 14
+    ERROR = 16
+    IS_DOMAIN_INTRODUCED = 17
+    RESUME = 18
+
+
+class _Request:
+    """One request: the fields of the ``xsd_sockmsg`` header (xs_wire.h) and the payload.
+
+    pyxs builds its packets in a private module; its router and connections only read these
+    attributes (``Router.send`` files the reply under ``rq_id``, the connection packs the
+    header), so a request is built here instead.
+    """
+
+    __slots__ = ("op", "payload", "rq_id", "size", "tx_id")
+
+    def __init__(self, op: int, payload: bytes, rq_id: int, tx_id: int) -> None:
+        self.op = op
+        self.rq_id = rq_id
+        self.tx_id = tx_id
+        self.size = len(payload)
+        self.payload = payload
+
+
+#: Request ids, shared by every Store like pyxs's own counter (a router files replies by
+#: id). ``next()`` on a count is atomic; the id is masked to the header's 32 bits.
+_rq_ids = itertools.count()
 
 
 class Access(enum.Enum):
@@ -78,7 +166,7 @@ class Perm:
         return f"{self.access.value}{self.domid}"
 
     @classmethod
-    def parse(cls, text: str) -> "Perm":
+    def parse(cls, text: str) -> Perm:
         if len(text) < 2 or not text[1:].isdigit() or not text[1:].isascii():
             raise ValueError(f"bad xenstore permission {text!r}")
         try:
@@ -108,14 +196,14 @@ class Perms:
         return ",".join(self.to_wire())
 
     @classmethod
-    def from_wire(cls, entries: Sequence[str]) -> "Perms":
+    def from_wire(cls, entries: Sequence[str]) -> Perms:
         if not entries:
             raise ValueError("empty xenstore permission list")
         first, *rest = (Perm.parse(e) for e in entries)
         return cls(first.domid, first.access, tuple(rest))
 
     @classmethod
-    def private(cls, owner: int, *readers: int) -> "Perms":
+    def private(cls, owner: int, *readers: int) -> Perms:
         """Owned by ``owner``, readable by ``readers``, hidden from everybody else."""
         return cls(owner, Access.NONE, tuple(Perm(d, Access.READ) for d in readers))
 
@@ -131,14 +219,6 @@ def _errno_of(name: bytes) -> int:
     return code if isinstance(code, int) else errno.EIO
 
 
-def _payload(*parts: str | bytes) -> bytes:
-    out = []
-    for part in parts:
-        b = part.encode() if isinstance(part, str) else bytes(part)
-        out.append(b)
-    return b"".join(out)
-
-
 def _checked_path(path: str, watch: bool = False) -> bytes:
     raw = path.encode("utf-8", "replace")
     try:
@@ -151,7 +231,7 @@ def _checked_path(path: str, watch: bool = False) -> bytes:
 class _Ops:
     """Requests that work both outside and inside a transaction (tx id 0 vs n)."""
 
-    _store: "Store"
+    _store: Store
     _tx_id: int = 0
 
     def _request(self, op: int, payload: bytes, path: str, tolerated: int = 0) -> bytes:
@@ -255,7 +335,7 @@ class _Ops:
 class Store(_Ops):
     """A connection to xenstored. Thread-safe: requests are multiplexed by the pyxs router."""
 
-    def __init__(self, router: Router, where: str, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, router: _Router, where: str, timeout: float = REQUEST_TIMEOUT) -> None:
         self._store = self
         self._router = router
         self.where = where
@@ -265,7 +345,7 @@ class Store(_Ops):
     # -- connection -----------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, path: str | None = None, timeout: float = REQUEST_TIMEOUT) -> "Store":
+    def connect(cls, path: str | None = None, timeout: float = REQUEST_TIMEOUT) -> Store:
         """Connect to ``path`` (a unix socket or the xenbus device) or the usual places.
 
         ``$XENSTORED_PATH`` overrides the default like it does for libxenstore.
@@ -274,7 +354,7 @@ class Store(_Ops):
             *filter(None, [os.environ.get("XENSTORED_PATH")]), *SOCKET_PATHS, XENBUS_PATH]
         last: Exception | None = None
         for where in candidates:
-            conn = (XenBusConnection(where) if where.startswith("/dev/") or where.startswith("/proc/")
+            conn = (XenBusConnection(where) if where.startswith(("/dev/", "/proc/"))
                     else UnixSocketConnection(where))
             router = Router(conn)
             try:
@@ -290,7 +370,7 @@ class Store(_Ops):
     def close(self) -> None:
         self._router.terminate()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -302,11 +382,9 @@ class Store(_Ops):
     # -- the one place requests go through --------------------------------------------------
 
     def _call(self, op: int, payload: bytes, tx_id: int, path: str) -> bytes:
-        try:
-            packet = Packet(op, payload, rq_id=next_rq_id(), tx_id=tx_id)
-        except InvalidPayload:
-            raise XenStoreError(errno.E2BIG, path,
-                                f"request larger than {PAYLOAD_MAX} bytes") from None
+        if len(payload) > PAYLOAD_MAX:
+            raise XenStoreError(errno.E2BIG, path, f"request larger than {PAYLOAD_MAX} bytes")
+        packet = _Request(op, payload, next(_rq_ids) & 0xFFFFFFFF, tx_id)
         try:
             rvar = self._router.send(packet)
         except PyXSError as e:
@@ -328,11 +406,11 @@ class Store(_Ops):
 
     # -- transactions ---------------------------------------------------------------------
 
-    def transaction(self, attempts: int = 16) -> "Transaction":
+    def transaction(self, attempts: int = 16) -> Transaction:
         """``with store.transaction() as t:`` — see the module docstring for EAGAIN handling."""
         return Transaction(self, attempts)
 
-    def transact(self, fn: Callable[["Transaction"], T], attempts: int = 16) -> T:
+    def transact(self, fn: Callable[[Transaction], T], attempts: int = 16) -> T:
         """Run ``fn(t)`` in a transaction, re-running it from scratch on conflict."""
         for attempt in itertools.count(1):
             t = Transaction(self, attempts=1)
@@ -349,7 +427,7 @@ class Store(_Ops):
     # -- watches --------------------------------------------------------------------------
 
     def watch(self, path: str, token: str | None = None,
-              timeout: float | None = None) -> "Watch":
+              timeout: float | None = None) -> Watch:
         """Watch ``path`` (and everything below) or a special ``@introduceDomain`` /
         ``@releaseDomain``. xenstored fires once at registration, then on every change."""
         if isinstance(self._router.connection, XenBusConnection):
@@ -408,12 +486,13 @@ class Transaction(_Ops):
         self._tx_id = 0
         self._log: list[_Record] = []
 
-    def __enter__(self) -> "Transaction":
+    def __enter__(self) -> Transaction:
         self._log = []
         self._tx_id = self._start()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is not None:
             self._abort()
             return
@@ -488,7 +567,7 @@ class Watch:
         self._store = store
         self.path = path
         self.token = token
-        self.events: "queue.Queue[Any]" = queue.Queue()
+        self.events: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._raw = _checked_path(path, watch=True)
         self._btoken = token.encode()
@@ -534,22 +613,29 @@ class Watch:
         if not self._active:
             return
         self._active = False
-        try:
+        with contextlib.suppress(ValueError):  # not subscribed (any more)
             self._store._router.unsubscribe(self._btoken, self)
-        except ValueError:
-            pass
         if self._store._router.thread.is_alive():
             try:
                 self._store._ack(Op.UNWATCH, self._raw + NUL + self._btoken + NUL, self.path)
             except XenStoreError as e:
                 log.debug("unwatch %s: %s", self.path, e)
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-__all__ = ["Access", "Perm", "Perms", "Store", "Transaction", "Watch", "WatchEvent",
-           "XenStoreError", "InvalidPermission"]
+__all__ = [
+    "Access",
+    "InvalidPermission",
+    "Perm",
+    "Perms",
+    "Store",
+    "Transaction",
+    "Watch",
+    "WatchEvent",
+    "XenStoreError",
+]

@@ -47,7 +47,6 @@ step reached, so a test can count the steps of an operation and then walk all of
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
@@ -59,8 +58,11 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from xentool.errors import XentoolError
+from xentool.procs import proc_start_time, process_alive
+from xentool.state import journal_dir
+from xentool.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -68,7 +70,7 @@ FAULT_ENV = "XENTOOL_FAULT_INJECT"
 TRACE_ENV = "XENTOOL_FAULT_TRACE"
 
 #: Signals that abort a journaled operation (and trigger its rollback).
-ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class InjectedFault(XentoolError):
@@ -144,23 +146,6 @@ class FaultPlan:
 # -- crash records -------------------------------------------------------------------------
 
 
-def _proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks): tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields_after = stat.rsplit(")", 1)[1].split()
-    return int(fields_after[19])
-
-
-def process_alive(pid: int, start_time: int | None) -> bool:
-    """Whether ``pid`` still runs *and* is the process that had ``start_time``."""
-    now = _proc_start_time(pid)
-    return now is not None and (start_time is None or now == start_time)
-
-
 @dataclass(frozen=True)
 class OrphanRecord:
     """What a process killed in the middle of a journaled operation had done."""
@@ -188,10 +173,8 @@ def orphan_records(record_dir: Path | str) -> list[OrphanRecord]:
 
 
 def default_record_dir() -> Path:
-    """Where journaled operations keep their crash records: ``<run dir>/journal``."""
-    from xentool.locks import run_dir  # locks imports this module
-
-    return run_dir() / "journal"
+    """Where journaled operations keep their crash records (:func:`xentool.state.journal_dir`)."""
+    return journal_dir()
 
 
 def half_built_domains(record_dir: Path | str | None = None) -> dict[int, OrphanRecord]:
@@ -393,7 +376,7 @@ class Journal:
     def _write_record(self) -> None:
         if self._record is None:
             return
-        doc = {"op": self.op, "pid": os.getpid(), "start_time": _proc_start_time(os.getpid()),
+        doc = {"op": self.op, "pid": os.getpid(), "start_time": proc_start_time(os.getpid()),
                "steps": self.steps_done, "notes": self.notes, "leftovers": self.leftovers}
         tmp = self._record.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, default=str))

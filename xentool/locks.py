@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import sys
 import threading
@@ -36,22 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from xentool.errors import XentoolError
-from xentool.journal import _proc_start_time, process_alive
+from xentool.errors import BusyError, XentoolError
+from xentool.procs import proc_start_time, process_alive
+from xentool.state import run_dir
+from xentool.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-RUN_DIR = "/run/xentool"
-RUN_DIR_ENV = "XENTOOL_RUN_DIR"
 DEFAULT_TIMEOUT = 60.0
 _POLL = 0.05
 
 
-def run_dir() -> Path:
-    return Path(os.environ.get(RUN_DIR_ENV) or RUN_DIR)
-
-
-class LockTimeout(XentoolError):
+class LockTimeout(BusyError):
     """The lock stayed busy for the whole timeout."""
 
 
@@ -80,7 +75,7 @@ class Holder:
     @classmethod
     def me(cls) -> Holder:
         cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
-        return cls(os.getpid(), _proc_start_time(os.getpid()), cmd.replace("\n", " ")[:200])
+        return cls(os.getpid(), proc_start_time(os.getpid()), cmd.replace("\n", " ")[:200])
 
     def line(self) -> str:
         return f"{self.pid} {self.start_time if self.start_time is not None else '-'} " \

@@ -11,6 +11,7 @@ import errno
 import pytest
 
 from domain_builder import xenctrl as xc
+from domain_builder import xsread
 from domain_builder._xenctrl import ffi, lib
 from domain_builder.errors import XenError
 
@@ -186,8 +187,8 @@ class FakeXsLib(FakeLib):
 def test_xenstore_reader_reads_lists_and_frees(monkeypatch: pytest.MonkeyPatch) -> None:
     f = FakeXsLib({"/local/domain/0/name": b"Domain-0", "/local/domain/3/name": "gäst".encode(),
                    "/local/domain/3/vm": b"/vm/x"})
-    monkeypatch.setattr(xc, "_lib", f)
-    with xc.XenStoreReader() as r:
+    monkeypatch.setattr(xsread, "_lib", f)
+    with xsread.XenStoreReader() as r:
         assert r.get("/local/domain/0/name") == "Domain-0"
         assert r.get("/local/domain/3/name") == "gäst"
         assert r.get("/local/domain/7/name") is None

@@ -242,6 +242,7 @@ def _guest_int(store: Store, path: str) -> int:
 def device_info(store: Store, ref: DeviceRef) -> DeviceInfo:
     fe = ref.frontend
     state = XenbusState.parse(store.get(f"{fe}/state"))
+    rings: tuple[int, ...]
     if ref.kind == paths.VIF:
         rings = (_guest_int(store, f"{fe}/tx-ring-ref"), _guest_int(store, f"{fe}/rx-ring-ref"))
         mac = store.get(f"{ref.libxl}/mac") or store.get(f"{ref.backend}/mac")

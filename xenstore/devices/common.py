@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from xenstore import paths
 from xenstore.client import Perms, Store, Transaction
 from xenstore.errors import XenStoreError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 Node = tuple[str, Perms]
 

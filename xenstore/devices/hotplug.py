@@ -11,6 +11,7 @@ resolves it), ``XENBUS_BASE_PATH`` and, for vifs, ``netdev`` and ``vif``. stdin 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -19,9 +20,13 @@ import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import IO, Callable, Mapping
 
 from xenstore import paths
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +130,5 @@ def failure_message(what: str, backend: str, why: str, output: str,
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

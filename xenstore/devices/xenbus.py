@@ -12,10 +12,13 @@ import enum
 import errno
 import logging
 import time
-from typing import Iterable
 
 from xenstore.client import Store
 from xenstore.errors import XenStoreError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class XenbusState(enum.IntEnum):
     RECONFIGURED = 8
 
     @classmethod
-    def parse(cls, raw: str | bytes | None) -> "XenbusState | None":
+    def parse(cls, raw: str | bytes | None) -> XenbusState | None:
         """Strictly parse a state node's value; ``None`` for anything that is not a state."""
         if raw is None:
             return None
@@ -65,7 +68,7 @@ def wait_for_state(store: Store, path: str, states: Iterable[XenbusState],
     in which case ``None`` is returned (a removed backend counts as closed).
     """
     wanted = frozenset(states)
-    last: XenbusState | None | str = "never read"
+    last: XenbusState | str | None = "never read"
     deadline = time.monotonic() + timeout
     with store.watch(path) as w:
         while True:

@@ -92,10 +92,14 @@ def _extra(overrides: Sequence[str]) -> str | None:
 
 
 def loads(text: str, source: str = "<config>", overrides: Sequence[str] = ()) -> DomainConfig:
-    from xentool.config.build import build_domain_config
-    from xentool.config.grammar import parse
+    from dataclasses import replace
 
-    return build_domain_config(parse(text, source, _extra(overrides)))
+    from xentool.config.grammar import parse
+    from xentool.config.validate import build_domain_config
+
+    extra = _extra(overrides)
+    cfg = build_domain_config(parse(text, source, extra))
+    return replace(cfg, text=text + (extra or ""))
 
 
 def load(path: str, overrides: Sequence[str] = (), *,

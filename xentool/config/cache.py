@@ -22,14 +22,8 @@ from pathlib import Path
 
 from xentool.config.model import DomainConfig
 
-CONFIG_CACHE = "/var/cache/xentool/configs"
-CACHE_ENV = "XENTOOL_CONFIG_CACHE"  # a directory, or empty to disable the cache
 MAX_ENTRIES = 256
 MAX_ENTRY_BYTES = 1 << 20
-
-
-def default_cache_dir() -> str | None:
-    return os.environ.get(CACHE_ENV, CONFIG_CACHE) or None
 
 
 def _code_fingerprint(h: hashlib._Hash) -> None:

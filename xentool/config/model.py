@@ -186,6 +186,9 @@ class DomainConfig:
     e820_host: bool | None = None
     nomigrate: bool | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: The xl.cfg text (with any overrides appended) this config was read from; None for
+    #: one built in Python.  A record keeps it, to create the domain again on restart.
+    text: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def memory_kib(self) -> int:

@@ -1,42 +1,53 @@
-"""Guest-cooperative control verbs: shutdown, reboot, rename, mem-set, mem-max, vcpu-set.
+"""Operations on a running domain that need the guest's cooperation or its limits:
+shutdown/reboot, rename, memory target and maximum, vCPU count and affinity.
 
 Semantics are xl 4.17's (``tools/xl/xl_vmcontrol.c``, ``xl_mem.c``, ``xl_vcpu.c`` over
 ``libxl_domain.c``, ``libxl_mem.c``):
 
-* ``shutdown``/``reboot`` write ``poweroff``/``reboot`` to the guest's
-  ``/local/domain/<id>/control/shutdown`` and wait (60 s) for the guest to acknowledge by
-  clearing the node.  ``-F`` falls back to the ``SCHEDOP_remote_shutdown`` hypercall when
-  the guest never advertised ``control/feature-<poweroff|reboot>`` or did not acknowledge
-  in time (xl sends an ACPI event instead, which only HVM guests have).  ``-w`` waits
-  until every target has shut down or gone, printing xl's lines; ``-a`` targets every
-  domain but dom0.  Progress goes to stderr like xl's.
-* ``mem-set`` moves the balloon target: ``memory/target`` (kB, minus videoram) checked
+* shutdown/reboot write ``poweroff``/``reboot`` to the guest's ``control/shutdown`` and
+  wait (60 s) for the guest to acknowledge by clearing the node; with ``fallback`` the
+  ``SCHEDOP_remote_shutdown`` hypercall is used when the guest never advertised
+  ``control/feature-<poweroff|reboot>`` or did not acknowledge in time (xl sends an ACPI
+  event instead, which only HVM guests have).
+* the memory target moves the balloon: ``memory/target`` (kB, minus videoram) checked
   against ``memory/static-max``, the hypervisor's max raised or lowered to target +
   videoram + 1 MiB slack (libxl's ``enforce``), ``/vm/<uuid>/memory`` in MiB, all in one
-  XenStore transaction.  ``mem-max`` only changes the hypervisor limit (plus the slack)
-  and refuses a value below the current target; like libxl it leaves static-max alone.
-* ``vcpu-set N`` writes ``cpu/<i>/availability`` = ``online`` for i < N and ``offline``
-  for the rest, for every vcpu the domain has; the guest hot-plugs accordingly.
-* ``rename`` changes ``/local/domain/<id>/name`` and ``/vm/<uuid>/name`` together,
-  refusing a name another domain has (under the create lock, so parallel creates and
-  renames cannot collide).
+  XenStore transaction.  The maximum changes the hypervisor limit (plus the slack) and
+  ``memory/static-max`` and refuses a value below the current target.
+* the vCPU count writes ``cpu/<i>/availability`` = ``online`` for i < N and ``offline``
+  for the rest; the guest hot-plugs accordingly.
+* rename changes ``/local/domain/<id>/name`` and ``/vm/<uuid>/name`` together, refusing a
+  name another domain has (under the create lock, so parallel creates and renames cannot
+  collide).
+
+Progress that xl prints (``Shutting down domain 5``) is passed to a ``progress`` callback;
+the library itself prints nothing.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import errno
-import logging
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xentool.domains import Session, is_domid
-from xentool.errors import UsageError, XentoolError
+from xenstore.paths import domain_path
+from xentool.errors import DomainNotFound, UsageError, XentoolError
+from xentool.locks import create_lock, domain_lock
+from xentool.session import Session, is_domid, name_to_domid
+from xentool.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
+
+#: Where progress goes when the caller gives no callback.
+Progress = Callable[[str], None]
+
+
+def _log_progress(msg: str) -> None:
+    log.info("%s", msg)
+
 
 #: How long libxl waits for a guest to acknowledge a control/shutdown request.
 ACK_TIMEOUT = 60.0
@@ -47,32 +58,8 @@ MIN_DOM0_MEM_KB = 128 * 1024
 #: How often the waits re-check the hypervisor even without a XenStore event.
 POLL_S = 1.0
 
+
 REASON_CODES = {"poweroff": 0, "reboot": 1}
-
-
-def err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# -- pure helpers --------------------------------------------------------------------------
-
-
-def parse_mem_size_kb(text: str) -> int | None:
-    """xl's ``parse_mem_size_kb``: a number with an optional b/k/m/g/t suffix, MiB if none.
-
-    None for anything else (xl also accepts an empty or negative string; we do not).
-    """
-    t = text.strip()
-    digits = t.rstrip("bBkKmMgGtT")
-    suffix = t[len(digits):].lower()
-    if not digits or not digits.isascii() or not digits.isdigit() or len(suffix) > 1:
-        return None
-    n = int(digits)
-    shift = {"": 10, "m": 10, "k": 0, "g": 20, "t": 30}.get(suffix)
-    if suffix == "b":
-        return n >> 10
-    assert shift is not None
-    return n << shift
 
 
 @dataclass(frozen=True)
@@ -106,12 +93,6 @@ def plan_mem_max(max_kb: int, target_kb: int) -> int:
         raise XentoolError(f"memory_static_max must be greater than or equal to "
                            f"memory_dynamic_max ({max_kb} kB < target {target_kb} kB)")
     return max_kb + MAXMEM_SLACK_KB
-
-
-def parse_vcpu_count(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise UsageError(f"invalid number of vcpus '{text}'")
-    return int(text)
 
 
 def vcpu_availability(domid: int, n: int, max_vcpu_id: int) -> dict[str, str]:
@@ -166,13 +147,6 @@ def death_events(waiting: Iterable[int], infos: Mapping[int, Any]) -> list[Death
     return out
 
 
-# -- XenStore/hypervisor side effects --------------------------------------------------------
-
-
-def _dompath(domid: int) -> str:
-    return f"/local/domain/{domid}"
-
-
 def _wait_until(s: Session, watch_path: str, done, timeout: float | None) -> bool:
     """Re-evaluate ``done()`` on every event of ``watch_path`` (and every POLL_S)."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -191,25 +165,25 @@ def _acked(s: Session, domid: int) -> bool:
     info = s.xc.domain_info(domid)
     if info is None or info.dying or info.shutdown:
         return True
-    return not s.xs.get(f"{_dompath(domid)}/control/shutdown")
+    return not s.xs.get(f"{domain_path(domid)}/control/shutdown")
 
 
 def _hypercall(s: Session, domid: int, action: str) -> None:
     from domain_builder.xenctrl import ShutdownReason
 
-    s.xs.rm(f"{_dompath(domid)}/control/shutdown", missing_ok=True)
+    s.xs.rm(f"{domain_path(domid)}/control/shutdown", missing_ok=True)
     s.xc.shutdown(domid, ShutdownReason.REBOOT if action == "reboot" else
                   ShutdownReason.POWEROFF)
 
 
 def request(s: Session, domid: int, action: str, fallback: bool,
-            timeout: float | None = None) -> None:
+            timeout: float | None = None, progress: Progress = _log_progress) -> None:
     """Ask domain ``domid`` to ``poweroff``/``reboot`` (see the module docstring)."""
     what = "shutdown" if action == "poweroff" else "reboot"
-    err(f"{'Shutting down' if action == 'poweroff' else 'Rebooting'} domain {domid}")
-    control = f"{_dompath(domid)}/control"
+    progress(f"{'Shutting down' if action == 'poweroff' else 'Rebooting'} domain {domid}")
+    control = f"{domain_path(domid)}/control"
     if fallback and s.xs.get(f"{control}/feature-{action}") != "1":
-        err(f"PV control interface not available: using the {what} hypercall.")
+        progress(f"PV control interface not available: using the {what} hypercall.")
         _hypercall(s, domid, action)
         return
     s.xs.write(f"{control}/shutdown", action)
@@ -217,81 +191,26 @@ def request(s: Session, domid: int, action: str, fallback: bool,
     if _wait_until(s, f"{control}/shutdown", lambda: _acked(s, domid), limit):
         return
     if fallback:
-        err(f"guest did not acknowledge the {what} request: using the {what} hypercall.")
+        progress(f"guest did not acknowledge the {what} request: using the {what} hypercall.")
         _hypercall(s, domid, action)
         return
     raise XentoolError(f"{what} failed: domain {domid} did not acknowledge the {what} "
                        f"request within {limit:g}s (no PV control support? use -F to force)")
 
 
-def wait_for_deaths(s: Session, domids: Sequence[int]) -> None:
-    err(f"Waiting for {len(domids)} domains")
+def wait_for_deaths(s: Session, domids: Sequence[int],
+                    progress: Progress = _log_progress) -> None:
+    progress(f"Waiting for {len(domids)} domains")
     pending = set(domids)
 
     def check() -> bool:
         infos = {d: s.xc.domain_info(d) for d in pending}
         for ev in death_events(pending, infos):
-            err(ev.message())
+            progress(ev.message())
             pending.discard(ev.domid)
         return not pending
 
     _wait_until(s, "@releaseDomain", check, None)
-
-
-# -- shutdown / reboot ------------------------------------------------------------------------
-
-
-def _configure_shutdown_like(p: argparse.ArgumentParser, verb: str) -> None:
-    p.add_argument("-a", "--all", dest="all", action="store_true",
-                   help=f"{verb} all guest domains (not dom0)")
-    p.add_argument("-w", "--wait", dest="wait", action="store_true",
-                   help=f"wait for the guest(s) to complete the {verb}")
-    p.add_argument("-F", dest="fallback", action="store_true",
-                   help="use the shutdown hypercall if the guest has no PV control support "
-                        "or does not acknowledge the request")
-    p.add_argument("domain", metavar="DOMAIN", nargs="?", help="domain name or id")
-
-
-def configure_shutdown(p: argparse.ArgumentParser) -> None:
-    _configure_shutdown_like(p, "shutdown")
-
-
-def configure_reboot(p: argparse.ArgumentParser) -> None:
-    _configure_shutdown_like(p, "reboot")
-
-
-def _shutdown_or_reboot(args: argparse.Namespace, action: str) -> int:
-    if args.domain is None and not args.all:
-        raise UsageError("you must specify -a or a domain id")
-    if args.domain is not None and args.all:
-        raise UsageError("give either -a or a domain, not both")
-    with Session() as s:
-        if args.all:
-            targets = [d.domid for d in s.xc.domains()
-                       if d.domid != 0 and not d.dying and not d.shutdown]
-        else:
-            targets = [s.resolve(args.domain)]
-        for domid in targets:
-            request(s, domid, action, args.fallback)
-        if args.wait:
-            wait_for_deaths(s, targets)
-    return 0
-
-
-def cmd_shutdown(args: argparse.Namespace) -> int:
-    return _shutdown_or_reboot(args, "poweroff")
-
-
-def cmd_reboot(args: argparse.Namespace) -> int:
-    return _shutdown_or_reboot(args, "reboot")
-
-
-# -- rename ---------------------------------------------------------------------------------
-
-
-def configure_rename(p: argparse.ArgumentParser) -> None:
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
-    p.add_argument("new_name", metavar="NEWNAME", help="the new name")
 
 
 def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = None,
@@ -302,11 +221,6 @@ def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = 
     already holds the domain lock passes ``lock=False`` and must make sure the name is
     unique by other means (the monitor's time-stamped rename-restart names are).
     """
-    import contextlib
-
-    from xentool.domains import name_to_domid
-    from xentool.locks import create_lock, domain_lock
-
     check_new_name(new_name)
     with contextlib.ExitStack() as held:
         if lock:
@@ -317,7 +231,7 @@ def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = 
             raise XentoolError(f'domain with name "{new_name}" already exists')
 
         def write(t) -> None:
-            dom = _dompath(domid)
+            dom = domain_path(domid)
             current = t.get(f"{dom}/name")
             if old_name is not None and current != old_name:
                 raise XentoolError(f"domain {domid} is now named '{current}', not "
@@ -328,37 +242,6 @@ def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = 
                 t.write(f"{vm}/name", new_name)
 
         s.xs.transact(write)
-
-
-def cmd_rename(args: argparse.Namespace) -> int:
-    check_new_name(args.new_name)
-    with Session() as s:
-        domid = s.resolve(args.domain)
-        try:
-            rename_domain(s, domid, args.new_name)
-        except XentoolError as e:
-            raise XentoolError(f"can't rename domain '{args.domain}': {e}") from None
-    return 0
-
-
-# -- memory ---------------------------------------------------------------------------------
-
-
-def configure_mem_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
-    p.add_argument("mem", metavar="MEM", help="new target, e.g. 512m, 1g, 262144k (MiB if "
-                                              "no suffix)")
-
-
-def configure_mem_max(p: argparse.ArgumentParser) -> None:
-    configure_mem_set(p)
-
-
-def _mem_kb(text: str) -> int:
-    kb = parse_mem_size_kb(text)
-    if kb is None:
-        raise UsageError(f"invalid memory size: {text}")
-    return kb
 
 
 def _read_kb(t, path: str) -> int:
@@ -375,7 +258,7 @@ def _read_kb(t, path: str) -> int:
 def _fill_dom0_memory(s: Session) -> None:
     """libxl writes dom0's target/static-max on first use, from what Xen reports."""
     info = s.xc.domain_info(0)
-    dom = _dompath(0)
+    dom = domain_path(0)
 
     def fill(t) -> None:
         if t.get(f"{dom}/memory/target") is None:
@@ -387,14 +270,12 @@ def _fill_dom0_memory(s: Session) -> None:
 
 
 def set_memory_target(s: Session, domid: int, request_kb: int) -> MemTarget:
-    from xentool.locks import domain_lock
-
     info = s.xc.domain_info(domid)
     if info is None:
         raise XentoolError(f"domain {domid} does not exist")
     if domid == 0:
         _fill_dom0_memory(s)
-    dom = _dompath(domid)
+    dom = domain_path(domid)
 
     def apply(t) -> MemTarget:
         _read_kb(t, f"{dom}/memory/target")
@@ -412,9 +293,7 @@ def set_memory_target(s: Session, domid: int, request_kb: int) -> MemTarget:
 
 def set_memory_max(s: Session, domid: int, max_kb: int) -> None:
     """Hypervisor limit and ``memory/static-max``, both moved as libxl does."""
-    from xentool.locks import domain_lock
-
-    dom = _dompath(domid)
+    dom = domain_path(domid)
 
     def apply(t) -> None:
         target = _read_kb(t, f"{dom}/memory/target")
@@ -425,39 +304,7 @@ def set_memory_max(s: Session, domid: int, max_kb: int) -> None:
         s.xs.transact(apply)
 
 
-def _set_memory(args: argparse.Namespace, setter, what: str) -> int:
-    kb = _mem_kb(args.mem)
-    with Session() as s:
-        domid = s.resolve(args.domain)
-        try:
-            setter(s, domid, kb)
-        except (XentoolError, OSError) as e:
-            raise XentoolError(f"cannot set domid {domid} {what} to {args.mem}: "
-                               f"{e}") from None
-    return 0
-
-
-def cmd_mem_set(args: argparse.Namespace) -> int:
-    return _set_memory(args, set_memory_target, "dynamic max memory")
-
-
-def cmd_mem_max(args: argparse.Namespace) -> int:
-    return _set_memory(args, set_memory_max, "static max memory")
-
-
-# -- vcpu-set -------------------------------------------------------------------------------
-
-
-def configure_vcpu_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--ignore-host", dest="ignore_host", action="store_true",
-                   help="allow more vcpus than the host has physical cpus")
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
-    p.add_argument("vcpus", metavar="N", help="number of vcpus to have online")
-
-
 def set_vcpus(s: Session, domid: int, n: int, check_host: bool = True) -> None:
-    from xentool.locks import domain_lock
-
     info = s.xc.domain_info(domid)
     if info is None:
         raise XentoolError(f"domain {domid} does not exist")
@@ -473,8 +320,65 @@ def set_vcpus(s: Session, domid: int, n: int, check_host: bool = True) -> None:
         s.xs.transact(write)
 
 
-def cmd_vcpu_set(args: argparse.Namespace) -> int:
-    n = parse_vcpu_count(args.vcpus)
-    with Session() as s:
-        set_vcpus(s, s.resolve(args.domain), n, check_host=not args.ignore_host)
-    return 0
+def parse_cpu_list(text: str, max_cpus: int) -> frozenset[int]:
+    """xl's cpu list syntax for vcpu-pin: ``all``, ``3``, ``2-5``, ``^3``, comma lists.
+
+    Raises ValueError naming the bad element.  NUMA ``nodes:`` ranges are not supported.
+    """
+    cpus: set[int] = set()
+    for elem in text.split(","):
+        if elem == "":
+            continue  # strtok skips empty fields
+        item = elem
+        neg = item.startswith("^")
+        if neg:
+            item = item[1:]
+        if item.startswith(("node:", "nodes:")):
+            raise ValueError(f"NUMA node ranges are not supported: {elem}")
+        if item == "all":
+            if neg:
+                raise ValueError('can\'t combine "^" and "all"')
+            cpus.update(range(max_cpus))
+            continue
+        lo_s, sep, hi_s = item.partition("-")
+        if not lo_s.isdigit() or (sep and not hi_s.isdigit()):
+            raise ValueError(f"invalid pcpu range: {elem}")
+        lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
+        if lo > hi:
+            raise ValueError(f"invalid pcpu range: {elem}")
+        if hi >= max_cpus:
+            raise ValueError(f"pcpu {hi} is out of range (0-{max_cpus - 1}): {elem}")
+        rng = range(lo, hi + 1)
+        if neg:
+            cpus.difference_update(rng)
+        else:
+            cpus.update(rng)
+    return frozenset(cpus)
+
+
+def set_vcpu_affinity(s: Session, domid: int, vcpu: int | None, hard: str | None,
+                      soft: str | None) -> list[tuple[int, frozenset[int]]]:
+    """Pin vCPU ``vcpu`` (every vCPU if None) to the cpus of ``hard``/``soft`` in xl's cpu
+    list syntax (None leaves that affinity alone).  Returns, for each vCPU whose effective
+    hard affinity differs from the one asked for, the affinity Xen applied (restricted to
+    the domain's cpupool, as libxl allows)."""
+    max_cpus = s.xc.max_cpus()
+    try:
+        hard_set = None if hard is None else parse_cpu_list(hard, max_cpus)
+        soft_set = None if soft is None else parse_cpu_list(soft, max_cpus)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if hard_set is not None and not hard_set:
+        raise UsageError(f"hard affinity '{hard}' selects no cpu")
+    info = s.xc.domain_info(domid)
+    if info is None:
+        raise DomainNotFound(str(domid))
+    if vcpu is not None and vcpu > info.max_vcpu_id:
+        raise XentoolError(f"domain {domid} has no vcpu {vcpu} (vcpus 0-{info.max_vcpu_id})")
+    restricted = []
+    with domain_lock(domid):
+        for v in range(info.max_vcpu_id + 1) if vcpu is None else [vcpu]:
+            eff_hard, _ = s.xc.set_vcpu_affinity(domid, v, hard_set, soft_set)
+            if hard_set is not None and eff_hard != hard_set:
+                restricted.append((v, frozenset(eff_hard)))
+    return restricted

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
+from xentool import DomainConfig, Host
+from xentool.config import ConfigError
 from xentool.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -69,20 +71,17 @@ def split_create_args(config_file: str | None, args: Sequence[str]) -> tuple[str
     return config_file, overrides
 
 
-def _report(exc) -> None:
+def _report(exc: ConfigError) -> None:
     print(f"xentool: {exc}", file=sys.stderr)
     if exc.excerpt:
         print(exc.excerpt, file=sys.stderr)
 
 
-def _load(path: str, overrides: Sequence[str], quiet: bool):
-    from xentool.config import ConfigError, load
-    from xentool.config.cache import default_cache_dir
-
+def _load(path: str, overrides: Sequence[str], quiet: bool) -> DomainConfig | None:
     if not quiet:
         print(f"Parsing config from {path}", file=sys.stderr)
     try:
-        cfg = load(path, overrides, cache_dir=default_cache_dir())
+        cfg = Host.load_config(path, overrides, cached=True)
     except ConfigError as exc:
         _report(exc)
         return None
@@ -91,7 +90,7 @@ def _load(path: str, overrides: Sequence[str], quiet: bool):
     return cfg
 
 
-def _json(cfg) -> str:
+def _json(cfg: DomainConfig) -> str:
     import uuid
 
     from xentool.config.libxl_json import dumps, to_libxl
@@ -112,13 +111,22 @@ def cmd_create(args: argparse.Namespace) -> int:
         sys.stderr.write(_json(cfg))
     if args.vncviewer or args.vncviewer_autopass:
         log.warning("-V/-A: PV guests built by xentool have no VNC display; ignored")
-    from xentool import lifecycle  # imported here: the dry run must not need Xen
+    if args.plan:
+        import json
 
-    extra = {"plan": args.plan} if args.plan else {}
-    domid = lifecycle.create(cfg, paused=args.paused, console=args.console,
-                             source=lifecycle.Source(path, tuple(overrides)), **extra)
-    if not args.quiet and not args.plan:
-        log.info("created domain %s with id %d", cfg.name, domid)
+        sys.stdout.write(json.dumps(Host.plan(cfg), indent=2) + "\n")
+        return 0
+    from xentool.console import console_before_start, require_client
+
+    if args.console:
+        require_client()  # a missing client is reported before any domain exists
+    with Host(handle_signals=True) as host:
+        # With a console the guest starts only once the client is attached.
+        dom = host.create(path, overrides, paused=args.paused or args.console, cached=True)
+    if not args.quiet:
+        log.info("created domain %s with id %d", cfg.name, dom.domid)
+    if args.console:
+        console_before_start(dom.domid, unpause=not args.paused)
     return 0
 
 
@@ -130,12 +138,10 @@ def configure_config_check(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from xentool.config import ConfigError, load
-
     bad = 0
     for path in args.files:
         try:
-            cfg = load(path)
+            cfg = Host.load_config(path)
         except ConfigError as exc:
             bad += 1
             _report(exc)

@@ -1,24 +1,16 @@
-"""``xentool console DOMAIN``: attach to a guest console through Xen's xenconsole client."""
+"""Guest consoles through Xen's ``xenconsole`` client, as xl runs it."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import select
 
 from xentool.errors import XentoolError
+from xentool.logs import get_logger
+
+log = get_logger(__name__)
 
 XENCONSOLE = "/usr/lib/xen-4.17/bin/xenconsole"
-
-log = logging.getLogger(__name__)
-
-
-def configure_console(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-t", dest="type", choices=("pv", "serial"), default=None,
-                   help="console type: pv (default for PV guests) or serial (HVM)")
-    p.add_argument("-n", dest="num", type=int, default=0, help="console number (default 0)")
-    p.add_argument("domain", help="domain name or id")
 
 
 def console_argv(domid: int, ctype: str | None, num: int) -> list[str]:
@@ -69,14 +61,3 @@ def console_before_start(domid: int, *, unpause: bool, timeout: float = 10.0) ->
             xc.unpause(domid)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
-
-
-def cmd_console(args: argparse.Namespace) -> int:
-    from xentool.domains import Session
-
-    if args.num < 0:
-        raise XentoolError(f"console: invalid console number {args.num}")
-    with Session() as s:
-        domid = s.resolve(args.domain)
-    exec_console(domid, args.type, args.num)
-    return 1  # not reached: exec replaced us

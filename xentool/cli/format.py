@@ -44,7 +44,9 @@ ints.  Memory values are MiB like xl's.
 from __future__ import annotations
 
 import time
-from collections import namedtuple
+
+from xentool.results import Uname, VcpuRow
+from xentool.scheduler import SCHEDULER_NAMES
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -99,42 +101,6 @@ def print_bitmap(cpus: Iterable[int], maplen: int) -> str:
     if len(runs) == 1 and runs[0] == (0, maplen - 1):
         return "all"
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
-
-
-def parse_cpu_list(text: str, max_cpus: int) -> frozenset[int]:
-    """xl's cpu list syntax for vcpu-pin: ``all``, ``3``, ``2-5``, ``^3``, comma lists.
-
-    Raises ValueError naming the bad element.  NUMA ``nodes:`` ranges are not supported.
-    """
-    cpus: set[int] = set()
-    for elem in text.split(","):
-        if elem == "":
-            continue  # strtok skips empty fields
-        item = elem
-        neg = item.startswith("^")
-        if neg:
-            item = item[1:]
-        if item.startswith(("node:", "nodes:")):
-            raise ValueError(f"NUMA node ranges are not supported: {elem}")
-        if item == "all":
-            if neg:
-                raise ValueError('can\'t combine "^" and "all"')
-            cpus.update(range(max_cpus))
-            continue
-        lo_s, sep, hi_s = item.partition("-")
-        if not lo_s.isdigit() or (sep and not hi_s.isdigit()):
-            raise ValueError(f"invalid pcpu range: {elem}")
-        lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
-        if lo > hi:
-            raise ValueError(f"invalid pcpu range: {elem}")
-        if hi >= max_cpus:
-            raise ValueError(f"pcpu {hi} is out of range (0-{max_cpus - 1}): {elem}")
-        rng = range(lo, hi + 1)
-        if neg:
-            cpus.difference_update(rng)
-        else:
-            cpus.update(rng)
-    return frozenset(cpus)
 
 
 def to_json(obj: Any) -> str:
@@ -195,13 +161,9 @@ def list_json(entries: Sequence[tuple[str | None, Any]]) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------
 
 
-# The os.uname() fields ``xl info`` prints, all str.  (collections.namedtuple, not
-# typing.NamedTuple: the read verbs do not import typing, it costs milliseconds.)
-Uname = namedtuple("Uname", ["nodename", "release", "version", "machine"])
 
 
-SCHEDULER_NAMES = {0: "unknown", 4: "sedf", 5: "credit", 6: "credit2", 7: "arinc653",
-                   8: "rtds", 9: "null"}
+
 
 
 def virt_caps(phys: Any) -> list[str]:
@@ -285,9 +247,6 @@ def info_json(items: Sequence[tuple[str, Any, str]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-# One ``xl vcpu-list`` line: domid (int), name (str | None), info (VcpuInfo), hard and soft
-# affinity (frozenset[int]).
-VcpuRow = namedtuple("VcpuRow", ["domid", "name", "info", "hard", "soft"])
 
 
 VCPU_LIST_HEADER = (f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} "

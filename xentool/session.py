@@ -117,9 +117,9 @@ class Session:
         return self._xc
 
     @property
-    def reader(self):  # -> domain_builder.xenctrl.XenStoreReader: cheap reads only
+    def reader(self):  # -> domain_builder.xsread.XenStoreReader: cheap reads only
         if self._reader is None:
-            from domain_builder.xenctrl import XenStoreReader
+            from domain_builder.xsread import XenStoreReader
 
             reader = XenStoreReader()
             reader.open()

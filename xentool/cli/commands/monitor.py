@@ -6,14 +6,9 @@ Run it as a service (``contrib/systemd/xentool-monitor.service``); see ``xentool
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
-import signal
-import threading
 
 from xentool.errors import XentoolError
-
-log = logging.getLogger(__name__)
 
 
 def configure_monitor(p: argparse.ArgumentParser) -> None:
@@ -34,9 +29,7 @@ def configure_monitor(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from xentool.domains import Session
-    from xentool.locks import FileLock, LockTimeout, run_dir
-    from xentool.monitor import Backoff, Monitor, XenOps, run
+    from xentool.monitor import Backoff, serve
 
     if args.stable_after < 0 or args.max_delay < 0 or args.max_fast_restarts < 0:
         raise XentoolError("--stable-after, --max-delay and --max-fast-restarts must not be "
@@ -46,28 +39,5 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         raise XentoolError("--create-cmd is empty")
     backoff = Backoff(stable_after=args.stable_after, max_delay=args.max_delay,
                       max_fast_restarts=args.max_fast_restarts)
-    single = FileLock(run_dir() / "monitor.lock", what="monitor", timeout=0)
-    try:
-        single.acquire()
-    except LockTimeout:
-        raise XentoolError(f"another monitor is already running "
-                           f"({single.holder() or 'unknown process'})") from None
-    try:
-        with Session() as s:
-            mon = Monitor(XenOps(s, create_cmd), backoff=backoff)
-            if args.once:
-                mon.scan()
-                return 0
-            stop = threading.Event()
-
-            def on_signal(signum: int, frame: object) -> None:
-                log.info("monitor: %s, stopping", signal.Signals(signum).name)
-                stop.set()
-
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
-            log.info("monitor: watching all domains")
-            run(mon, s.xs, stop)
-    finally:
-        single.release()
+    serve(backoff=backoff, create_cmd=create_cmd, once=args.once)
     return 0

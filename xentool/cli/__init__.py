@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
+    from xentool.errors import XentoolError
+
 
 class Verb:
-    """One row of the verb table: name, implementing module (under xentool.commands), summary."""
+    """One row of the verb table: name, implementing module (under xentool.cli.commands), summary."""
 
     __slots__ = ("module", "name", "summary")
 
@@ -48,7 +50,7 @@ class Verb:
     def _load(self) -> ModuleType:
         import importlib
 
-        return importlib.import_module(f"xentool.commands.{self.module}")
+        return importlib.import_module(f"xentool.cli.commands.{self.module}")
 
 
 # Keep sorted by group, then as `xl help` lists them.
@@ -142,17 +144,25 @@ def _verb_parser(verb: Verb) -> argparse.ArgumentParser:
     return p
 
 
+def _nearest(word: str) -> str:
+    """``; did you mean ...?`` naming the verbs closest to ``word``, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, _BY_NAME, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(v) for v in close)}?" if close else ""
+
+
 def _fail(msg: str, code: int = 1) -> int:
     print(f"xentool: {msg}", file=sys.stderr)
     return code
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is for the operator, not a bug report."""
-    from domain_builder.errors import BuildError
-    from xentool.errors import XentoolError
+def _user_error(exc: BaseException) -> XentoolError | None:
+    """The library's error for ``exc`` if its message is for the operator (every error of
+    the library's tree, and what the layers below it raise), None for a bug."""
+    from xentool.errors import translated
 
-    return (XentoolError, BuildError, OSError)
+    return translated(exc)
 
 
 def _configure_logging(logging: ModuleType, verbose: int) -> None:
@@ -217,14 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             top.print_help()
             return 2
         if ns.verb == "help":
-            if ns.args and ns.args[0] in _BY_NAME:
+            if not ns.args:
+                top.print_help()
+                return 0
+            if ns.args[0] in _BY_NAME:
                 _verb_parser(_BY_NAME[ns.args[0]]).print_help()
                 return 0
-            top.print_help()
-            return 0
+            return _fail(f"unknown verb '{ns.args[0]}'{_nearest(ns.args[0])}", 2)
         verb = _BY_NAME.get(ns.verb)
         if verb is None:
-            return _fail(f"unknown verb '{ns.verb}' (see 'xentool help')", 2)
+            return _fail(f"unknown verb '{ns.verb}'{_nearest(ns.verb)} (see 'xentool help')",
+                         2)
         args = _verb_parser(verb).parse_args(ns.args)
         args.verbose = ns.verbose
         try:
@@ -235,9 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # `xentool list | head` must not print a traceback.
             sys.stderr.close()
             return 1
-        except Exception as exc:  # noqa: BLE001 - classified just below
-            if not isinstance(exc, _user_errors()) or ns.verbose >= 2:
+        except Exception as exc:
+            mine = _user_error(exc)
+            if mine is None or ns.verbose >= 2:
                 raise
-            return _fail(str(exc), getattr(exc, "exit_code", 1))
+            return _fail(str(mine), mine.exit_code)
     finally:
         logging_hook.remove()

@@ -1,4 +1,4 @@
-"""Domain lifecycle: ``create`` builds a PV guest from a DomainConfig.
+"""``create``: a PV guest from a DomainConfig, libxl's ``domain_create`` in Python.
 
 Every step runs in a :class:`xentool.journal.Journal` that registers its undo; if a later
 step fails (or SIGINT/SIGTERM arrives) the undos run in reverse, so a failed create leaves
@@ -14,21 +14,17 @@ the guest, the guest owns the few nodes it must write (control/shutdown, data, .
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
 from xenstore.client import Perms
+from xentool.config.model import DomainConfig, DomainType
 from xentool.errors import XentoolError
+from xentool.state import kernel_cache_dir
+from xentool.logs import get_logger
 
-log = logging.getLogger(__name__)
-
-KERNEL_CACHE = "/var/cache/xentool/kernels"
-
+log = get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # XenStore nodes (pure)
@@ -116,20 +112,18 @@ class Prepared:
     plan: object  # domain_builder.layout.BuildPlan
 
 
-def prepare(config) -> Prepared:
+def prepare(config: DomainConfig) -> Prepared:
     """Parse the kernel, read the ramdisk and compute the layout (no Xen needed)."""
     from domain_builder.image import load_kernel, load_ramdisk
     from domain_builder.layout import compute
-    from xentool.config.model import DomainType
 
     if config.type is not DomainType.PV:
         raise XentoolError(f"{config.name}: type={config.type.value} guests are not supported "
                            f"by this builder, only type=\"pv\"")
     if not config.kernel:
         raise XentoolError(f"{config.name}: no kernel= given; a PV guest needs one")
-    # Decompressed kernels are cached (root-only directory); empty variable disables it.
-    cache = os.environ.get("XENTOOL_KERNEL_CACHE", KERNEL_CACHE) or None
-    image = load_kernel(config.kernel, cache_dir=cache)
+    # Decompressed kernels are cached (root-only directory); see xentool.state.
+    image = load_kernel(config.kernel, cache_dir=kernel_cache_dir())
     ramdisk = load_ramdisk(config.ramdisk) if config.ramdisk else None
     plan = compute(image, memory_mib=config.memory, maxmem_mib=max(config.maxmem, config.memory),
                    vcpus=config.vcpus, max_vcpus=max(config.maxvcpus, config.vcpus),
@@ -137,8 +131,9 @@ def prepare(config) -> Prepared:
     return Prepared(image, ramdisk, plan)
 
 
-def print_plan(config, prep: Prepared, out=None) -> None:
-    doc = {
+def plan_document(config: DomainConfig, prep: Prepared) -> dict[str, object]:
+    """What ``create --plan`` shows: the image as the builder sees it and the layout."""
+    return {
         "name": config.name,
         "kernel": config.kernel,
         "ramdisk": config.ramdisk,
@@ -146,7 +141,6 @@ def print_plan(config, prep: Prepared, out=None) -> None:
                   if k != "segments"},
         "plan": prep.plan.to_dict(),  # type: ignore[attr-defined]
     }
-    (out or sys.stdout).write(json.dumps(doc, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -158,40 +152,28 @@ class Source:
     text: str | None = None  # None: the file's content now
 
 
-def create(config, *, paused: bool, console: bool, plan: bool = False,
-           source: Source | None = None) -> int:
-    """Create and start the PV guest described by ``config``; returns its domid.
+def create(config: DomainConfig, *, paused: bool = False, source: Source | None = None,
+           handle_signals: bool = False) -> int:
+    """Create the PV guest described by ``config`` and return its domid.
 
-    With ``plan`` only the build plan is printed (nothing touches Xen) and 0 is returned.
-    With ``source`` the domain is recorded for the monitor (on_poweroff/on_reboot/...).
+    The guest runs unless ``paused``.  With ``source`` the domain gets a record
+    (:mod:`xentool.records`), so its on_* actions can be applied.  ``handle_signals``
+    makes SIGINT/SIGTERM/SIGHUP roll the create back (for command-line front ends; a
+    library caller keeps its own handlers).  On any failure nothing is left behind.
     """
+    from xentool.devices import preflight
+
     prep = prepare(config)
-    if plan:
-        print_plan(config, prep)
-        return 0
-
-    from xentool.commands.devices import check_disk_targets, config_devices
-
-    config_devices(0, config)  # a bad disk or vif spec fails before anything exists
-    check_disk_targets(config)
-    if console:
-        from xentool.commands.console import require_client
-
-        require_client()
+    preflight(config)  # a bad disk or vif spec fails before anything exists
 
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store
     from xentool.journal import Journal, default_record_dir
 
     with XenCtrl() as xc, Store.connect() as xs:
-        with Journal("create", record_dir=default_record_dir()) as j:
-            # With a console the guest starts only once the client is attached.
-            domid = _create_steps(j, xc, xs, config, prep, paused or console, source)
-    if console:
-        from xentool.commands.console import console_before_start
-
-        console_before_start(domid, unpause=not paused)
-    return domid
+        with Journal("create", record_dir=default_record_dir(),
+                     handle_signals=handle_signals) as j:
+            return _create_steps(j, xc, xs, config, prep, paused, source)
 
 
 def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
@@ -200,10 +182,10 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
     from domain_builder.xenctrl import CreateConfig
     from xenstore.devices.attach import Force, attach, detach, ref_of
     from xenstore.devices.common import write_nodes as write_device
-    from xenstore.devices.console import console_nodes
-    from xentool.commands.devices import config_devices
-    from xentool.domains import name_to_domid
+    from xentool.devices import config_devices
+    from xentool.devices.console import built_nodes as console_nodes
     from xentool.locks import create_lock
+    from xentool.session import name_to_domid
 
     bp = prep.plan
     uuid = config.uuid or uuidlib.uuid4()
@@ -260,7 +242,7 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
         j.do(f"attach {dev.kind} {dev.devid}", lambda dev=dev: attach(xs, dev),
              undo=lambda _, dev=dev: detach(xs, ref_of(dev), Force.ON))
     if source is not None:
-        from xentool.monitor import remove_domain_config, save_domain_config
+        from xentool.records import remove_domain_config, save_domain_config
 
         j.do("save config",
              lambda: save_domain_config(config, uuid_s, source.path, source.overrides,
