@@ -516,7 +516,7 @@ class ForeignMapping:
     def __del__(self) -> None:  # last resort: never leak a mapping of guest memory
         # Not contextlib.suppress: it would cost an import, and at interpreter exit this
         # module's globals (a contextlib among them) may already be gone.
-        try:  # noqa: SIM105
+        try:
             self.close()
         except Exception:  # nothing sensible to do at finalisation
             pass

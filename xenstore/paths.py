@@ -11,7 +11,9 @@ Everything here is pure.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 
 # Kinds as libxl names them in paths (libxl__device_kind_to_string).
 VBD = "vbd"
@@ -43,12 +45,17 @@ def libxl_path(domid: int, kind: str, devid: int) -> str:
     return f"{libxl_domain_path(domid)}/device/{kind}/{int(devid)}"
 
 
-@dataclass(frozen=True)
-class BackendRef:
-    backend_domid: int
-    kind: str
-    domid: int
-    devid: int
+# A named tuple, not a dataclass: this module is on the start-up path of every verb.
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class BackendRef(NamedTuple):
+        backend_domid: int
+        kind: str
+        domid: int
+        devid: int
+else:
+    BackendRef = namedtuple("BackendRef", ["backend_domid", "kind", "domid", "devid"])
 
 
 _BACKEND_RE = re.compile(r"/local/domain/(\d{1,5})/backend/([a-z0-9_]{1,15})/(\d{1,5})/(\d{1,10})")
