@@ -34,9 +34,9 @@ _EXPORTS = {
     "Host": "xentool.host", "Domain": "xentool.host",
     "DomainConfig": "xentool.config.model", "ConfigError": "xentool.config.errors",
     "load_config": "xentool.config",
-    **{name: "xentool.errors" for name in (
+    **dict.fromkeys((
         "XentoolError", "UsageError", "NotFoundError", "DomainNotFound", "BuildError",
-        "DeviceError", "BusyError", "HostError")},
+        "DeviceError", "BusyError", "HostError"), "xentool.errors"),
 }
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
@@ -44,8 +44,16 @@ if TYPE_CHECKING:
     from xentool.config import load as load_config
     from xentool.config.errors import ConfigError
     from xentool.config.model import DomainConfig
-    from xentool.errors import (BuildError, BusyError, DeviceError, DomainNotFound, HostError,
-                                NotFoundError, UsageError, XentoolError)
+    from xentool.errors import (
+        BuildError,
+        BusyError,
+        DeviceError,
+        DomainNotFound,
+        HostError,
+        NotFoundError,
+        UsageError,
+        XentoolError,
+    )
     from xentool.host import Domain, Host
 
 

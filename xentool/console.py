@@ -43,7 +43,7 @@ def console_before_start(domid: int, *, unpause: bool, timeout: float = 10.0) ->
     if pid == 0:  # child: nothing but exec; the parent owns all Python state
         try:
             os.close(ready_r)
-            argv = console_argv(domid, None, 0) + ["--start-notify-fd", str(ready_w)]
+            argv = [*console_argv(domid, None, 0), "--start-notify-fd", str(ready_w)]
             os.execv(argv[0], argv)
         finally:
             os._exit(127)

@@ -31,13 +31,17 @@ import errno
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xenstore.paths import domain_path
 from xentool.errors import DomainNotFound, UsageError, XentoolError
 from xentool.locks import create_lock, domain_lock
-from xentool.session import Session, is_domid, name_to_domid
 from xentool.logs import get_logger
+from xentool.session import Session, is_domid, name_to_domid
+
+if TYPE_CHECKING:
+    from domain_builder.xenctrl import DomainInfo
+    from xenstore.client import Transaction
 
 log = get_logger(__name__)
 
@@ -102,7 +106,7 @@ def vcpu_availability(domid: int, n: int, max_vcpu_id: int) -> dict[str, str]:
     if n > max_vcpu_id + 1:
         raise XentoolError(f"requested {n} vcpus, but domain {domid} has at most "
                            f"{max_vcpu_id + 1} (maxvcpus)")
-    return {f"/local/domain/{domid}/cpu/{i}/availability": "online" if i < n else "offline"
+    return {f"{domain_path(domid)}/cpu/{i}/availability": "online" if i < n else "offline"
             for i in range(max_vcpu_id + 1)}
 
 
@@ -132,7 +136,8 @@ class DeathEvent:
         return f"Domain {self.domid} has been shut down, reason code {self.reason}"
 
 
-def death_events(waiting: Iterable[int], infos: Mapping[int, Any]) -> list[DeathEvent]:
+def death_events(waiting: Iterable[int], infos: Mapping[int, DomainInfo | None]
+                 ) -> list[DeathEvent]:
     """Which of ``waiting`` have shut down or gone, given current domain infos by domid.
 
     Like libxl's domain-death watch: gone or dying -> destroyed; shut down -> its reason.
@@ -147,7 +152,8 @@ def death_events(waiting: Iterable[int], infos: Mapping[int, Any]) -> list[Death
     return out
 
 
-def _wait_until(s: Session, watch_path: str, done, timeout: float | None) -> bool:
+def _wait_until(s: Session, watch_path: str, done: Callable[[], bool],
+                timeout: float | None) -> bool:
     """Re-evaluate ``done()`` on every event of ``watch_path`` (and every POLL_S)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with s.xs.watch(watch_path) as w:
@@ -230,7 +236,7 @@ def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = 
         if other is not None and other != domid:
             raise XentoolError(f'domain with name "{new_name}" already exists')
 
-        def write(t) -> None:
+        def write(t: Transaction) -> None:
             dom = domain_path(domid)
             current = t.get(f"{dom}/name")
             if old_name is not None and current != old_name:
@@ -244,7 +250,7 @@ def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = 
         s.xs.transact(write)
 
 
-def _read_kb(t, path: str) -> int:
+def _read_kb(t: Transaction, path: str) -> int:
     from xenstore.errors import XenStoreError
 
     try:
@@ -258,9 +264,10 @@ def _read_kb(t, path: str) -> int:
 def _fill_dom0_memory(s: Session) -> None:
     """libxl writes dom0's target/static-max on first use, from what Xen reports."""
     info = s.xc.domain_info(0)
+    assert info is not None, "dom0 always exists"
     dom = domain_path(0)
 
-    def fill(t) -> None:
+    def fill(t: Transaction) -> None:
         if t.get(f"{dom}/memory/target") is None:
             t.write(f"{dom}/memory/target", str(info.current_memkb))
         if t.get(f"{dom}/memory/static-max") is None:
@@ -277,7 +284,7 @@ def set_memory_target(s: Session, domid: int, request_kb: int) -> MemTarget:
         _fill_dom0_memory(s)
     dom = domain_path(domid)
 
-    def apply(t) -> MemTarget:
+    def apply(t: Transaction) -> MemTarget:
         _read_kb(t, f"{dom}/memory/target")
         static_max = _read_kb(t, f"{dom}/memory/static-max")
         videoram = int(t.get(f"{dom}/memory/videoram") or 0)
@@ -295,7 +302,7 @@ def set_memory_max(s: Session, domid: int, max_kb: int) -> None:
     """Hypervisor limit and ``memory/static-max``, both moved as libxl does."""
     dom = domain_path(domid)
 
-    def apply(t) -> None:
+    def apply(t: Transaction) -> None:
         target = _read_kb(t, f"{dom}/memory/target")
         s.xc.set_max_mem(domid, plan_mem_max(max_kb, target))
         t.write(f"{dom}/memory/static-max", str(max_kb))
@@ -312,7 +319,7 @@ def set_vcpus(s: Session, domid: int, n: int, check_host: bool = True) -> None:
         check_overcommit(n, info.nr_online_vcpus, s.xc.max_cpus())
     nodes = vcpu_availability(domid, n, info.max_vcpu_id)
 
-    def write(t) -> None:
+    def write(t: Transaction) -> None:
         for path, value in nodes.items():
             t.write(path, value)
 

@@ -17,12 +17,22 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenstore.client import Perms
+from xenstore.paths import domain_path, libxl_domain_path
 from xentool.config.model import DomainConfig, DomainType
 from xentool.errors import XentoolError
-from xentool.state import kernel_cache_dir
 from xentool.logs import get_logger
+from xentool.state import kernel_cache_dir
+
+if TYPE_CHECKING:
+    from domain_builder.image import KernelImage
+    from domain_builder.layout import BuildPlan
+    from domain_builder.xenctrl import XenCtrl
+    from xenstore.client import Store, Transaction
+    from xenstore.devices.common import DeviceNodes
+    from xentool.journal import Journal
 
 log = get_logger(__name__)
 
@@ -34,9 +44,9 @@ Node = tuple[str, str, "Perms | None"]  # path, value, perms (None: inherit from
 
 def domain_make_nodes(domid: int, name: str, uuid: str) -> list[Node]:
     """What libxl__domain_make writes before the build, in its order."""
-    dom = f"/local/domain/{domid}"
+    dom = domain_path(domid)
     vm = f"/vm/{uuid}"
-    lx = f"/libxl/{domid}"
+    lx = libxl_domain_path(domid)
     ro = Perms.private(0, domid)  # dom0 owns, the guest reads
     rw = Perms.private(domid)  # the guest owns
     no = Perms.private(0)  # dom0 only
@@ -73,7 +83,7 @@ def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int
                      vcpus: int, max_vcpus: int, store_port: int, store_mfn: int,
                      start_time: float) -> list[Node]:
     """What libxl__build_post writes once the guest is built (then it introduces it)."""
-    dom = f"/local/domain/{domid}"
+    dom = domain_path(domid)
     nodes: list[Node] = [
         (f"{dom}/memory/static-max", str(max_memkb), None),
         (f"{dom}/memory/target", str(target_memkb), None),
@@ -89,7 +99,7 @@ def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int
     return nodes
 
 
-def write_nodes(t, nodes: list[Node]) -> None:
+def write_nodes(t: Transaction, nodes: list[Node]) -> None:
     for path, value, perms in nodes:
         if value == "" and perms is not None:
             t.mkdir(path)
@@ -107,9 +117,9 @@ def write_nodes(t, nodes: list[Node]) -> None:
 class Prepared:
     """The pure part of a create: image parsed, ramdisk read, layout computed."""
 
-    image: object  # domain_builder.image.KernelImage
+    image: KernelImage
     ramdisk: bytes | None
-    plan: object  # domain_builder.layout.BuildPlan
+    plan: BuildPlan
 
 
 def prepare(config: DomainConfig) -> Prepared:
@@ -137,9 +147,8 @@ def plan_document(config: DomainConfig, prep: Prepared) -> dict[str, object]:
         "name": config.name,
         "kernel": config.kernel,
         "ramdisk": config.ramdisk,
-        "image": {k: v for k, v in prep.image.summary().items()  # type: ignore[attr-defined]
-                  if k != "segments"},
-        "plan": prep.plan.to_dict(),  # type: ignore[attr-defined]
+        "image": {k: v for k, v in prep.image.summary().items() if k != "segments"},
+        "plan": prep.plan.to_dict(),
     }
 
 
@@ -176,8 +185,8 @@ def create(config: DomainConfig, *, paused: bool = False, source: Source | None 
             return _create_steps(j, xc, xs, config, prep, paused, source)
 
 
-def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
-                  source: Source | None) -> int:
+def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep: Prepared,
+                  paused: bool, source: Source | None) -> int:
     from domain_builder import pv
     from domain_builder.xenctrl import CreateConfig
     from xenstore.devices.attach import Force, attach, detach, ref_of
@@ -209,9 +218,9 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
 
         def make_nodes() -> None:
             with xs.transaction() as t:
-                t.rm(f"/local/domain/{domid}", missing_ok=True)
+                t.rm(domain_path(domid), missing_ok=True)
                 t.rm(f"/vm/{uuid_s}", missing_ok=True)
-                t.rm(f"/libxl/{domid}", missing_ok=True)
+                t.rm(libxl_domain_path(domid), missing_ok=True)
                 write_nodes(t, domain_make_nodes(domid, config.name, uuid_s))
 
         # The undo is registered first: a transaction that failed half-way wrote nothing,
@@ -219,8 +228,7 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
         j.push("xenstore nodes", lambda: _rm_nodes(xs, domid, uuid_s))
         j.do("xenstore nodes", make_nodes)
 
-    built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp,  # type: ignore[arg-type]
-                                           prep.ramdisk))
+    built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp, prep.ramdisk))
 
     def post_nodes() -> None:
         with xs.transaction() as t:
@@ -236,11 +244,15 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
     # domain's undo releases it once it is dying.
     j.do("introduce to xenstored",
          lambda: xs.introduce_domain(domid, built.store_mfn, built.store_evtchn))
-    for dev in config_devices(domid, config):
+
+    def attach_step(dev: DeviceNodes) -> None:
         # attach() unplugs the device again if it fails half-way; once it is in, the undo
         # unplugs it without asking the (paused, never started) guest.
-        j.do(f"attach {dev.kind} {dev.devid}", lambda dev=dev: attach(xs, dev),
-             undo=lambda _, dev=dev: detach(xs, ref_of(dev), Force.ON))
+        j.do(f"attach {dev.kind} {dev.devid}", lambda: attach(xs, dev),
+             undo=lambda _: detach(xs, ref_of(dev), Force.ON))
+
+    for dev in config_devices(domid, config):
+        attach_step(dev)
     if source is not None:
         from xentool.records import remove_domain_config, save_domain_config
 
@@ -253,7 +265,7 @@ def _create_steps(j, xc, xs, config, prep: Prepared, paused: bool,
     return domid
 
 
-def _destroy_and_release(xc, xs, domid: int) -> None:
+def _destroy_and_release(xc: XenCtrl, xs: Store, domid: int) -> None:
     xc.destroy(domid)
     try:
         # @releaseDomain now: xenconsoled and others drop what they hold of the dying domain.
@@ -262,11 +274,11 @@ def _destroy_and_release(xc, xs, domid: int) -> None:
         pass  # never introduced
 
 
-def _rm_nodes(xs, domid: int, uuid: str) -> None:
+def _rm_nodes(xs: Store, domid: int, uuid: str) -> None:
     from xenstore.devices.common import path_cleanup
 
     with xs.transaction() as t:
-        for path in (f"/local/domain/{domid}", f"/vm/{uuid}", f"/libxl/{domid}"):
+        for path in (domain_path(domid), f"/vm/{uuid}", libxl_domain_path(domid)):
             t.rm(path, missing_ok=True)
         # Like libxl, also the parents the console backend leaves empty.
         path_cleanup(t, f"/local/domain/0/backend/console/{domid}")

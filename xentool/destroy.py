@@ -19,6 +19,7 @@ from xentool.errors import DomainNotFound
 from xentool.journal import forget_record, half_built_domains
 from xentool.locks import domain_lock
 from xentool.logs import get_logger
+from xentool.records import remove_domain_config
 from xentool.session import Session
 from xentool.state import LIBXL_USERDATA_DIR, libxl_userdata_pattern
 
@@ -93,8 +94,6 @@ def destroy_domain(s: Session, domid: int, *, forget: bool = True) -> None:
 
 
 def _forget(domid: int, uuid: str) -> None:
-    from xentool.monitor import remove_domain_config
-
     remove_domain_config(uuid)
     rec = half_built_domains().get(domid)
     if rec is not None and rec.notes.get("uuid") in (None, uuid):

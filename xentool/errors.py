@@ -14,6 +14,11 @@ xentool's tree.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Literal
+
 
 class XentoolError(Exception):
     """Root of every error the xentool library raises."""
@@ -92,7 +97,7 @@ class _Translating:
         return None
 
     def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         if exc is None or isinstance(exc, XentoolError):
             return False
         mine = translated(exc)

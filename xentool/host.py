@@ -8,7 +8,7 @@ the import cost once for all its guests::
     with xentool.Host() as host:
         guest = host.create("/etc/xen/web.cfg", overrides=["name='web1'", "memory=512"])
         guest.set_sched(weight=512)
-        print(guest.info().state)
+        print(guest.info().current_memkb)
         guest.shutdown(wait=True)
 
 Every method raises only :class:`xentool.errors.XentoolError` subclasses (errors of the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 
+from xenstore.paths import domain_path
 from xentool.errors import DomainNotFound, UsageError, translating
 from xentool.session import Session
 
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
 
-    from domain_builder.xenctrl import CpupoolInfo, DomainInfo, PhysInfo, SchedCredit
+    from domain_builder.xenctrl import (
+        CpupoolInfo,
+        Credit2Params,
+        CreditParams,
+        DomainInfo,
+        PhysInfo,
+        SchedCredit,
+    )
     from xenstore.devices.attach import DeviceInfo
     from xentool.config.model import DomainConfig
     from xentool.results import HostInfo, UptimeRow, VcpuRow
@@ -95,6 +103,15 @@ class Host:
             return loads(str(config), source, overrides)
         return load(os.fspath(config), overrides,
                     cache_dir=config_cache_dir() if cached else None)
+
+    @staticmethod
+    def image_info(kernel: str, max_size: int | None = None) -> dict[str, object]:
+        """What the PV builder finds in a kernel image (container, compression, ELF
+        layout, Xen notes), decompressing at most ``max_size`` bytes (default 256 MiB)."""
+        from domain_builder.image import DEFAULT_MAX_SIZE, load_kernel
+
+        with translating():
+            return load_kernel(kernel, max_size=max_size or DEFAULT_MAX_SIZE).summary()
 
     @staticmethod
     def plan(config: DomainConfig) -> dict[str, object]:
@@ -221,9 +238,10 @@ class Host:
             else:
                 domids = [0] + [d.domid for d in s.xc.domains()
                                 if d.domid != 0 and
-                                s.reader.get(f"/local/domain/{d.domid}/target") is None]
-            rows = []
+                                s.reader.get(f"{domain_path(d.domid)}/target") is None]
+            rows: list[UptimeRow] = []
             for domid in domids:
+                up: int | None
                 if domid == 0:
                     up = _dom0_uptime()
                 else:
@@ -255,7 +273,8 @@ class Host:
         with translating():
             return resolve_pool(self._session, qualifier)
 
-    def pool_sched_params(self, scheduler: str, poolid: int) -> object | None:
+    def pool_sched_params(self, scheduler: str, poolid: int
+                          ) -> CreditParams | Credit2Params | None:
         """A pool's scheduler parameters (``CreditParams``/``Credit2Params``), or None
         when Xen does not answer for that pool."""
         from xentool.scheduler.params import kind, pool_params
@@ -452,7 +471,7 @@ class Domain:
                               label=self.label)
 
     def _pool_scheduler(self) -> str:
-        from xentool.scheduler.params import SCHEDULER_NAMES
+        from xentool.scheduler import SCHEDULER_NAMES
 
         pool = self._s.xc.cpupool_info(self.info().cpupool)
         return SCHEDULER_NAMES.get(pool.sched_id, str(pool.sched_id))
@@ -461,8 +480,9 @@ class Domain:
 
     def attach_disk(self, spec: str | Sequence[str], *, timeout: float | None = None) -> None:
         """Plug a disk given in xl's disk spec syntax (``"phy:/dev/vg/x,xvdb,w"``)."""
+        from xenstore.devices.vbd import vbd_nodes
         from xentool.devices import attach_nodes, timeouts
-        from xentool.devices.vbd import parse_disk_args, vbd_nodes
+        from xentool.devices.vbd import parse_disk_args
         from xentool.locks import domain_lock
 
         disk = parse_disk_args([spec] if isinstance(spec, str) else spec)
@@ -553,7 +573,7 @@ def _dom0_uptime() -> int:
 
 def _start_time(s: Session, domid: int) -> int | None:
     """Seconds since the epoch when the domain started (``/vm/<uuid>/start_time``)."""
-    vm = s.reader.get(f"/local/domain/{domid}/vm")
+    vm = s.reader.get(f"{domain_path(domid)}/vm")
     if vm is None:
         return None
     raw = s.reader.get(f"{vm}/start_time")

@@ -55,12 +55,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from xentool.errors import XentoolError
+from xentool.logs import get_logger
 from xentool.procs import proc_start_time, process_alive
 from xentool.state import journal_dir
-from xentool.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -95,7 +95,8 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
     def __str__(self) -> str:
-        return self.args[0]
+        message: str = self.args[0]
+        return message
 
 
 # -- fault injection -----------------------------------------------------------------------
@@ -154,7 +155,7 @@ class OrphanRecord:
     op: str
     pid: int
     steps: tuple[str, ...]
-    notes: dict[str, Any]
+    notes: dict[str, object]  # as read back from the JSON record
 
 
 def orphan_records(record_dir: Path | str) -> list[OrphanRecord]:
@@ -219,14 +220,15 @@ class Journal:
     handle_signals: bool = True
     steps_done: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.faults is None:
             self.faults = FaultPlan.from_env()
         self._undos: list[_Undo] = []
         self._step = 0
-        self._saved_handlers: dict[int, Any] = {}
+        self._saved_handlers: dict[
+            int, Callable[[int, FrameType | None], object] | int | None] = {}
         self._pending: list[int] = []
         self._deferring = False
         self._active = False
@@ -322,7 +324,7 @@ class Journal:
             raise RuntimeError("Journal.push outside its 'with' block")
         self._undos.append(_Undo(name, undo))
 
-    def note(self, key: str, value: Any) -> None:
+    def note(self, key: str, value: object) -> None:
         """Remember a fact (a domid, a uuid) in the crash record."""
         self.notes[key] = value
         self._write_record()
@@ -362,7 +364,7 @@ class Journal:
             u = self._undos.pop()
             try:
                 u.fn()
-            except Exception as e:  # noqa: BLE001 - keep undoing the rest
+            except Exception as e:  # any failure: keep undoing the rest
                 self.leftovers.append(u.name)
                 log.warning("%s: rollback could not undo '%s': %s", self.op, u.name, e)
                 cause.add_note(f"rollback could not undo '{u.name}': {e}")

@@ -36,9 +36,9 @@ from pathlib import Path
 from types import TracebackType
 
 from xentool.errors import BusyError, XentoolError
+from xentool.logs import get_logger
 from xentool.procs import proc_start_time, process_alive
 from xentool.state import run_dir
-from xentool.logs import get_logger
 
 log = get_logger(__name__)
 

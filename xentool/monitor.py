@@ -42,14 +42,29 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from xenstore.paths import domain_path
 from xentool.errors import XentoolError
-from xentool.records import (REASON_NAMES, DomainRecord, all_records, load_domain_config,
-                             remove_domain_config, write_record)
-from xentool.state import records_dir
 from xentool.logs import get_logger
+from xentool.records import (
+    REASON_NAMES,
+    DomainRecord,
+    all_records,
+    load_domain_config,
+    remove_domain_config,
+    write_record,
+)
+from xentool.state import records_dir
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from types import FrameType
+
+    from domain_builder.xenctrl import DomainInfo
+    from xenstore.client import Store, Transaction
+    from xentool.locks import FileLock
+    from xentool.session import Session
 
 log = get_logger(__name__)
 
@@ -114,8 +129,27 @@ def default_create_cmd() -> list[str]:
 # -- side effects, behind a protocol so the loop is tested with fakes ---------------------------
 
 
+class DomainState(Protocol):
+    """The part of ``domain_builder.xenctrl.DomainInfo`` the monitor reads."""
+
+    @property
+    def domid(self) -> int: ...
+
+    @property
+    def uuid(self) -> str: ...
+
+    @property
+    def shutdown(self) -> bool: ...
+
+    @property
+    def dying(self) -> bool: ...
+
+    @property
+    def shutdown_reason(self) -> int | None: ...
+
+
 class Ops(Protocol):
-    def domains(self) -> list[Any]: ...  # DomainInfo-like: domid, uuid, shutdown, dying...
+    def domains(self) -> Sequence[DomainState]: ...
 
     def destroy(self, domid: int) -> bool: ...  # False: the domain was already gone
 
@@ -123,7 +157,7 @@ class Ops(Protocol):
 
     def create(self, rec: DomainRecord) -> None: ...
 
-    def lock(self, domid: int) -> Any: ...  # a context manager
+    def lock(self, domid: int) -> AbstractContextManager[object]: ...
 
 
 @dataclass
@@ -149,7 +183,7 @@ class Monitor:
                 continue
             try:
                 self.handle(info, rec)
-            except Exception as e:  # noqa: BLE001 - one bad domain must not stop the monitor
+            except Exception as e:  # one bad domain must not stop the monitor
                 log.error("domain %d (%s): handling its shutdown failed: %s", info.domid,
                           rec.name, e)
         # Ask again: handling destroyed some, and a preserved domain has a new uuid.
@@ -157,10 +191,10 @@ class Monitor:
         self.restart_due(live_uuids)
         self.collect(live_uuids | {i.uuid for i in self.ops.domains()})
 
-    def handle(self, info: Any, rec: DomainRecord) -> None:
+    def handle(self, info: DomainState, rec: DomainRecord) -> None:
         reason = info.shutdown_reason
         action = rec.action(reason)
-        rname = REASON_NAMES.get(reason, f"code {reason}")
+        rname = REASON_NAMES.get(reason if reason is not None else -1, f"code {reason}")
         if action is None:
             log.info("domain %d (%s) has suspended: nothing to do", info.domid, rec.name)
             return
@@ -211,7 +245,7 @@ class Monitor:
             log.info("restarting domain %s", rec.name)
             try:
                 self.ops.create(rec)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # one failed restart must not stop the others
                 log.error("restarting domain %s failed: %s", rec.name, e)
 
     def collect(self, live_uuids: set[str]) -> None:
@@ -233,14 +267,14 @@ class Monitor:
 class XenOps:
     """The real side effects (hypervisor, XenStore, ``xentool create``/``destroy``)."""
 
-    def __init__(self, session: Any, create_cmd: Sequence[str] | None = None) -> None:
+    def __init__(self, session: Session, create_cmd: Sequence[str] | None = None) -> None:
         self.s = session
         self.create_cmd = list(create_cmd or default_create_cmd())
 
-    def domains(self) -> list[Any]:
+    def domains(self) -> list[DomainInfo]:
         return self.s.xc.domains()
 
-    def lock(self, domid: int) -> Any:
+    def lock(self, domid: int) -> FileLock:
         from xentool.locks import domain_lock
 
         return domain_lock(domid)
@@ -264,7 +298,7 @@ class XenOps:
         dom = domain_path(domid)
         vm = f"/vm/{new_uuid}"
 
-        def move(t) -> None:
+        def move(t: Transaction) -> None:
             old_vm = t.get(f"{dom}/vm")
             t.mkdir(vm)
             t.write(f"{vm}/uuid", new_uuid)
@@ -291,7 +325,7 @@ class XenOps:
             raise XentoolError(f"{shlex.join(argv)}: {detail}")
 
 
-def run(monitor: Monitor, store: Any, stop: threading.Event) -> None:
+def run(monitor: Monitor, store: Store, stop: threading.Event) -> None:
     """Scan on every ``@releaseDomain`` event, every POLL_S and when a restart is due."""
     with store.watch("@releaseDomain") as w:
         while not stop.is_set():
@@ -328,7 +362,7 @@ def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = 
                 return
             stop = threading.Event()
 
-            def on_signal(signum: int, frame: object) -> None:
+            def on_signal(signum: int, frame: FrameType | None) -> None:
                 log.info("monitor: %s, stopping", signal.Signals(signum).name)
                 stop.set()
 

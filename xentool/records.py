@@ -18,11 +18,14 @@ import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xentool.errors import XentoolError
-from xentool.state import records_dir
 from xentool.logs import get_logger
+from xentool.state import records_dir
+
+if TYPE_CHECKING:
+    from xentool.config.model import DomainConfig
 
 log = get_logger(__name__)
 
@@ -112,7 +115,7 @@ def write_record(rec: DomainRecord) -> Path:
     return path
 
 
-def save_domain_config(config: Any, uuid: str | uuidlib.UUID, config_path: str,
+def save_domain_config(config: DomainConfig, uuid: str | uuidlib.UUID, config_path: str,
                        overrides: Sequence[str] = (), *, config_text: str | None = None,
                        cwd: str | None = None) -> Path:
     """Record how domain ``uuid`` was created so the monitor can restart it.

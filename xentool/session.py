@@ -13,6 +13,7 @@ fakes; in production ``xc`` is a ``domain_builder.xenctrl.XenCtrl`` and ``xs`` a
 
 from __future__ import annotations
 
+from xenstore.paths import domain_path
 from xentool.errors import DomainNotFound, XentoolError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
@@ -20,17 +21,21 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Protocol
 
-    class _Lister(Protocol):
-        def domains(self) -> list: ...  # list[DomainInfo]
+    from domain_builder.xenctrl import DomainInfo, XenCtrl
+    from domain_builder.xsread import XenStoreReader
+    from xenstore.client import Store
 
-        def domain_info(self, domid: int): ...  # DomainInfo | None
+    class _Lister(Protocol):
+        def domains(self) -> list[DomainInfo]: ...
+
+        def domain_info(self, domid: int) -> DomainInfo | None: ...
 
     class _Reader(Protocol):
         def get(self, path: str, default: str | None = None) -> str | None: ...
 
 
 def name_path(domid: int) -> str:
-    return f"/local/domain/{domid}/name"
+    return f"{domain_path(domid)}/name"
 
 
 def is_domid(qualifier: str) -> bool:
@@ -68,10 +73,10 @@ def resolve(xc: _Lister, xs: _Reader, qualifier: str) -> int:
         if domid < 0x7FF0 and xc.domain_info(domid) is not None:
             return domid
         raise DomainNotFound(qualifier)
-    domid = name_to_domid(xc, xs, qualifier)
-    if domid is None:
+    found = name_to_domid(xc, xs, qualifier)
+    if found is None:
         raise DomainNotFound(qualifier)
-    return domid
+    return found
 
 
 class Session:
@@ -81,9 +86,9 @@ class Session:
     """
 
     def __init__(self) -> None:
-        self._xc = None
-        self._xs = None
-        self._reader = None
+        self._xc: XenCtrl | None = None
+        self._xs: Store | None = None
+        self._reader: XenStoreReader | None = None
 
     def __enter__(self) -> Session:
         return self
@@ -107,7 +112,7 @@ class Session:
                     xc.close()
 
     @property
-    def xc(self):  # -> XenCtrl; imported lazily to keep start-up cheap
+    def xc(self) -> XenCtrl:  # imported lazily to keep start-up cheap
         if self._xc is None:
             from domain_builder.xenctrl import XenCtrl
 
@@ -117,7 +122,7 @@ class Session:
         return self._xc
 
     @property
-    def reader(self):  # -> domain_builder.xsread.XenStoreReader: cheap reads only
+    def reader(self) -> XenStoreReader:  # cheap reads only
         if self._reader is None:
             from domain_builder.xsread import XenStoreReader
 
@@ -127,7 +132,7 @@ class Session:
         return self._reader
 
     @property
-    def xs(self):  # -> xenstore.client.Store: writes, transactions, watches
+    def xs(self) -> Store:  # writes, transactions, watches
         if self._xs is None:
             from xenstore.client import Store
 

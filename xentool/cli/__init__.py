@@ -20,12 +20,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from importlib.machinery import ModuleSpec
     from types import ModuleType
+    from typing import Protocol
 
     from xentool.errors import XentoolError
 
+    class _FormatterClass(Protocol):
+        """What ``ArgumentParser(formatter_class=...)`` calls: argparse passes ``prog=``."""
+
+        def __call__(self, *, prog: str) -> argparse.HelpFormatter: ...
+
 
 class Verb:
-    """One row of the verb table: name, implementing module (under xentool.cli.commands), summary."""
+    """One row of the verb table: name, implementing module (under xentool.cli.commands),
+    summary."""
 
     __slots__ = ("module", "name", "summary")
 
@@ -42,10 +49,14 @@ class Verb:
         return self.name.replace("-", "_")
 
     def configure(self) -> Callable[[argparse.ArgumentParser], None]:
-        return getattr(self._load(), f"configure_{self._ident}")
+        configure: Callable[[argparse.ArgumentParser], None] = getattr(
+            self._load(), f"configure_{self._ident}")
+        return configure
 
     def handler(self) -> Callable[[argparse.Namespace], int]:
-        return getattr(self._load(), f"cmd_{self._ident}")
+        handler: Callable[[argparse.Namespace], int] = getattr(self._load(),
+                                                               f"cmd_{self._ident}")
+        return handler
 
     def _load(self) -> ModuleType:
         import importlib
@@ -99,14 +110,17 @@ def _terminal_columns() -> int:
         columns = 0
     if columns > 0:
         return columns
+    stdout = sys.__stdout__
+    if stdout is None:  # no stdout at all: as shutil, whose fileno() call fails
+        return 80
     try:
-        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        columns = os.get_terminal_size(stdout.fileno()).columns
     except (AttributeError, ValueError, OSError):
         return 80
     return columns or 80
 
 
-def _formatter(cls: type[argparse.HelpFormatter]) -> Callable[[str], argparse.HelpFormatter]:
+def _formatter(cls: type[argparse.HelpFormatter]) -> _FormatterClass:
     """A ``formatter_class`` making ``cls`` as wide as argparse would, without shutil.
 
     argparse makes a formatter for every ``add_argument`` (to check the metavar) and the
@@ -213,7 +227,7 @@ class _LoggingOnImport:
             exec_module(module)
             _configure_logging(module, self.verbose)
 
-        loader.exec_module = exec_and_configure  # type: ignore[method-assign]
+        loader.exec_module = exec_and_configure  # type: ignore[method-assign]  # wrapped on purpose
         return spec
 
 

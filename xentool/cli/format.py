@@ -51,7 +51,14 @@ from xentool.scheduler import SCHEDULER_NAMES
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-    from typing import Any
+
+    from domain_builder.xenctrl import (
+        Credit2Params,
+        CreditParams,
+        DomainInfo,
+        PhysInfo,
+        VersionInfo,
+    )
 
 SHUTDOWN_LETTERS = "-rscwS"
 
@@ -103,7 +110,7 @@ def print_bitmap(cpus: Iterable[int], maplen: int) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def to_json(obj: Any) -> str:
+def to_json(obj: object) -> str:
     import json  # only --json pays for it
 
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
@@ -114,9 +121,9 @@ def to_json(obj: Any) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def state_flags(d: Any) -> str:
+def state_flags(d: DomainInfo) -> str:
     """The six-letter State column: running, blocked, paused, shutdown, reason, dying."""
-    reason = d.shutdown_reason if d.shutdown else 0
+    reason = (d.shutdown_reason or 0) if d.shutdown else 0  # an int once shut down
     letter = SHUTDOWN_LETTERS[reason] if 0 <= reason < len(SHUTDOWN_LETTERS) else "?"
     return "".join((
         "r" if d.running else "-", "b" if d.blocked else "-", "p" if d.paused else "-",
@@ -124,7 +131,8 @@ def state_flags(d: Any) -> str:
     ))
 
 
-def format_list(entries: Sequence[tuple[str | None, Any]], verbose: bool = False) -> str:
+def format_list(entries: Sequence[tuple[str | None, DomainInfo]], verbose: bool = False
+                ) -> str:
     """``xl list [-v]``; entries are (XenStore name, DomainInfo) in domid order."""
     out = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
     if verbose:
@@ -142,7 +150,7 @@ def format_list(entries: Sequence[tuple[str | None, Any]], verbose: bool = False
     return "\n".join(out) + "\n"
 
 
-def list_json(entries: Sequence[tuple[str | None, Any]]) -> list[dict[str, Any]]:
+def list_json(entries: Sequence[tuple[str | None, DomainInfo]]) -> list[dict[str, object]]:
     return [{
         "domid": d.domid, "name": name, "uuid": d.uuid,
         "memory_kb": d.current_memkb + d.outstanding_memkb,
@@ -166,7 +174,7 @@ def list_json(entries: Sequence[tuple[str | None, Any]]) -> list[dict[str, Any]]
 
 
 
-def virt_caps(phys: Any) -> list[str]:
+def virt_caps(phys: PhysInfo) -> list[str]:
     has = phys.has_cap
     caps = [("pv", has("pv")), ("hvm", has("hvm")),
             ("hvm_directio", has("hvm") and has("directio")),
@@ -178,13 +186,13 @@ def virt_caps(phys: Any) -> list[str]:
     return [name for name, on in caps if on]
 
 
-def info_items(uname: Uname, phys: Any, ver: Any, sched_id: int,
-               free_cpus: int | None) -> list[tuple[str, Any, str]]:
+def info_items(uname: Uname, phys: PhysInfo, ver: VersionInfo, sched_id: int,
+               free_cpus: int | None) -> list[tuple[str, object, str]]:
     """(key, json value, xl text line) for each ``xl info`` line, in xl's order."""
     per_mib = (1 << 20) // ver.pagesize
-    items: list[tuple[str, Any, str]] = []
+    items: list[tuple[str, object, str]] = []
 
-    def add(key: str, value: Any, text: str | None = None, sep: str = ": ") -> None:
+    def add(key: str, value: object, text: str | None = None, sep: str = ": ") -> None:
         items.append((key, value, f"{key:<23}{sep}{value if text is None else text}\n"))
 
     add("host", uname.nodename)
@@ -226,7 +234,7 @@ def info_items(uname: Uname, phys: Any, ver: Any, sched_id: int,
     return items
 
 
-def format_info(items: Sequence[tuple[str, Any, str]], select: str | None = None) -> str:
+def format_info(items: Sequence[tuple[str, object, str]], select: str | None = None) -> str:
     """All lines, or (``xl info NAME``) the values of lines whose text starts with NAME."""
     if select is None:
         return "".join(line for _, _, line in items)
@@ -238,7 +246,7 @@ def format_info(items: Sequence[tuple[str, Any, str]], select: str | None = None
     return "".join(out)
 
 
-def info_json(items: Sequence[tuple[str, Any, str]]) -> dict[str, Any]:
+def info_json(items: Sequence[tuple[str, object, str]]) -> dict[str, object]:
     return {key: value for key, value, _ in items}
 
 
@@ -270,7 +278,7 @@ def format_vcpu_list(rows: Sequence[VcpuRow], nr_cpus: int) -> str:
     return VCPU_LIST_HEADER + "".join(format_vcpu_row(r, nr_cpus) for r in rows)
 
 
-def vcpu_list_json(rows: Sequence[VcpuRow]) -> list[dict[str, Any]]:
+def vcpu_list_json(rows: Sequence[VcpuRow]) -> list[dict[str, object]]:
     return [{
         "domid": r.domid, "name": r.name, "vcpu": r.info.vcpu,
         "cpu": r.info.cpu if r.info.online else None, "online": r.info.online,
@@ -308,7 +316,7 @@ def format_uptime(rows: Sequence[tuple[int, str | None, int]], short: bool,
     return "".join(out)
 
 
-def uptime_json(rows: Sequence[tuple[int, str | None, int]]) -> list[dict[str, Any]]:
+def uptime_json(rows: Sequence[tuple[int, str | None, int]]) -> list[dict[str, object]]:
     return [{"domid": d, "name": n, "uptime_s": u} for d, n, u in rows]
 
 
@@ -323,25 +331,25 @@ def format_sched_row(name: str | None, domid: int, weight: int, cap: int) -> str
     return f"{c_str(name):<33} {domid:4d} {weight:6d} {cap:4d}\n"
 
 
-def format_credit_pool(pool_name: str | None, params: Any | None) -> str:
+def format_credit_pool(pool_name: str | None, params: CreditParams | None) -> str:
     if params is None:
         return f"Cpupool {c_str(pool_name)}: [sched params unavailable]\n"
     return (f"Cpupool {c_str(pool_name)}: tslice={params.tslice_ms}ms "
             f"ratelimit={params.ratelimit_us}us migration-delay={params.vcpu_migr_delay_us}us\n")
 
 
-def format_credit2_pool(pool_name: str | None, params: Any | None) -> str:
+def format_credit2_pool(pool_name: str | None, params: Credit2Params | None) -> str:
     if params is None:
         return f"Cpupool {c_str(pool_name)}: [sched params unavailable]\n"
     return f"Cpupool {c_str(pool_name)}: ratelimit={params.ratelimit_us}us\n"
 
 
-def params_json(params: Any | None) -> dict[str, int] | None:
+def params_json(params: CreditParams | Credit2Params | None) -> dict[str, int] | None:
     if params is None:
         return None
     return {k: getattr(params, k) for k in params.__dataclass_fields__}
 
 
-def sched_row_json(name: str | None, domid: int, weight: int, cap: int) -> dict[str, Any]:
+def sched_row_json(name: str | None, domid: int, weight: int, cap: int) -> dict[str, object]:
     return {"domid": domid, "name": name, "weight": weight, "cap": cap}
 

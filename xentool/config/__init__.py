@@ -29,12 +29,23 @@ Where xentool and xl (4.17) differ, on purpose:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from xentool.config.errors import ConfigError
 from xentool.config.limits import MAX_CONFIG_BYTES
-from xentool.config.model import (CpuAffinity, CpuSet, DiskBackend, DiskFormat, DiskSpec,
-                                  DomainConfig, DomainType, NicType, ShutdownAction, VifSpec)
+from xentool.config.model import (
+    CpuAffinity,
+    CpuSet,
+    DiskBackend,
+    DiskFormat,
+    DiskSpec,
+    DomainConfig,
+    DomainType,
+    NicType,
+    ShutdownAction,
+    VifSpec,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path

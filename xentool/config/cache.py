@@ -60,7 +60,7 @@ def _read(directory: Path, entry: Path) -> DomainConfig | None:
         return None
     try:
         cfg = pickle.loads(data)
-    except Exception:  # noqa: BLE001 - a damaged or stale entry of any kind: parse instead
+    except Exception:  # a damaged or stale entry of any kind: parse instead
         return None
     return cfg if isinstance(cfg, DomainConfig) else None
 

@@ -11,8 +11,9 @@ position instead of xl's "near `...'" on stderr.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Literal, TypedDict
 
 from xentool.config.model import DiskBackend, DiskFormat, DiskSpec, DiskSpecification
 
@@ -37,12 +38,42 @@ _BACKENDS = {"phy": DiskBackend.PHY, "tap": DiskBackend.TAP, "qdisk": DiskBacken
 _SPECIFICATIONS = {"xen": DiskSpecification.XEN, "virtio": DiskSpecification.VIRTIO}
 
 
+class _DiskFields(TypedDict, total=False):
+    """What the rules have set so far: ``DiskSpec`` fields, the target as ``pdev_path``."""
+
+    vdev: str
+    pdev_path: str
+    format: DiskFormat
+    readwrite: bool
+    is_cdrom: bool
+    backend: DiskBackend
+    backend_domname: str
+    script: str
+    specification: DiskSpecification
+    direct_io_safe: bool
+    discard_enable: bool
+    trusted: bool
+    colo_enable: bool
+    colo_host: str
+    colo_port: int
+    colo_export: str
+    active_disk: str
+    hidden_disk: str
+
+
+_StrField = Literal["vdev", "pdev_path", "backend_domname", "script", "colo_host",
+                    "colo_export", "active_disk", "hidden_disk"]
+_BoolField = Literal["is_cdrom", "direct_io_safe", "discard_enable", "colo_enable"]
+_EnumField = Literal["format", "backend", "specification"]
+_DiskEnum = DiskFormat | DiskBackend | DiskSpecification
+
+
 @dataclass
 class _State:
     """The mutable parse state (libxlu's DiskParseContext + the disk being filled)."""
 
     spec: str
-    f: dict
+    f: _DiskFields
     had_depr_prefix: bool = False
     access_set: bool = False
     pos: int = 0
@@ -50,7 +81,7 @@ class _State:
     def err(self, message: str, near: str | None, offset: int | None = None) -> DiskSpecError:
         return DiskSpecError(message, self.spec, self.pos if offset is None else offset, near)
 
-    def save(self, name: str, field: str, value: str) -> None:
+    def save(self, name: str, field: _StrField, value: str) -> None:
         cur = self.f.get(field)
         if cur:  # xl does not complain about overwriting an empty string
             if field == "pdev_path" and cur in ("trusted", "untrusted"):
@@ -59,7 +90,8 @@ class _State:
             raise self.err(f"{name} respecified", value)
         self.f[field] = value
 
-    def dset(self, field: str, value, unknown, near: str, what: str) -> None:
+    def dset(self, field: _EnumField, value: _DiskEnum, unknown: _DiskEnum, near: str,
+             what: str) -> None:
         cur = self.f.get(field, unknown)
         if cur is not unknown and cur is not value:
             raise self.err(f"{what} respecified", near)
@@ -143,19 +175,20 @@ def _colo_port(st: _State, t: str) -> None:
     st.f["colo_port"] = port
 
 
-def _setter(field: str, value) -> Callable[[_State, str], None]:
+def _setter(field: _BoolField, value: bool) -> Callable[[_State, str], None]:
     def act(st: _State, t: str) -> None:
         st.f[field] = value
     return act
 
 
-def _saver(name: str, field: str) -> Callable[[_State, str], None]:
+def _saver(name: str, field: _StrField) -> Callable[[_State, str], None]:
     def act(st: _State, t: str) -> None:
         st.save(name, field, _value(t))
     return act
 
 
-def _enum_setter(table: dict, field: str, unknown, what: str):
+def _enum_setter(table: Mapping[str, _DiskEnum], field: _EnumField, unknown: _DiskEnum,
+                 what: str) -> Callable[[_State, str], None]:
     def act(st: _State, t: str) -> None:
         v = _value(t)
         if v not in table:
@@ -229,7 +262,9 @@ _RULES: list[tuple[str, str | None, Callable[[_State, str], None]]] = [
     (r"[a-z][a-z0-9]*:", r"(?:[^a-z0-9].*)?", _unknown_prefix),
     (r"[^=,]*,|[^=,]+,?", None, _positional),
 ]
-_COMPILED = [(re.compile(h), re.compile(t) if t else None, a) for h, t, a in _RULES]
+_Rule = tuple[re.Pattern[str], re.Pattern[str] | None, Callable[[_State, str], None]]
+_COMPILED: list[_Rule] = [(re.compile(h), re.compile(t) if t else None, a)
+                          for h, t, a in _RULES]
 
 
 def _first_chars(pattern: str) -> set[str]:
@@ -249,7 +284,7 @@ def _first_chars(pattern: str) -> set[str]:
     return {pattern[0]}
 
 
-def _first_char_index() -> dict[str, list]:
+def _first_char_index() -> dict[str, list[_Rule]]:
     """For each ASCII char, the rules (in order) whose head can start with it."""
     firsts = [(_first_chars(r[0].pattern), r) for r in _COMPILED]
     return {chr(c): [r for f, r in firsts if chr(c) in f] for c in range(128)}
@@ -269,7 +304,9 @@ def _longest(spec: str, pos: int) -> tuple[int, str, Callable[[_State, str], Non
             continue
         total = m.end()
         if trail is not None:
-            total = trail.match(spec, m.end()).end()
+            rest = trail.match(spec, m.end())
+            assert rest is not None  # every trailing context matches the empty string
+            total = rest.end()
         if best is None or total > best[0]:
             best = (total, m.group(0), act)
     return best

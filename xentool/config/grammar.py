@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterator, Mapping, Union
+from typing import Literal
 
 import pyparsing as pp
 
@@ -58,13 +59,13 @@ class Atom:
 
 @dataclass(frozen=True)
 class ListValue:
-    items: tuple["Value", ...]
+    items: tuple[Value, ...]
     file: str
     line: int
     column: int
 
 
-Value = Union[Atom, ListValue]
+Value = Atom | ListValue
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class ParsedConfig:
     statements: tuple[Statement, ...]
     settings: Mapping[str, Setting]
     warnings: tuple[str, ...] = ()
-    _lines: "_LineIndex | None" = field(default=None, repr=False, compare=False)
+    _lines: _LineIndex | None = field(default=None, repr=False, compare=False)
 
     def source_line(self, file: str, line: int) -> str | None:
         """The text of a line of the config (or of the overrides), for excerpts."""
@@ -218,10 +219,16 @@ _STMT_OR_EMPTY = re.compile(f"{_STMT_RE}|{_EMPTY_RE}")
 _RUN_FULL = re.compile(f"(?:{_RUN_RE})?")
 _ITEM_SPLIT = re.compile(rf"{_STRING_RE}|{_NUMBER_RE}|\#[^\n]*")
 
+# What the parse produces, before positions are resolved (offsets into the text):
+_AtomNode = tuple[Literal["atom"], int, str]  # ("atom", offset, token as written)
+_ListNode = tuple[Literal["list"], int, list["_ValueNode"]]  # ("list", offset, items)
+_ValueNode = _AtomNode | _ListNode
+_StmtNode = tuple[Literal["stmt"], int, str, str, _ValueNode]  # (.., offset, key, op, value)
 
-def _split_run(chunk: str, loc: int) -> list[tuple]:
+
+def _split_run(chunk: str, loc: int) -> list[_StmtNode]:
     """The statement nodes of a run matched by the fast-path regex."""
-    nodes = []
+    nodes: list[_StmtNode] = []
     pos = 0
     while pos < len(chunk):
         m = _STMT_OR_EMPTY.match(chunk, pos)
@@ -231,9 +238,10 @@ def _split_run(chunk: str, loc: int) -> list[tuple]:
         if v is None:
             continue
         vloc = loc + m.start(3)
+        value: _ValueNode
         if v[0] == "[":
-            items = [("atom", vloc + i.start(), i.group(0)) for i in _ITEM_SPLIT.finditer(v)
-                     if i.group(0)[0] != "#"]
+            items: list[_ValueNode] = [("atom", vloc + i.start(), i.group(0))
+                                       for i in _ITEM_SPLIT.finditer(v) if i.group(0)[0] != "#"]
             value = ("list", vloc, items)
         else:
             value = ("atom", vloc, v)
@@ -265,7 +273,8 @@ class _Grammar:
         op = pp.Regex(r"\+?=").set_name("'=' or '+='")
         atom = pp.Regex(f"{_STRING_RE}|{_NUMBER_RE}").set_name("value")
         atom.set_parse_action(lambda s, loc, t: ("atom", loc, t[0]))
-        value = pp.Forward().set_name("value")
+        value = pp.Forward()
+        value.set_name("value")
         comma = pp.Suppress(",").set_name("','")
         lbr = pp.Suppress("[").set_name("'['")
         rbr = pp.Suppress("]").set_name("']'")
@@ -320,7 +329,9 @@ def _diagnose(text: str, loc: int, expected: str) -> str:
         return "comment at end of file needs a final newline (xl rejects it otherwise)"
     word = re.match(r"[A-Za-z_][A-Za-z0-9_.\-]*", text[loc:])
     if word and loc and text[loc - 1].isdigit():
-        num = re.search(r"[0-9][0-9a-fx]*$", text[:loc]).group(0) + word.group(0)
+        digits = re.search(r"[0-9][0-9a-fx]*$", text[:loc])
+        assert digits is not None  # text[loc - 1] is a digit
+        num = digits.group(0) + word.group(0)
         return (f"bad number '{num}': xl numbers are [0-9][0-9a-fx]* (hex digits in lower "
                 "case), anything else must be quoted")
     if word:
@@ -379,10 +390,10 @@ def _prescan(text: str, lines: _LineIndex) -> None:
             raise lines.error("NUL byte in config file", m.start())
 
 
-def _build_value(node: tuple, lines: _LineIndex, warnings: list[str]) -> Value:
-    kind, loc = node[0], node[1]
+def _build_value(node: _ValueNode, lines: _LineIndex, warnings: list[str]) -> Value:
+    loc = node[1]
     file, line, col = lines.locate(loc)
-    if kind == "atom":
+    if node[0] == "atom":
         tok = node[2]
         if tok[0] in "\"'":
             return Atom(_dequote(tok, loc, lines, warnings), True, file, line, col)
@@ -391,7 +402,8 @@ def _build_value(node: tuple, lines: _LineIndex, warnings: list[str]) -> Value:
     return ListValue(items, file, line, col)
 
 
-def _concat(prev: Setting, stmt: Statement, parsed_error) -> Value:
+def _concat(prev: Setting, stmt: Statement,
+            parsed_error: Callable[[str, Statement], ConfigError]) -> Value:
     a, b = prev.value, stmt.value
     if isinstance(a, Atom) and isinstance(b, Atom):
         return Atom(a.text + b.text, a.quoted or b.quoted, b.file, b.line, b.column)
@@ -423,6 +435,7 @@ def parse(text: str, source: str = "<config>", extra: str | None = None, *,
     try:
         # match(), not fullmatch(): a failing fullmatch backtracks through every statement.
         head = _RUN_FULL.match(text) if fast else None
+        nodes: list[_StmtNode] | pp.ParseResults
         if head is not None and head.end() == len(text):
             # The whole file is in the regular subset: skip pyparsing's per-call set-up.
             nodes = _split_run(text, 0)
@@ -438,7 +451,7 @@ def parse(text: str, source: str = "<config>", extra: str | None = None, *,
     statements: list[Statement] = []
     settings: dict[str, Setting] = {}
 
-    def err(message: str, at) -> ConfigError:
+    def err(message: str, at: Statement) -> ConfigError:
         return ConfigError(message, at.file, at.line, at.column,
                            lines.source_line(at.file, at.line))
 

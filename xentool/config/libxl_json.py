@@ -11,18 +11,26 @@ was not set is absent, and a vif without ``mac=`` has no MAC: libxl draws one at
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
 from uuid import UUID
 
-from xentool.config.model import (CpuAffinity, DiskBackend, DiskSpec, DiskSpecification,
-                                  DomainConfig, NicType, ShutdownAction, VifSpec)
+from xentool.config.model import (
+    CpuAffinity,
+    DiskBackend,
+    DiskSpec,
+    DiskSpecification,
+    DomainConfig,
+    NicType,
+    ShutdownAction,
+    VifSpec,
+)
 
 
 def _defbool(v: bool) -> str:
     return "True" if v else "False"
 
 
-def _bitmap(bits) -> list[int]:
+def _bitmap(bits: Iterable[int]) -> list[int]:
     return sorted(bits)
 
 
@@ -33,8 +41,8 @@ def _affinity(aff: CpuAffinity, host_cpus: int | None) -> list[list[int]] | None
     return [_bitmap(s.resolve(n)) for s in aff.per_vcpu]
 
 
-def _disk(d: DiskSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _disk(d: DiskSpec) -> dict[str, object]:
+    out: dict[str, object] = {}
     if d.backend_domname is not None:
         out["backend_domname"] = d.backend_domname
     if d.target is not None:
@@ -67,8 +75,8 @@ def _disk(d: DiskSpec) -> dict[str, Any]:
     return out
 
 
-def _nic(v: VifSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _nic(v: VifSpec) -> dict[str, object]:
+    out: dict[str, object] = {}
     if v.backend_domname is not None:
         out["backend_domname"] = v.backend_domname
     out["devid"] = v.devid
@@ -100,20 +108,20 @@ def _nic(v: VifSpec) -> dict[str, Any]:
 
 
 def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
-             host_cpus: int | None = None) -> dict[str, Any]:
+             host_cpus: int | None = None) -> dict[str, object]:
     """The libxl_domain_config object for ``cfg`` (keys in libxl's order).
 
     ``uuid`` is printed when the config has none (xl prints the random one it drew);
     ``host_cpus`` is needed only to print affinities that say "all".
     """
-    c_info: dict[str, Any] = {"type": cfg.type.value, "name": cfg.name}
+    c_info: dict[str, object] = {"type": cfg.type.value, "name": cfg.name}
     u = cfg.uuid or uuid
     if u is not None:
         c_info["uuid"] = str(u)
     if cfg.pool is not None:
         c_info["pool_name"] = cfg.pool
 
-    b_info: dict[str, Any] = {}
+    b_info: dict[str, object] = {}
     # xl sets max_vcpus from maxvcpus, else from vcpus; avail_vcpus only from vcpus.
     if cfg.maxvcpus_set or cfg.vcpus_set:
         b_info["max_vcpus"] = cfg.maxvcpus
@@ -136,7 +144,7 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         b_info["max_grant_frames"] = cfg.max_grant_frames
     if cfg.max_maptrack_frames is not None:
         b_info["max_maptrack_frames"] = cfg.max_maptrack_frames
-    sched: dict[str, Any] = {}
+    sched: dict[str, object] = {}
     if cfg.cpu_weight is not None:
         sched["weight"] = cfg.cpu_weight
     if cfg.cpu_cap is not None:
@@ -147,12 +155,12 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
     for key in ("kernel", "cmdline", "ramdisk"):
         if getattr(cfg, key) is not None:
             b_info[key] = getattr(cfg, key)
-    pv: dict[str, Any] = {}
+    pv: dict[str, object] = {}
     if cfg.e820_host is not None:
         pv["e820_host"] = _defbool(cfg.e820_host)
     b_info["type.pv"] = pv
 
-    out: dict[str, Any] = {"c_info": c_info, "b_info": b_info}
+    out: dict[str, object] = {"c_info": c_info, "b_info": b_info}
     if cfg.disks:
         out["disks"] = [_disk(d) for d in cfg.disks]
     if cfg.vifs:
@@ -164,6 +172,6 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
     return out
 
 
-def dumps(obj: dict[str, Any]) -> str:
+def dumps(obj: dict[str, object]) -> str:
     """Formatted like libxl's yajl generator in beautify mode (4-space indent)."""
     return json.dumps(obj, indent=4, ensure_ascii=False, separators=(",", ": ")) + "\n"

@@ -16,8 +16,15 @@ from uuid import UUID
 from xentool.config.disk import DiskSpecError, parse_disk_spec
 from xentool.config.errors import ConfigError
 from xentool.config.grammar import Atom, ListValue, Op, ParsedConfig, Setting
-from xentool.config.model import (CpuAffinity, CpuSet, DiskSpec, DomainConfig, DomainType,
-                                  ShutdownAction, VifSpec)
+from xentool.config.model import (
+    CpuAffinity,
+    CpuSet,
+    DiskSpec,
+    DomainConfig,
+    DomainType,
+    ShutdownAction,
+    VifSpec,
+)
 from xentool.config.vif import VifSpecError, VifWarning, parse_vif_spec
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
@@ -58,7 +65,7 @@ usbctrl usbdev usbdevice usbversion uuid vcpus vdispl vendor_device vfb vga vide
 vif2 viridian vkb vkb_device vmtrace_buf_kb vnc vncdisplay vnclisten vncpasswd vncunused
 vncviewer vnuma vpmu vpt_align vsnd vtpm vuart xauthority xen_platform_pci
 xend_suspend_evtchn_compat
-""".split())
+""".split())  # noqa: SIM905 - a long word list reads better as text than as literals
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                       r"[0-9a-fA-F]{12}")
@@ -136,10 +143,12 @@ class _Reader:
             return None
         if not isinstance(st.value, ListValue):
             raise self.err(f"'{key}' must be a list, e.g. {key} = [ '...' ]", st.value)
+        atoms: list[Atom] = []
         for item in st.value.items:
             if not isinstance(item, Atom):
                 raise self.err(f"'{key}' items must be strings, not lists", item)
-        return list(st.value.items)  # type: ignore[arg-type]
+            atoms.append(item)
+        return atoms
 
 
 def _domain_type(r: _Reader) -> DomainType:
@@ -167,9 +176,10 @@ def _domain_type(r: _Reader) -> DomainType:
         r.warn("'builder' is deprecated, use 'type'", b)
     dtype = dtype or DomainType.PV
     if dtype is not DomainType.PV:
-        at = b if b is not None and a is None else a
+        at = a if a is not None else b
+        assert at is not None  # only type= or builder= selects another type than PV
         raise r.err(f"type '{dtype.value}' is not supported: xentool builds PV guests only "
-                    "(for now)", at)  # type: ignore[arg-type]
+                    "(for now)", at)
     return dtype
 
 

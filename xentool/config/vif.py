@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Literal, Required, TypedDict
 
 from xentool.config.model import NicType, VifSpec
 
@@ -33,8 +34,29 @@ class VifWarning:
     offset: int
 
 
-_STRING_KEYS = {"bridge": "bridge", "ip": "ip", "script": "script", "backend": "backend_domname",
-                "vifname": "vifname", "model": "model", "gatewaydev": "gatewaydev"}
+class _VifFields(TypedDict, total=False):
+    """The ``VifSpec`` fields a spec sets (all but the MAC), as they are parsed."""
+
+    devid: Required[int]
+    trusted: bool
+    nictype: NicType
+    bridge: str
+    ip: str
+    script: str
+    backend_domname: str
+    vifname: str
+    model: str
+    gatewaydev: str
+    rate_bytes_per_interval: int
+    rate_interval_usecs: int
+    mtu: int
+
+
+_StringField = Literal["bridge", "ip", "script", "backend_domname", "vifname", "model",
+                       "gatewaydev"]
+_STRING_KEYS: dict[str, _StringField] = {
+    "bridge": "bridge", "ip": "ip", "script": "script", "backend": "backend_domname",
+    "vifname": "vifname", "model": "model", "gatewaydev": "gatewaydev"}
 _MAC_RE = re.compile(r"([0-9a-fA-F]{1,2})[:-]([0-9a-fA-F]{1,2})[:-]([0-9a-fA-F]{1,2})[:-]"
                      r"([0-9a-fA-F]{1,2})[:-]([0-9a-fA-F]{1,2})[:-]([0-9a-fA-F]{1,2})")
 
@@ -43,11 +65,14 @@ def _strtoull0(s: str) -> tuple[int, int]:
     """C ``strtoull(s, &end, 0)`` for the digit strings the rate regexes allow."""
     if s.startswith(("0x", "0X")) and len(s) > 2 and s[2] in "0123456789abcdefABCDEF":
         m = re.match(r"[0-9a-fA-F]+", s[2:])
+        assert m is not None  # s[2] is a hex digit
         return int(m.group(0), 16), 2 + m.end()
     if s.startswith("0"):
         m = re.match(r"[0-7]*", s[1:])
+        assert m is not None  # matches the empty string at least
         return (int(m.group(0), 8) if m.group(0) else 0), 1 + m.end()
     m = re.match(r"[0-9]+", s)
+    assert m is not None  # the callers' regexes start s with a digit
     return int(m.group(0)), m.end()
 
 
@@ -110,7 +135,8 @@ def parse_vif_spec(spec: str, index: int, mac_seed: str,
 
     ``mac_seed`` identifies the domain (its uuid or name) for :func:`generated_mac`.
     """
-    f: dict = {"devid": index}
+    f: _VifFields = {"devid": index}
+    mac: str | None = None
     pos = 0
     for tok in spec.split(","):
         start = pos
@@ -144,7 +170,7 @@ def parse_vif_spec(spec: str, index: int, mac_seed: str,
             octets = [int(x, 16) for x in m.groups()]
             if octets[0] & 1 and warnings is not None:
                 warnings.append(VifWarning(f"mac='{value}' is a multicast address", at))
-            f["mac"] = ":".join(f"{o:02x}" for o in octets)
+            mac = ":".join(f"{o:02x}" for o in octets)
         elif key in _STRING_KEYS:
             f[_STRING_KEYS[key]] = value
         elif key == "netdev":
@@ -166,7 +192,6 @@ def parse_vif_spec(spec: str, index: int, mac_seed: str,
                                            at))
         else:
             raise VifSpecError(f"unknown vif setting '{key}'", spec, at)
-    mac = f.pop("mac", None)
     if mac is None:
         return VifSpec(mac=generated_mac(mac_seed, f["devid"]), mac_generated=True, **f)
     return VifSpec(mac=mac, **f)

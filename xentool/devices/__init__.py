@@ -20,9 +20,19 @@ from dataclasses import dataclass, replace
 
 from xenstore import paths
 from xenstore.client import Store
-from xenstore.devices.attach import (DeviceInfo, Force, Timeouts, attach, destroy_all, detach,
-                                     find_device, list_devices, list_devids)
+from xenstore.devices.attach import (
+    DeviceInfo,
+    Force,
+    Timeouts,
+    attach,
+    destroy_all,
+    detach,
+    find_device,
+    list_devices,
+    list_devids,
+)
 from xenstore.devices.common import DeviceNodes
+from xenstore.devices.vif import vif_nodes
 from xentool.config.model import DomainConfig
 from xentool.devices import console, vbd, vif
 from xentool.errors import DeviceError, NotFoundError, UsageError
@@ -99,7 +109,7 @@ def attach_vif(xs: Store, domid: int, options: Sequence[str],
         devid = vif.next_devid(list_devids(xs, domid, vif.KIND))
         nic = vif.parse_vif_args(options, devid)
         try:
-            attach(xs, vif.vif_nodes(domid, nic), wait or Timeouts())
+            attach(xs, vif_nodes(domid, nic), wait or Timeouts())
             return devid
         except OSError as e:
             if e.errno != errno.EEXIST:

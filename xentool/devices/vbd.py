@@ -11,8 +11,7 @@ from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vbd import Vbd, vbd_nodes
 from xentool.config.disk import parse_disk_spec
-from xentool.config.model import (DiskBackend, DiskFormat, DiskSpec, DiskSpecification,
-                                  DomainConfig)
+from xentool.config.model import DiskBackend, DiskFormat, DiskSpec, DiskSpecification, DomainConfig
 from xentool.errors import DeviceError
 
 KIND = paths.VBD
@@ -36,7 +35,7 @@ def vbd_from_spec(d: DiskSpec) -> Vbd:
                trusted=True if d.trusted is None else d.trusted,
                direct_io_safe=d.direct_io_safe)
     try:
-        disk.devid
+        _ = disk.devid  # computing it validates the vdev
     except ValueError as e:
         raise DeviceError(f"{where}: {e}") from None
     return disk

@@ -1,4 +1,5 @@
-"""Scheduling: per-domain parameters, and declarative CPU weights for the credit and credit2 schedulers.
+"""Scheduling: per-domain parameters, and declarative CPU weights for the credit and credit2
+schedulers.
 
 Three layers, kept apart so the middle one is tested without Xen:
 

@@ -10,8 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from xenstore.paths import domain_path
 from xentool.logs import get_logger
 from xentool.scheduler.policy import (
     MAX_POLICY_BYTES,
@@ -28,6 +29,10 @@ from xentool.scheduler.policy import (
     sched_params_from_libxl_json,
 )
 from xentool.state import LIBXL_USERDATA_DIR
+
+if TYPE_CHECKING:
+    from domain_builder.xenctrl import XenCtrl
+    from xenstore.client import Store
 
 log = get_logger("xentool.scheduler")
 
@@ -49,7 +54,7 @@ class DomainBrief:
 
 
 class Backend(Protocol):
-    """Xen and XenStore as the controller uses them; errors are ``OSError``s."""
+    """Xen and XenStore as the controller uses them; errors are ``OSError`` exceptions."""
 
     def domains(self) -> list[DomainBrief]: ...
 
@@ -212,16 +217,17 @@ class FileStamp:
 class Daemon:
     """The ``sched-controller`` loop around a ``Controller``.
 
-    Events: ``@introduceDomain`` (new domains, fast path), SIGHUP or a change of the policy file (reload, full pass), ``resync`` seconds without
-    events (full pass: renames, pool moves, manual changes).  A lost xenstored connection is
-    re-established with backoff and followed by a full pass.  A policy that fails to load
-    is reported and the previous one stays in force.  Where the connection cannot watch
-    (``/dev/xen/xenbus`` instead of xenstored's socket), new domains are found by polling
-    the domain list every ``fast_poll`` seconds (one hypercall).
+    Events: ``@introduceDomain`` (new domains, fast path), SIGHUP or a change of the policy
+    file (reload, full pass), ``resync`` seconds without events (full pass: renames, pool
+    moves, manual changes).  A lost xenstored connection is re-established with backoff
+    and followed by a full pass.  A policy that fails to load is reported and the previous
+    one stays in force.  Where the connection cannot watch (``/dev/xen/xenbus`` instead of
+    xenstored's socket), new domains are found by polling the domain list every
+    ``fast_poll`` seconds (one hypercall).
     """
 
     def __init__(self, controller: Controller, policy_path: str | None,
-                 connect: Callable[[], Any], resync: float = 30.0,
+                 connect: Callable[[], Store], resync: float = 30.0,
                  poll: float = 1.0, fast_poll: float = 0.02) -> None:
         self.ctl = controller
         self.fast_poll = fast_poll
@@ -277,10 +283,10 @@ class Daemon:
             finally:
                 try:
                     store.close()
-                except Exception:  # noqa: BLE001 - the connection is gone either way
+                except Exception:  # the connection is gone either way
                     pass
 
-    def _serve(self, store: Any) -> None:
+    def _serve(self, store: Store) -> None:
         try:
             intro = store.watch("@introduceDomain")
         except OSError as e:
@@ -327,7 +333,7 @@ class Daemon:
 class XenBackend:
     """``Backend`` over ``XenCtrl`` and a XenStore connection that may be replaced."""
 
-    def __init__(self, xc: Any, store: Callable[[], Any],
+    def __init__(self, xc: XenCtrl, store: Callable[[], Store],
                  userdata_dir: str = LIBXL_USERDATA_DIR) -> None:
         self.xc = xc
         self._store = store
@@ -338,7 +344,7 @@ class XenBackend:
                 for i in self.xc.domains()]
 
     def name(self, domid: int) -> str | None:
-        return self._store().get(f"/local/domain/{domid}/name")
+        return self._store().get(f"{domain_path(domid)}/name")
 
     def pool(self, poolid: int) -> tuple[str | None, str]:
         info = self.xc.cpupool_info(poolid)
@@ -389,19 +395,19 @@ def serve(policy_path: str, policy: Policy, *, dry_run: bool = False, once: bool
 
     threading.excepthook = thread_died
     with XenCtrl() as xc:
-        current: dict[str, Any] = {}
+        current: dict[str, Store] = {}
 
-        def store() -> Any:
+        def store() -> Store:
             if "xs" not in current:
                 current["xs"] = Store.connect()
             return current["xs"]
 
-        def connect() -> Any:
+        def connect() -> Store:
             old = current.pop("xs", None)
             if old is not None:
                 try:
                     old.close()
-                except Exception:  # noqa: BLE001 - replacing a dead connection
+                except Exception:  # replacing a dead connection
                     pass
             return store()
 

@@ -8,12 +8,14 @@ migration delay 0-100000 us.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xentool.errors import NotFoundError, UsageError, XentoolError
 from xentool.scheduler import CREDIT, CREDIT2, SCHEDULER_NAMES
 from xentool.session import Session, is_domid
 
+if TYPE_CHECKING:
+    from domain_builder.xenctrl import Credit2Params, CreditParams, DomainInfo, SchedCredit
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,14 @@ def resolve_pool(s: Session, qualifier: str) -> int:
     raise NotFoundError(f"unknown cpupool '{qualifier}'")
 
 
-def pool_params(s: Session, k: SchedKind, poolid: int) -> Any | None:
+def pool_params(s: Session, k: SchedKind, poolid: int) -> CreditParams | Credit2Params | None:
     """The pool's scheduler parameters, None if Xen will not tell (xl then prints
     "[sched params unavailable]")."""
     try:
-        return getattr(s.xc, k.pool_get)(poolid)
+        params: CreditParams | Credit2Params = getattr(s.xc, k.pool_get)(poolid)
     except OSError:
         return None
+    return params
 
 
 def _check_ratelimit(rl: int) -> None:
@@ -119,7 +122,7 @@ def set_pool_params(s: Session, k: SchedKind, poolid: int, *, tslice_ms: int | N
                                                 new.vcpu_migr_delay_us))
 
 
-def domain_info_for(s: Session, k: SchedKind, domid: int, label: str) -> Any:
+def domain_info_for(s: Session, k: SchedKind, domid: int, label: str) -> DomainInfo:
     """The domain's info, once it is known to run under scheduler ``k``."""
     from xentool.errors import DomainNotFound
 
@@ -134,9 +137,10 @@ def domain_info_for(s: Session, k: SchedKind, domid: int, label: str) -> Any:
     return info
 
 
-def domain_params(s: Session, k: SchedKind, domid: int) -> Any:
+def domain_params(s: Session, k: SchedKind, domid: int) -> SchedCredit:
     """The domain's weight and cap (a ``SchedCredit``)."""
-    return getattr(s.xc, k.get)(domid)
+    params: SchedCredit = getattr(s.xc, k.get)(domid)
+    return params
 
 
 def set_domain_params(s: Session, k: SchedKind, domid: int, *, weight: int | None = None,

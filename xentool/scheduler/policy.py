@@ -8,7 +8,6 @@ import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from xentool.errors import XentoolError
 from xentool.logs import get_logger
@@ -86,7 +85,7 @@ def _where(source: str, what: str) -> str:
     return f"{source}: {what}"
 
 
-def _int_field(source: str, ctx: str, table: Mapping[str, Any], key: str, lo: int,
+def _int_field(source: str, ctx: str, table: Mapping[str, object], key: str, lo: int,
                hi: int) -> int | None:
     if key not in table:
         return None
@@ -99,13 +98,13 @@ def _int_field(source: str, ctx: str, table: Mapping[str, Any], key: str, lo: in
     return v
 
 
-def _params(source: str, ctx: str, table: Mapping[str, Any]) -> Params:
+def _params(source: str, ctx: str, table: Mapping[str, object]) -> Params:
     # The cap is per domain and may exceed 100 for multi-vcpu guests; checked per domain.
     return Params(_int_field(source, ctx, table, "weight", WEIGHT_MIN, WEIGHT_MAX),
                   _int_field(source, ctx, table, "cap", 0, 100 * 4096))
 
 
-def _globs(source: str, ctx: str, key: str, v: Any) -> tuple[str, ...]:
+def _globs(source: str, ctx: str, key: str, v: object) -> tuple[str, ...]:
     items = [v] if isinstance(v, str) else v
     if not isinstance(items, list) or not items or not all(
             isinstance(s, str) and s for s in items):
@@ -114,7 +113,8 @@ def _globs(source: str, ctx: str, key: str, v: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _check_keys(source: str, ctx: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+def _check_keys(source: str, ctx: str, table: Mapping[str, object], allowed: set[str]
+                ) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise PolicyError(_where(source, f"{ctx}: unknown key '{unknown[0]}' (allowed: "

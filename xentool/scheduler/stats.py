@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
-from xentool.errors import NotFoundError
+from xentool.errors import UsageError
 from xentool.logs import get_logger
 from xentool.scheduler import SCHEDULER_NAMES
 from xentool.scheduler.policy import SCHEDULERS
 from xentool.session import Session
+
+if TYPE_CHECKING:
+    from domain_builder.xenctrl import CpupoolInfo, DomainInfo
+
+K = TypeVar("K", bound=Hashable)
 
 log = get_logger("xentool.scheduler")
 
@@ -23,7 +28,7 @@ class Demand:
     vcpus: int = 1
 
 
-def expected_shares(demands: Mapping[Any, Demand], capacity: float) -> dict[Any, float]:
+def expected_shares(demands: Mapping[K, Demand], capacity: float) -> dict[K, float]:
     """Weight-proportional fair shares of ``capacity`` (percent of one pCPU times pCPUs)
     for domains that all want as much CPU as they can get.
 
@@ -32,7 +37,7 @@ def expected_shares(demands: Mapping[Any, Demand], capacity: float) -> dict[Any,
     """
     limits = {k: min(d.cap if d.cap > 0 else math.inf, 100.0 * d.vcpus)
               for k, d in demands.items()}
-    shares: dict[Any, float] = {}
+    shares: dict[K, float] = {}
     free = dict(demands)
     left = float(capacity)
     while free:
@@ -104,7 +109,7 @@ class StatRow:
     vcpus: int
     use: Usage
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         u = self.use
         return {"domid": self.domid, "name": self.name, "cpupool": self.pool,
                 "scheduler": self.scheduler, "weight": self.weight, "cap": self.cap,
@@ -134,13 +139,15 @@ def format_stats(rows: Iterable[StatRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sample(s: Session, clock: Callable[[], float]) -> tuple[float, dict[int, int], list[Any]]:
+def sample(s: Session, clock: Callable[[], float]
+           ) -> tuple[float, dict[int, int], list[DomainInfo]]:
     """(time, cpu time of each domain in ns, the domains' records) now."""
     doms = s.xc.domains()
     return clock(), {d.domid: d.cpu_time_ns for d in doms}, doms
 
 
-def stat_rows(s: Session, doms: list[Any], before: dict[int, int], after: dict[int, int],
+def stat_rows(s: Session, doms: Sequence[DomainInfo], before: dict[int, int],
+              after: dict[int, int],
               seconds: float, pool_filter: str | None, only: set[int] | None
               ) -> list[StatRow]:
     """One ``sched-stats`` sample: each domain's use over the interval next to its weight,
@@ -149,7 +156,7 @@ def stat_rows(s: Session, doms: list[Any], before: dict[int, int], after: dict[i
     pool_names = {pid: s.xs.get(f"/local/pool/{pid}/name") for pid in pools}
     if pool_filter is not None and pool_filter not in pool_names.values() and not (
             pool_filter.isdigit() and int(pool_filter) in pools):
-        raise NotFoundError(f"unknown cpupool '{pool_filter}'")
+        raise UsageError(f"unknown cpupool '{pool_filter}'")  # an argument: exit 2, as before
     demands: dict[int, Demand] = {}
     params: dict[int, tuple[int, int]] = {}
     for d in doms:
@@ -180,5 +187,5 @@ def stat_rows(s: Session, doms: list[Any], before: dict[int, int], after: dict[i
     return rows
 
 
-def pool_cpus(pools: Iterable[Any]) -> dict[int, int]:
+def pool_cpus(pools: Iterable[CpupoolInfo]) -> dict[int, int]:
     return {p.poolid: len(p.cpus) for p in pools}

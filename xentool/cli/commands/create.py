@@ -52,7 +52,7 @@ def configure_create(p: argparse.ArgumentParser) -> None:
                    help="the configuration file, then KEY=VALUE settings that override it")
     # xl takes options between the config file and the overrides (`create g.cfg -p a=1`);
     # plain parse_args stops collecting positionals at the first option.
-    p.parse_args = p.parse_intermixed_args  # type: ignore[method-assign]
+    p.parse_args = p.parse_intermixed_args  # type: ignore[method-assign]  # xl's order, see above
 
 
 def split_create_args(config_file: str | None, args: Sequence[str]) -> tuple[str, list[str]]:

@@ -22,24 +22,24 @@ if TYPE_CHECKING:
 
 
 def block_list_header() -> str:
-    return "%-5s %-3s %-6s %-5s %-6s %-8s %-30s" % (
+    return "%-5s %-3s %-6s %-5s %-6s %-8s %-30s" % (  # noqa: UP031 - xl's printf format
         "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path")
 
 
 def block_list_row(info: DeviceInfo) -> str:
-    return "%-5d %-3d %-6d %-5d %-6d %-8d %-30s" % (
+    return "%-5d %-3d %-6d %-5d %-6d %-8d %-30s" % (  # noqa: UP031 - xl's printf format
         info.devid, info.backend_domid, info.domid, info.state, info.evtch,
         info.ring_refs[0], info.backend)
 
 
 def network_list_header() -> str:
-    return "%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s" % (
+    return "%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s" % (  # noqa: UP031 - xl's printf format
         "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref", "BE-path")
 
 
 def network_list_row(info: DeviceInfo) -> str:
     tx, rx = info.ring_refs
-    return "%-3d %-2d %s%6d %5d %6d %5d/%-11d %-30s" % (
+    return "%-3d %-2d %s%6d %5d %6d %5d/%-11d %-30s" % (  # noqa: UP031 - xl's printf format
         info.devid, info.backend_domid, info.mac or "00:00:00:00:00:00", info.devid,
         info.state, info.evtch, tx, rx, info.backend)
 

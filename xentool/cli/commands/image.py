@@ -14,10 +14,9 @@ def configure_image_info(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_image_info(args: argparse.Namespace) -> int:
-    from domain_builder.image import DEFAULT_MAX_SIZE, load_kernel
+    from xentool import Host
 
-    img = load_kernel(args.kernel, max_size=args.max_size or DEFAULT_MAX_SIZE)
-    info = img.summary()
+    info = Host.image_info(args.kernel, args.max_size)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -25,10 +24,14 @@ def cmd_image_info(args: argparse.Namespace) -> int:
     for key in ("container", "compression", "class", "arch", "elf_size", "virt_base",
                 "paddr_offset", "virt_kstart", "virt_kend", "virt_entry", "virt_hypercall"):
         print(f"{key:<16}{info[key]}")
-    for seg in info["segments"]:  # type: ignore[union-attr]
+    segments = info["segments"]
+    assert isinstance(segments, list)  # summary(): one dict per segment
+    for seg in segments:
         print(f"{'segment':<16}paddr {seg['paddr']} vaddr {seg['vaddr']} "
               f"filesz {seg['filesz']} memsz {seg['memsz']}")
-    for key, value in info["notes"].items():  # type: ignore[union-attr]
+    notes = info["notes"]
+    assert isinstance(notes, dict)  # summary(): note name -> value
+    for key, value in notes.items():
         if value in (None, "", [], False):
             continue
         if isinstance(value, list):

@@ -111,10 +111,10 @@ def cmd_uptime(args: argparse.Namespace) -> int:
     for r in rows:
         if r.seconds is None:
             print(f"xentool: cannot get the start time of domain {r.domid}", file=sys.stderr)
-    rows = [r for r in rows if r.seconds is not None]
+    known = [(r.domid, r.name, r.seconds) for r in rows if r.seconds is not None]
     if args.json:
-        return _emit(output.to_json(output.uptime_json(rows)))
-    return _emit(output.format_uptime(rows, args.short, now))
+        return _emit(output.to_json(output.uptime_json(known)))
+    return _emit(output.format_uptime(known, args.short, now))
 
 
 # -- vcpu-list -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,9 @@ from xentool.scheduler import CREDIT, CREDIT2
 class _Kind:
     sched_id: int
     label: str
-    pool_fmt: Any
+    #: The pool's line; its parameters are the kind's own (``CreditParams`` for credit,
+    #: ``Credit2Params`` for credit2), which a plain Callable type cannot tie to the kind.
+    pool_fmt: Callable[[str | None, Any], str]
 
 
 _KINDS = {
@@ -100,7 +103,7 @@ def _run(kind: _Kind, args: argparse.Namespace) -> int:
                 params = host.pool_sched_params(kind.label, poolid)
                 if args.json:
                     return _emit(fmt.to_json(fmt.params_json(params)))
-                names = dict((p.poolid, n) for n, p in host.cpupools())
+                names = {p.poolid: n for n, p in host.cpupools()}
                 return _emit(kind.pool_fmt(names.get(poolid), params))
             host.set_pool_sched_params(kind.label, poolid, **setting)
             return 0
@@ -123,7 +126,7 @@ def _list_all(host: Host, kind: _Kind, args: argparse.Namespace) -> int:
     only = host.resolve_pool(args.cpupool) if args.cpupool else None
     infos = host.domain_infos()
     text: list[str] = []
-    doc: list[dict[str, Any]] = []
+    doc: list[dict[str, object]] = []
     for pname, pool in host.cpupools():
         if pool.sched_id != kind.sched_id or (only is not None and pool.poolid != only):
             continue

@@ -17,11 +17,11 @@ import logging
 import sys
 import time
 
+from xentool import Host
+from xentool.errors import UsageError
 from xentool.scheduler import controller
 from xentool.scheduler.policy import load_policy
 from xentool.scheduler.stats import format_stats
-from xentool import Host
-from xentool.errors import UsageError
 
 DEFAULT_POLICY = "/etc/xen/sched-policy.toml"
 
