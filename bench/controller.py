@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from domain_builder.xenctrl import XenCtrl  # noqa: E402
-from xenstore.client import Store  # noqa: E402
+from domain_builder.xenctrl import XenCtrl
+from xenstore.client import Store
 
 WEIGHT = 777
 

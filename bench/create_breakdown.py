@@ -28,13 +28,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from create_scaling import (XENTOOL, destroy, machine, ratio, run,  # noqa: E402
-                            tiny_guest_parser, workdir, write_cfg)
+from create_scaling import (
+    XENTOOL,
+    destroy,
+    machine,
+    ratio,
+    run,
+    tiny_guest_parser,
+    workdir,
+    write_cfg,
+)
 
 # Everything `xentool create` of a PV guest with no devices imports after argument parsing.
 CREATE_MODULES = (
-    "xentool.commands.create", "xentool.commands.devices", "xentool.lifecycle",
-    "xentool.journal", "xentool.locks", "xentool.monitor", "xentool.config.build",
+    "xentool.cli.commands.create", "xentool.host", "xentool.devices", "xentool.create",
+    "xentool.journal", "xentool.locks", "xentool.records", "xentool.config.validate",
     "xentool.config.cache", "xentool.config.grammar", "xentool.config.libxl_json",
     "xenstore.client", "xenstore.devices.attach", "xenstore.devices.console",
     "xenstore.devices.vbd", "xenstore.devices.vif", "domain_builder.image",

@@ -52,8 +52,9 @@ def machine() -> dict[str, object]:
         info[k.strip()] = v.strip()
     cpu = ""
     try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                    if ln.startswith("model name")), "")
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("model name")), "")
     except OSError:
         pass
     virt = ""
@@ -199,11 +200,12 @@ def main() -> int:
         print(f"{t:<8} list with {len(v)} guests: median {statistics.median(lists[t]) * 1000:.1f}"
               f" ms")
     if {"xl", "xentool"} <= set(tools):
-        per_n = [x / y for x, y in zip(nth["xentool"], nth["xl"])]
+        per_n = [x / y for x, y in zip(nth["xentool"], nth["xl"], strict=True)]
         res["nth_ratio_xentool_xl"] = per_n
         print(f"Nth-create ratio xentool/xl: N=1 {per_n[0]:.2f}, N={len(per_n)} "
               f"{per_n[-1]:.2f}, median {statistics.median(per_n):.2f}")
-        print(f"list ratio xentool/xl: {ratio(statistics.median(lists['xentool']), statistics.median(lists['xl']))}")
+        list_ratio = ratio(statistics.median(lists["xentool"]), statistics.median(lists["xl"]))
+        print(f"list ratio xentool/xl: {list_ratio}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"results: {a.out}")

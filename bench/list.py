@@ -34,7 +34,7 @@ def sh(*argv: str) -> str:
 
 def timed(argv: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(argv, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} failed: {r.stderr.strip()}")
@@ -70,7 +70,7 @@ def main() -> int:
               file=sys.stderr)
         return 1
     counts = sorted({int(c) for c in args.counts.split(",")})
-    xentool = shlex.split(args.xentool) + ["list"]
+    xentool = [*shlex.split(args.xentool), "list"]
     prefix = f"bl{os.getpid() % 10000}-"
     created: list[str] = []
     results = []

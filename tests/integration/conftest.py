@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -43,7 +43,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def kit() -> GuestKit:
     d = os.environ.get("XENTOOL_GUEST_DIR")
     if not d or not (Path(d) / "vmlinuz").exists():
-        pytest.fail("XENTOOL_GUEST_DIR does not point at the guest kit (run via contrib/testbed/run)")
+        pytest.fail("XENTOOL_GUEST_DIR does not point at the guest kit "
+                    "(run via contrib/testbed/run)")
     return GuestKit(Path(d))
 
 
@@ -72,3 +73,22 @@ def cfg_file(tmp_path: Path):
         p.write_text(text)
         return p
     return write
+
+
+# -- per-suite time, printed at the end (contrib/check keeps the run inside CI's limit) ------
+
+_SUITE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    suite = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    _SUITE_SECONDS[suite] = _SUITE_SECONDS.get(suite, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _SUITE_SECONDS:
+        return
+    terminalreporter.section("time per suite (setup + call + teardown)")
+    for suite, seconds in sorted(_SUITE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {suite}")
+    terminalreporter.write_line(f"{sum(_SUITE_SECONDS.values()):8.1f} s  in all")

@@ -34,7 +34,7 @@ class Snapshot:
     loops: frozenset[str]
     vifs: frozenset[str]
 
-    def leaks(self, after: "Snapshot") -> list[str]:
+    def leaks(self, after: Snapshot) -> list[str]:
         out = []
         if after.domids - self.domids:
             out.append(f"domains {sorted(after.domids - self.domids)}")

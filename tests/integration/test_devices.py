@@ -14,8 +14,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -67,7 +67,7 @@ def loop_devices() -> set[str]:
 
 
 def vif_interfaces() -> set[str]:
-    return set(n for n in os.listdir("/sys/class/net") if n.startswith("vif"))
+    return {n for n in os.listdir("/sys/class/net") if n.startswith("vif")}
 
 
 def xenstore_dump(top: str) -> dict[str, tuple[str, str]]:
@@ -273,8 +273,9 @@ def _device_nodes_of(domid: int) -> set[str]:
 LOOP_ROUNDS = int(os.environ.get("XENTOOL_DEVICE_ROUNDS", "10"))
 # The guest's kernel (Debian 6.1) never gives back 1 MiB (257 pages; likely netfront's 256
 # receive buffers) per round of unplugging a disk and a vif, under xl exactly as under
-# xentool (measured with sysrq-m: 13711 -> 11394 free pages over 9 rounds with either tool). A 128 MiB guest runs out of memory at about round
-# 50 and stops answering its xenbus, so the guest is sized for the rounds.
+# xentool (measured with sysrq-m: 13711 -> 11394 free pages over 9 rounds with either tool).
+# A 128 MiB guest runs out of memory at about round 50 and stops answering its xenbus, so the
+# guest is sized for the rounds.
 LOOP_GUEST_MIB = 128 + 2 * LOOP_ROUNDS
 
 

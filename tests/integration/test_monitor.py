@@ -61,7 +61,7 @@ class MonitorProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xentool", "-v", "monitor", "--create-cmd", "xl create -e",
              *self.extra], env=self.env, stdout=subprocess.DEVNULL,
-            stderr=open(self.log, "ab"))
+            stderr=open(self.log, "ab"))  # noqa: SIM115 - the child holds it; closed on exit
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -78,7 +78,7 @@ class MonitorProc:
     def save(self, cfg: Path, name: str) -> None:
         """What the create path does: record the domain's config for the monitor."""
         code = ("import sys\nfrom xentool.config import load\n"
-                "from xentool.monitor import save_domain_config\n"
+                "from xentool.records import save_domain_config\n"
                 "save_domain_config(load(sys.argv[1]), sys.argv[2], sys.argv[1])\n")
         subprocess.run([sys.executable, "-c", code, str(cfg), uuid_of(name)], env=self.env,
                        check=True, timeout=60)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.xen
 def _sandwich(xl_args: list[str], xt_args: list[str], time_col: int | None,
               state_col: int | None = None) -> None:
     """Compare xentool with two surrounding xl runs (see the module docstring)."""
-    for attempt in range(3):
+    for _attempt in range(3):
         a = xl(*xl_args).stdout
         b = xentool(*xt_args).stdout
         c = xl(*xl_args).stdout
@@ -32,7 +32,7 @@ def _sandwich(xl_args: list[str], xt_args: list[str], time_col: int | None,
         time.sleep(0.5)  # a domain changed state mid-comparison: once more
     assert len(lb) == len(la), f"xl:\n{a}\nxentool:\n{b}"
     assert b.endswith("\n") == a.endswith("\n")
-    for x1, xt, x2 in zip(la, lb, lc):
+    for x1, xt, x2 in zip(la, lb, lc, strict=False):
         if x1 == x2:
             assert xt == x1, f"\nxl:      {x1!r}\nxentool: {xt!r}"
             continue
@@ -166,9 +166,9 @@ def test_uptime_matches_xl(guests: Guests) -> None:
     assert b.splitlines()[0] == a.splitlines()[0]
     ra, rb, rc = _uptimes(a), _uptimes(b), _uptimes(c)
     assert [r[0] for r in rb] == [r[0] for r in ra] == [r[0] for r in rc]
-    for (who, ta), (_, tb), (_, tc) in zip(ra, rb, rc):
+    for (who, ta), (_, tb), (_, tc) in zip(ra, rb, rc, strict=False):
         assert ta <= tb <= tc, (who, ta, tb, tc)
-    for line_a, line_b in zip(a.splitlines()[1:], b.splitlines()[1:]):
+    for line_a, line_b in zip(a.splitlines()[1:], b.splitlines()[1:], strict=False):
         assert len(line_a) == len(line_b) and line_a[:39] == line_b[:39]
     assert xentool("uptime", name).stdout.splitlines()[1].startswith(name)
 
@@ -228,7 +228,7 @@ def test_destroy_refuses_dom0_without_force() -> None:
 def test_vcpu_pin_seen_by_xl(guests: Guests) -> None:
     (name,) = guests.tiny(1, more="vcpus = 2\n")
     xentool("vcpu-pin", name, "1", "1")
-    rows = [ln for ln in xl("vcpu-list", name).stdout.splitlines()[1:]]
+    rows = list(xl("vcpu-list", name).stdout.splitlines()[1:])
     assert rows[1].endswith("1 / all"), rows
     assert rows[0].endswith("all / all"), rows
     xentool("vcpu-pin", name, "all", "-", "0")

@@ -89,7 +89,8 @@ def cpu_times(xc, domids: dict[str, int]) -> tuple[float, dict[str, int]]:
     return time.monotonic(), {n: infos[d].cpu_time_ns for n, d in domids.items()}
 
 
-def measure(xc, domids: dict[str, int], seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+def measure(xc, domids: dict[str, int],
+            seconds: float) -> tuple[dict[str, float], dict[str, float]]:
     """(share of the three, percent of one pCPU) per guest over ``seconds``."""
     t0, a = cpu_times(xc, domids)
     time.sleep(seconds)

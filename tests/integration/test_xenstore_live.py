@@ -78,7 +78,7 @@ def test_concurrent_sibling_creation_replays(base: str) -> None:
                 assert not t.exists(f"{base}/dev/{i}")
                 for k in range(10):
                     t.write(f"{base}/dev/{i}/k{k}", str(k))
-        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]

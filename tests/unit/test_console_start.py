@@ -6,6 +6,7 @@ hypervisor side by a recorder.  The integration test (test_pv_builder) does it f
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import domain_builder.xenctrl
-from xentool.commands import console
+from xentool import console
 
 
 class Recorder:
@@ -63,7 +64,7 @@ def test_unpauses_after_the_client_is_attached(tmp_path, monkeypatch, attached) 
 
 
 def test_paused_create_stays_paused(tmp_path, monkeypatch, attached) -> None:
-    flag, rec = attached
+    _flag, rec = attached
     client = fake_client(tmp_path, "os.write(fd, b'\\0')\n")
     monkeypatch.setattr(console, "XENCONSOLE", str(client))
     assert console.console_before_start(7, unpause=False) == 0
@@ -82,7 +83,7 @@ def test_a_client_that_never_attaches_does_not_hold_the_guest(tmp_path, monkeypa
 
 def test_missing_client_is_a_clear_error(tmp_path, monkeypatch, attached) -> None:
     monkeypatch.setattr(console, "XENCONSOLE", str(tmp_path / "absent"))
-    with pytest.raises(console.XentoolError, match="xenconsole|absent"):
+    with pytest.raises(console.XentoolError, match=r"xenconsole|absent"):
         console.console_before_start(7, unpause=True)
     assert attached[1].unpaused == []
 
@@ -91,8 +92,7 @@ def test_create_with_console_checks_the_client_before_making_a_domain(
         tmp_path, monkeypatch) -> None:
     from test_image_kit import make_elf
 
-    from xentool import lifecycle
-    from xentool.config import load
+    from xentool.cli.commands import create
 
     kernel = tmp_path / "vmlinux"
     kernel.write_bytes(make_elf())
@@ -105,5 +105,7 @@ def test_create_with_console_checks_the_client_before_making_a_domain(
 
     monkeypatch.setattr(domain_builder.xenctrl, "XenCtrl", no_xen)
     monkeypatch.setattr(console, "XENCONSOLE", str(tmp_path / "absent"))
+    p = argparse.ArgumentParser()
+    create.configure_create(p)
     with pytest.raises(console.XentoolError, match="absent is missing"):
-        lifecycle.create(load(str(cfg)), paused=False, console=True)
+        create.cmd_create(p.parse_args(["-q", "-c", str(cfg)]))

@@ -7,21 +7,30 @@ guest that holds on to its disk). Hotplug scripts are real executables in tmp_pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture
 
 from xenstore.client import Store
 from xenstore.devices import hotplug
-from xenstore.devices.attach import (Force, Timeouts, attach, destroy_all, detach, find_device,
-                                     list_devices, ref_of)
+from xenstore.devices.attach import (
+    Force,
+    Timeouts,
+    attach,
+    destroy_all,
+    detach,
+    find_device,
+    list_devices,
+    ref_of,
+)
 from xenstore.devices.vbd import Vbd, vbd_nodes
 from xenstore.devices.vif import Vif, vif_nodes
 from xenstore.devices.xenbus import XenbusState, wait_for_state
@@ -45,15 +54,13 @@ class FakeBackend:
             while not self.stop.is_set():
                 if w.get(timeout=0.1) is None:
                     continue
-                try:
+                with contextlib.suppress(XenStoreError):
                     self._step(xs)
-                except XenStoreError:
-                    pass
 
     def _step(self, xs: Store) -> None:
         for kind in ("vbd", "vif"):
             base = f"/local/domain/0/backend/{kind}"
-            for dom in xs.get(base) is not None and xs.ls(base) or []:
+            for dom in (xs.get(base) is not None and xs.ls(base)) or []:
                 for dev in xs.ls(f"{base}/{dom}"):
                     be = f"{base}/{dom}/{dev}"
                     state = xs.get(f"{be}/state")
@@ -219,7 +226,7 @@ def test_concurrent_attaches_all_succeed(env, tmp_path: Path) -> None:
         try:
             attach(xs, vbd_nodes(9, Vbd(vdev=f"xvd{chr(97 + i)}", target=f"/img{i}",
                                         script=sc)), FAST)
-        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+        except BaseException as e:  # collected for the assertion
             errors.append(e)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
@@ -257,9 +264,9 @@ def test_guest_garbage_in_frontend_is_harmless(env, tmp_path: Path) -> None:
 def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from xentool.commands.devices import config_devices, remove_all_devices
     from xentool.config.disk import parse_disk_spec
     from xentool.config.vif import parse_vif_spec
+    from xentool.devices import config_devices, remove_all_devices
 
     xs, _be, fake = env
     xs.write("/local/domain/0/name", "Domain-0")
@@ -269,7 +276,7 @@ def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> 
         disks=(parse_disk_spec(f"/img,,xvda,w,script={sc}"),
                parse_disk_spec(f"/iso,,hdc,cdrom,script={sc}")),
         vifs=(parse_vif_spec(f"bridge=xenbr0,script={sc}", 0, mac_seed="g"),))
-    for dev in config_devices(5, config):  # as lifecycle.create attaches them
+    for dev in config_devices(5, config):  # as create attaches them
         attach(xs, dev, FAST)
     assert xs.read("/local/domain/0/backend/vbd/5/5632/device-type") == "cdrom"
     assert xs.read("/local/domain/0/backend/vbd/5/5632/mode") == "r"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from xenstore.devices.attach import DeviceInfo
 from xenstore.devices.vbd import Vbd
-from xentool.commands.devices import (_timeouts, block_list_header, block_list_row,
-                                      network_list_header, network_list_row, next_devid,
-                                      parse_disk_args, parse_vif_args)
+from xentool.cli.commands.devices import (
+    block_list_header,
+    block_list_row,
+    network_list_header,
+    network_list_row,
+)
+from xentool.devices import timeouts
+from xentool.devices.vbd import parse_disk_args
+from xentool.devices.vif import next_devid, parse_vif_args
 from xentool.errors import XentoolError
 
 
@@ -86,12 +90,13 @@ def test_tables_match_xl_format() -> None:
                       "/local/domain/5/device/vbd/51712", 4, 12, (8,))
     assert block_list_row(info) == \
         "51712 0   5      4     12     8        /local/domain/0/backend/vbd/5/51712"
-    assert network_list_header() == ("Idx BE Mac Addr.         handle state evt-ch   tx-/rx-ring-ref"
-                                     " BE-path                       ")
+    assert network_list_header() == ("Idx BE Mac Addr.         handle state evt-ch   "
+                                     "tx-/rx-ring-ref BE-path                       ")
     nic = DeviceInfo("vif", 5, 0, 0, "/local/domain/0/backend/vif/5/0",
                      "/local/domain/5/device/vif/0", 4, 13, (1280, 1281), "00:16:3e:5a:01:02")
     assert network_list_row(nic) == \
-        "0   0  00:16:3e:5a:01:02     0     4     13  1280/1281        /local/domain/0/backend/vif/5/0"
+        "0   0  00:16:3e:5a:01:02     0     4     13  1280/1281        " \
+        "/local/domain/0/backend/vif/5/0"
 
 
 @pytest.mark.parametrize("timeout, expected", [
@@ -100,10 +105,10 @@ def test_tables_match_xl_format() -> None:
     (120.0, (120.0, 120.0, 120.0)),
 ])
 def test_timeout_option_covers_backend_and_hotplug_script(timeout, expected) -> None:
-    t = _timeouts(argparse.Namespace(timeout=timeout))
+    t = timeouts(timeout)
     assert (t.init, t.destroy, t.hotplug) == expected
 
 
 def test_timeout_option_must_be_positive() -> None:
     with pytest.raises(XentoolError, match="positive"):
-        _timeouts(argparse.Namespace(timeout=0.0))
+        timeouts(0.0)

@@ -6,20 +6,21 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_xenstore_fake import Server, fake_xenstored  # noqa: E402,F401 - fixture
+from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture
 
-from domain_builder.xenctrl import DomainInfo, ShutdownReason  # noqa: E402
-from xenstore.client import Store  # noqa: E402
-from xentool.commands import domain_ops as ops  # noqa: E402
-from xentool.errors import UsageError, XentoolError  # noqa: E402
-from xentool.locks import RUN_DIR_ENV  # noqa: E402
+from domain_builder.xenctrl import DomainInfo, ShutdownReason
+from xenstore.client import Store
+from xentool import control as ops
+from xentool.cli.commands import domain_ops as cli
+from xentool.errors import UsageError, XentoolError
+from xentool.state import RUN_DIR_ENV
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
@@ -35,7 +36,7 @@ UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
     ("٣", None),
 ])
 def test_parse_mem_size_kb(text: str, kb: int | None) -> None:
-    assert ops.parse_mem_size_kb(text) == kb
+    assert cli.parse_mem_size_kb(text) == kb
 
 
 def test_plan_mem_set_like_libxl() -> None:
@@ -83,7 +84,7 @@ def test_overcommit_rule_is_xls() -> None:
 @pytest.mark.parametrize("text", ["", "x", "-1", "1.0", "²"])
 def test_parse_vcpu_count_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="invalid number of vcpus"):
-        ops.parse_vcpu_count(text)
+        cli.parse_vcpu_count(text)
 
 
 def test_new_name_rules() -> None:
@@ -250,38 +251,37 @@ class AckingGuest:
         self.store.close()
 
 
-def test_shutdown_request_acknowledged_by_the_guest(env: SimpleNamespace,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_shutdown_request_acknowledged_by_the_guest(env: SimpleNamespace) -> None:
     guest = AckingGuest(env.path, env.xc)
+    progress: list[str] = []
     try:
-        ops.request(env, 5, "reboot", fallback=False, timeout=10)
-        ops.wait_for_deaths(env, [5])
+        ops.request(env, 5, "reboot", fallback=False, timeout=10, progress=progress.append)
+        ops.wait_for_deaths(env, [5], progress.append)
     finally:
         guest.close()
     assert guest.seen == ["reboot"]
     assert env.xc.shutdowns == []  # the guest did it, not the hypercall
-    assert capsys.readouterr().err.splitlines() == [
+    assert progress == [
         "Rebooting domain 5", "Waiting for 1 domains",
         "Domain 5 has been shut down, reason code 1"]
 
 
 def test_unacknowledged_request_fails_without_F(env: SimpleNamespace) -> None:
     t0 = time.monotonic()
-    with pytest.raises(XentoolError, match="did not acknowledge the shutdown request within "
-                                           "0.5s"):
+    with pytest.raises(XentoolError, match=r"did not acknowledge the shutdown request within "
+                                           r"0\.5s"):
         ops.request(env, 5, "poweroff", fallback=False, timeout=0.5)
     assert time.monotonic() - t0 >= 0.5
     assert env.xs.read("/local/domain/5/control/shutdown") == "poweroff"
     assert env.xc.shutdowns == []
 
 
-def test_F_without_pv_feature_uses_the_hypercall_at_once(env: SimpleNamespace,
-                                                         capsys: pytest.CaptureFixture[str]
-                                                         ) -> None:
-    ops.request(env, 5, "poweroff", fallback=True, timeout=30)
+def test_F_without_pv_feature_uses_the_hypercall_at_once(env: SimpleNamespace) -> None:
+    progress: list[str] = []
+    ops.request(env, 5, "poweroff", fallback=True, timeout=30, progress=progress.append)
     assert env.xc.shutdowns == [(5, ShutdownReason.POWEROFF)]
     assert env.xs.get("/local/domain/5/control/shutdown") is None
-    assert "PV control interface not available" in capsys.readouterr().err
+    assert any("PV control interface not available" in m for m in progress)
 
 
 def test_F_with_feature_but_no_ack_falls_back_after_the_timeout(env: SimpleNamespace) -> None:

@@ -212,7 +212,7 @@ def test_unknown_optional_feature_is_kept() -> None:
 
 def test_bzimage_errors() -> None:
     payload = compress("gzip", make_elf())
-    with pytest.raises(ImageError, match="older than 2.08"):
+    with pytest.raises(ImageError, match=r"older than 2\.08"):
         parse_kernel(make_bzimage(payload, version=0x207))
     with pytest.raises(ImageError, match="outside the"):
         parse_kernel(make_bzimage(payload, payload_offset=1 << 20))

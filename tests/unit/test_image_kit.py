@@ -124,7 +124,7 @@ def make_elf(
     ehdr = ident + struct.pack(pack, 2, machine, 1, e_entry & ((1 << cls) - 1), ehsize, shoff,
                                0, ehsize, phsize, phnum, shsize, shnum, shnum - 1)
     ph = b""
-    for (paddr, data, memsz), off in zip(segments, seg_offs):
+    for (paddr, data, memsz), off in zip(segments, seg_offs, strict=False):
         vaddr = (paddr + VIRT_BASE) & ((1 << cls) - 1)
         if cls == 64:
             ph += struct.pack("<IIQQQQQQ", 1, 7, off, vaddr, paddr, len(data), memsz, 0x1000)

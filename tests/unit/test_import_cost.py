@@ -50,7 +50,7 @@ def test_read_verbs_import_no_costly_module(argv: list[str]) -> None:
                 contextlib.redirect_stderr(io.StringIO()):
             main({argv!r})
         """)
-    assert "xentool.commands.query" in new
+    assert "xentool.cli.commands.query" in new
     assert not new & NEVER_ON_READ_PATH
     if argv[0] == "domname":  # XenStore alone answers it: no result dataclass either
         assert not new & {"dataclasses", "inspect"}

@@ -13,8 +13,18 @@ from pathlib import Path
 import pytest
 
 from xentool.errors import XentoolError
-from xentool.journal import (FAULT_ENV, TRACE_ENV, Fault, FaultPlan, InjectedFault, Interrupted,
-                             Journal, orphan_records, process_alive, traced_steps)
+from xentool.journal import (
+    FAULT_ENV,
+    TRACE_ENV,
+    Fault,
+    FaultPlan,
+    InjectedFault,
+    Interrupted,
+    Journal,
+    orphan_records,
+    traced_steps,
+)
+from xentool.procs import proc_start_time, process_alive
 
 NO_FAULTS = FaultPlan()
 
@@ -244,9 +254,7 @@ def test_records_vanish_on_commit_and_on_clean_rollback(tmp_path: Path) -> None:
 
 
 def test_process_alive_tells_reused_pids_apart() -> None:
-    from xentool.journal import _proc_start_time
-
-    me = _proc_start_time(os.getpid())
+    me = proc_start_time(os.getpid())
     assert me is not None
     assert process_alive(os.getpid(), me)
     assert not process_alive(os.getpid(), me + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 
@@ -75,7 +76,7 @@ def walk(plan: BuildPlan, tables: bytes, m2p: dict[int, int], va: int) -> tuple[
 def check_invariants(plan: BuildPlan) -> None:
     # Regions: page aligned, in order, non-overlapping, inside memory.
     mapped = [r for r in plan.regions if r.mapped]
-    for a, b in zip(mapped, mapped[1:]):
+    for a, b in itertools.pairwise(mapped):
         assert a.pfn_end <= b.pfn, (a, b)
     for r in plan.regions:
         assert r.vstart % PAGE_SIZE == 0 and r.pages > 0
@@ -83,7 +84,7 @@ def check_invariants(plan: BuildPlan) -> None:
             assert r.vstart == plan.virt_base + r.pfn * PAGE_SIZE
         assert r.pfn_end <= plan.nr_pages
     unmapped = sorted((r for r in plan.regions if not r.mapped), key=lambda r: r.pfn)
-    for a, b in zip(unmapped, unmapped[1:]):
+    for a, b in itertools.pairwise(unmapped):
         assert a.pfn_end <= b.pfn
     if unmapped:
         assert unmapped[0].pfn >= plan.map_pages
@@ -204,11 +205,11 @@ def test_unmapped_ramdisk_when_mapped_does_not_fit() -> None:
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(memory_mib=16, ramdisk_size=16 << 20), r"memory=16 MiB is too small"),
-    (dict(memory_mib=0), "must be positive"),
-    (dict(memory_mib=64, maxmem_mib=32), "below memory"),
-    (dict(memory_mib=64, vcpus=3, max_vcpus=2), "between 1 and maxvcpus=2"),
-    (dict(memory_mib=64, cmdline="x" * 1024), "at most 1023 bytes"),
+    ({"memory_mib": 16, "ramdisk_size": 16 << 20}, r"memory=16 MiB is too small"),
+    ({"memory_mib": 0}, "must be positive"),
+    ({"memory_mib": 64, "maxmem_mib": 32}, "below memory"),
+    ({"memory_mib": 64, "vcpus": 3, "max_vcpus": 2}, "between 1 and maxvcpus=2"),
+    ({"memory_mib": 64, "cmdline": "x" * 1024}, "at most 1023 bytes"),
 ])
 def test_layout_errors(kw: dict, message: str) -> None:
     with pytest.raises(LayoutError, match=message):

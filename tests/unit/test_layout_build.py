@@ -18,7 +18,7 @@ from domain_builder.errors import XenError
 from domain_builder.image import parse_kernel
 from domain_builder.layout import PAGE_SIZE, PTE_MFN_MASK, compute
 from xenstore.client import Perms
-from xentool.lifecycle import build_post_nodes, domain_make_nodes
+from xentool.create import build_post_nodes, domain_make_nodes
 
 
 class FakeXc:
@@ -213,7 +213,7 @@ def test_build_rejects_mismatched_ramdisk() -> None:
         pv.build(FakeXc(), 1, img, plan, b"x" * 99)
 
 
-# --- the XenStore side of create (xentool.lifecycle), pure ------------------------------------
+# --- the XenStore side of create (xentool.create), pure ------------------------------------
 
 def test_domain_nodes_have_libxl_permissions() -> None:
     nodes = {p: (v, perms) for p, v, perms in domain_make_nodes(7, "g", "u-1")}

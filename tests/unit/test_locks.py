@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from xentool.errors import XentoolError
-from xentool.locks import (RUN_DIR_ENV, FileLock, Holder, LockTimeout, create_lock, domain_lock,
-                           run_dir)
+from xentool.locks import FileLock, Holder, LockTimeout, create_lock, domain_lock
+from xentool.state import RUN_DIR_ENV, run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

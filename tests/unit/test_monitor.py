@@ -6,15 +6,17 @@ import contextlib
 import json
 import sys
 import uuid as uuidlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from xentool import monitor as m
+from xentool import records
 from xentool.config import load
 from xentool.errors import XentoolError
+from xentool.state import STATE_DIR_ENV
 
 U1 = "11111111-2222-3333-4444-555555555555"
 U2 = "66666666-7777-8888-9999-aaaaaaaaaaaa"
@@ -22,13 +24,13 @@ U2 = "66666666-7777-8888-9999-aaaaaaaaaaaa"
 
 @pytest.fixture(autouse=True)
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(m.STATE_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
     return tmp_path / "state"
 
 
-def rec(uuid: str = U1, name: str = "g", **kw) -> m.DomainRecord:
-    return m.DomainRecord(uuid=uuid, name=name, config_path="/etc/xen/g.cfg",
-                          config_text='name = "g"\n', **kw)
+def rec(uuid: str = U1, name: str = "g", **kw) -> records.DomainRecord:
+    return records.DomainRecord(uuid=uuid, name=name, config_path="/etc/xen/g.cfg",
+                                config_text='name = "g"\n', **kw)
 
 
 # -- records --------------------------------------------------------------------------------
@@ -36,15 +38,15 @@ def rec(uuid: str = U1, name: str = "g", **kw) -> m.DomainRecord:
 
 def test_record_roundtrip_and_location(state: Path) -> None:
     r = rec(overrides=("memory=64",), on_crash="restart", restart_at=12.5, fast_restarts=2)
-    path = m.write_record(r)
+    path = records.write_record(r)
     assert path == state / "domains" / f"{U1}.json"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert m.load_domain_config(U1) == r
-    assert m.load_domain_config(uuidlib.UUID(U1)) == r
+    assert records.load_domain_config(U1) == r
+    assert records.load_domain_config(uuidlib.UUID(U1)) == r
     assert json.loads(path.read_text())["version"] == 1
-    m.remove_domain_config(U1)
-    assert m.load_domain_config(U1) is None
-    m.remove_domain_config(U1)  # twice is fine
+    records.remove_domain_config(U1)
+    assert records.load_domain_config(U1) is None
+    records.remove_domain_config(U1)  # twice is fine
 
 
 def test_record_validation() -> None:
@@ -52,10 +54,10 @@ def test_record_validation() -> None:
         rec(uuid="nope")
     with pytest.raises(XentoolError, match="invalid on_crash 'explode'"):
         rec(on_crash="explode")
-    with pytest.raises(XentoolError, match="x.json: not a valid domain record"):
-        m.DomainRecord.from_json('{"version": 2}', "x.json")
+    with pytest.raises(XentoolError, match=r"x\.json: not a valid domain record"):
+        records.DomainRecord.from_json('{"version": 2}', "x.json")
     with pytest.raises(XentoolError, match="not a valid domain record"):
-        m.DomainRecord.from_json("[1,", "x.json")
+        records.DomainRecord.from_json("[1,", "x.json")
 
 
 def test_save_domain_config_from_a_real_config(tmp_path: Path) -> None:
@@ -63,8 +65,8 @@ def test_save_domain_config_from_a_real_config(tmp_path: Path) -> None:
     cfg.write_text('name = "web"\nkernel = "k"\nmemory = 64\non_crash = "rename-restart"\n'
                    'on_reboot = "preserve"\n')
     config = load(str(cfg), ["memory=96"])
-    m.save_domain_config(config, U2, str(cfg), ["memory=96"], cwd="/srv")
-    r = m.load_domain_config(U2)
+    records.save_domain_config(config, U2, str(cfg), ["memory=96"], cwd="/srv")
+    r = records.load_domain_config(U2)
     assert r is not None
     assert (r.name, r.config_path, r.overrides, r.cwd) == ("web", str(cfg), ("memory=96",),
                                                            "/srv")
@@ -77,9 +79,9 @@ def test_save_domain_config_from_a_real_config(tmp_path: Path) -> None:
 def test_resave_keeps_the_crash_loop_count(tmp_path: Path) -> None:
     cfg = tmp_path / "g.cfg"
     cfg.write_text('name = "web"\nkernel = "k"\n')
-    m.write_record(rec(uuid=U2, fast_restarts=3))
-    m.save_domain_config(load(str(cfg)), U2, str(cfg))
-    assert m.load_domain_config(U2).fast_restarts == 3
+    records.write_record(rec(uuid=U2, fast_restarts=3))
+    records.save_domain_config(load(str(cfg)), U2, str(cfg))
+    assert records.load_domain_config(U2).fast_restarts == 3
 
 
 # -- policy -----------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class FakeOps:
         self.calls.append(("preserve", domid, new_name))
         self.doms[domid].uuid = new_uuid
 
-    def create(self, r: m.DomainRecord) -> None:
+    def create(self, r: records.DomainRecord) -> None:
         self.calls.append(("create", r.name))
         self.add(r.uuid)
 
@@ -191,7 +193,7 @@ def world() -> tuple[FakeOps, Clock, m.Monitor]:
 
 def test_poweroff_destroys(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(started_at=clock.t - 1000))
     d = ops.add(U1, reason=0)
     mon.scan()
     assert ops.calls == [("destroy", d.domid)]
@@ -202,19 +204,19 @@ def test_poweroff_destroys(world) -> None:
 
 def test_reboot_restarts_with_the_saved_record(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(started_at=clock.t - 1000))
     d = ops.add(U1, reason=1)
     mon.scan()
     assert ops.calls == [("destroy", d.domid), ("create", "g")]
     new = [x for x in ops.domains() if x.uuid == U1]
     assert len(new) == 1 and new[0].domid != d.domid and not new[0].shutdown
-    r = m.load_domain_config(U1)
+    r = records.load_domain_config(U1)
     assert r.restart_at is None and r.started_at == clock.t and r.fast_restarts == 0
 
 
 def test_crash_loop_backs_off_then_gives_up(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(on_crash="restart", started_at=clock.t))
+    records.write_record(rec(on_crash="restart", started_at=clock.t))
     creates = []
     for expected_delay in (1, 2, 4):
         clock.t += 5  # dies 5 s after each start
@@ -225,7 +227,7 @@ def test_crash_loop_backs_off_then_gives_up(world) -> None:
             ops.add(U1, reason=3)
         mon.scan()
         n = sum(c[0] == "create" for c in ops.calls)
-        assert m.load_domain_config(U1).restart_at == clock.t + expected_delay
+        assert records.load_domain_config(U1).restart_at == clock.t + expected_delay
         clock.t += expected_delay - 0.5
         mon.scan()
         assert sum(c[0] == "create" for c in ops.calls) == n  # not yet
@@ -235,10 +237,10 @@ def test_crash_loop_backs_off_then_gives_up(world) -> None:
         creates.append(sum(c[0] == "create" for c in ops.calls))
     assert creates == [1, 2, 3]
     clock.t += 5
-    [x for x in ops.domains() if x.uuid == U1][0].shutdown = True
-    [x for x in ops.domains() if x.uuid == U1][0].shutdown_reason = 3
+    next(x for x in ops.domains() if x.uuid == U1).shutdown = True
+    next(x for x in ops.domains() if x.uuid == U1).shutdown_reason = 3
     mon.scan()
-    r = m.load_domain_config(U1)
+    r = records.load_domain_config(U1)
     assert r.restart_at is None and r.fast_restarts == 4
     clock.t += 1000
     mon.scan()
@@ -248,16 +250,16 @@ def test_crash_loop_backs_off_then_gives_up(world) -> None:
 
 def test_stable_domain_restarts_at_once_and_resets_the_count(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(started_at=clock.t - 100, fast_restarts=2))
+    records.write_record(rec(started_at=clock.t - 100, fast_restarts=2))
     ops.add(U1, reason=1)
     mon.scan()
     assert [c[0] for c in ops.calls] == ["destroy", "create"]
-    assert m.load_domain_config(U1).fast_restarts == 0
+    assert records.load_domain_config(U1).fast_restarts == 0
 
 
 def test_preserve_leaves_the_domain_alone(world) -> None:
-    ops, clock, mon = world
-    m.write_record(rec(on_poweroff="preserve"))
+    ops, _clock, mon = world
+    records.write_record(rec(on_poweroff="preserve"))
     ops.add(U1, reason=0)
     mon.scan()
     mon.scan()
@@ -266,7 +268,7 @@ def test_preserve_leaves_the_domain_alone(world) -> None:
 
 def test_rename_restart_keeps_the_old_one_and_starts_a_new_one(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(on_crash="rename-restart", started_at=clock.t - 1000))
+    records.write_record(rec(on_crash="rename-restart", started_at=clock.t - 1000))
     d = ops.add(U1, reason=3)
     mon.scan()
     assert ops.calls == [("preserve", d.domid, m.preserved_name("g", clock.t)),
@@ -278,7 +280,7 @@ def test_rename_restart_keeps_the_old_one_and_starts_a_new_one(world) -> None:
 
 def test_coredump_restart_destroys_and_restarts(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(on_crash="coredump-restart", started_at=clock.t - 1000))
+    records.write_record(rec(on_crash="coredump-restart", started_at=clock.t - 1000))
     ops.add(U1, reason=3)
     mon.scan()
     assert [c[0] for c in ops.calls] == ["destroy", "create"]
@@ -286,18 +288,18 @@ def test_coredump_restart_destroys_and_restarts(world) -> None:
 
 def test_domain_destroyed_by_someone_else_is_not_restarted(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(started_at=clock.t - 1000))
     d = ops.add(U1, reason=1)
     ops.gone_before_destroy.add(d.domid)
     mon.scan()
     assert ops.calls == [("destroy", d.domid)]
-    assert m.load_domain_config(U1).restart_at is None
+    assert records.load_domain_config(U1).restart_at is None
 
 
 def test_foreign_suspended_and_running_domains_are_ignored(world) -> None:
-    ops, clock, mon = world
+    ops, _clock, mon = world
     ops.add(U2, reason=0)  # no record: xl's
-    m.write_record(rec())
+    records.write_record(rec())
     ops.add(U1, reason=2)  # suspended
     ops.add("aaaaaaaa-0000-0000-0000-000000000000")  # running
     mon.scan()
@@ -306,8 +308,8 @@ def test_foreign_suspended_and_running_domains_are_ignored(world) -> None:
 
 def test_a_failing_action_does_not_stop_the_others(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(started_at=clock.t - 1000))
-    m.write_record(rec(uuid=U2, name="h", started_at=clock.t - 1000))
+    records.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(uuid=U2, name="h", started_at=clock.t - 1000))
     bad = ops.add(U1, reason=0)
     good = ops.add(U2, reason=0)
     real_destroy = ops.destroy
@@ -324,7 +326,7 @@ def test_a_failing_action_does_not_stop_the_others(world) -> None:
 
 def test_pending_restart_survives_a_monitor_restart(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(started_at=clock.t))
+    records.write_record(rec(started_at=clock.t))
     clock.t += 5
     ops.add(U1, reason=1)
     mon.scan()  # quick death: restart in 1 s
@@ -337,15 +339,15 @@ def test_pending_restart_survives_a_monitor_restart(world) -> None:
 
 def test_records_of_vanished_domains_are_collected(world) -> None:
     ops, clock, mon = world
-    m.write_record(rec(saved_at=clock.t - m.RECORD_GRACE - 1, started_at=clock.t - 99999))
-    m.write_record(rec(uuid=U2, saved_at=clock.t - 10, started_at=clock.t - 10))
+    records.write_record(rec(saved_at=clock.t - m.RECORD_GRACE - 1, started_at=clock.t - 99999))
+    records.write_record(rec(uuid=U2, saved_at=clock.t - 10, started_at=clock.t - 10))
     live = "aaaaaaaa-0000-0000-0000-000000000000"
-    m.write_record(rec(uuid=live, saved_at=0, started_at=0))
+    records.write_record(rec(uuid=live, saved_at=0, started_at=0))
     ops.add(live)
     mon.scan()
-    assert m.load_domain_config(U1) is None
-    assert m.load_domain_config(U2) is not None
-    assert m.load_domain_config(live) is not None
+    assert records.load_domain_config(U1) is None
+    assert records.load_domain_config(U2) is not None
+    assert records.load_domain_config(live) is not None
 
 
 def test_xenops_create_runs_the_command_in_the_saved_cwd(tmp_path: Path) -> None:
@@ -371,10 +373,11 @@ def test_monitor_verb_refuses_a_second_instance(tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from xentool.locks import RUN_DIR_ENV, FileLock
+    from xentool.locks import FileLock
+    from xentool.state import RUN_DIR_ENV
 
     env = {**os.environ, RUN_DIR_ENV: str(tmp_path / "run"),
-           m.STATE_DIR_ENV: str(tmp_path / "state")}
+           STATE_DIR_ENV: str(tmp_path / "state")}
     with FileLock(tmp_path / "run" / "monitor.lock", what="monitor"):
         r = subprocess.run([sys.executable, "-m", "xentool", "monitor", "--once"], env=env,
                            capture_output=True, text=True, timeout=60)

@@ -1,8 +1,10 @@
 """xl-identical text output from fixed data.
 
 Expected lines are built with xl's own C format strings (copied format specifiers, applied
-with Python's printf-style ``%``), so the oracle is independent of xentool.output's code.
+with Python's printf-style ``%``), so the oracle is independent of xentool.cli.format's code.
 """
+
+# ruff: noqa: UP031 - the oracle is xl's printf format strings, applied with %
 
 from __future__ import annotations
 
@@ -13,9 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain_builder.xenctrl import (CreditParams, Credit2Params, DomainInfo, PhysInfo,
-                                    VcpuInfo, VersionInfo)
-from xentool import output
+from domain_builder.xenctrl import (
+    Credit2Params,
+    CreditParams,
+    DomainInfo,
+    PhysInfo,
+    VcpuInfo,
+    VersionInfo,
+)
+from xentool.cli import format as output
+from xentool.control import parse_cpu_list
 
 LIST_FMT = "%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"
 RUNNING, BLOCKED, PAUSED, SHUTDOWN, DYING = 1 << 5, 1 << 4, 1 << 3, 1 << 2, 1 << 0
@@ -66,7 +75,8 @@ def test_missing_name_prints_like_glibc_null() -> None:
 def test_list_verbose() -> None:
     d = dom(9, SHUTDOWN | (3 << 16))
     lines = output.format_list([("g", d), ("h", dom(10, RUNNING))], verbose=True).split("\n")
-    assert lines[0].endswith("Time(s)   UUID                            Reason-Code\tSecurity Label")
+    assert lines[0].endswith("Time(s)   UUID                            "
+                             "Reason-Code\tSecurity Label")
     base = LIST_FMT % ("g", 9, 1024, 2, "-", "-", "-", "s", "c", "-", 0.0)
     assert lines[1] == base + " 01234567-89ab-cdef-0011-223344556677" + " %8x" % 3 + " %16s" % "-"
     assert lines[2].endswith(" %8s" % "-" + " %16s" % "-")
@@ -194,7 +204,8 @@ def _phys(caps: int) -> PhysInfo:
 
 
 VER = VersionInfo(major=4, minor=17, extra=".5-pre", capabilities="xen-3.0-x86_64 hvm-3.0-x86_32",
-                  changeset="", commandline="dom0_mem=1024M console=com1", compiler="gcc (Debian 12.2.0-14) 12.2.0",
+                  changeset="", commandline="dom0_mem=1024M console=com1",
+                  compiler="gcc (Debian 12.2.0-14) 12.2.0",
                   compile_by="pkg-xen-devel", compile_domain="lists.alioth.debian.org",
                   compile_date="Tue Jan 1 00:00:00 UTC 2026", pagesize=4096,
                   virt_start=0xffff800000000000, build_id="abcdef")
@@ -277,7 +288,7 @@ def test_sched_lines() -> None:
     ("1,3,5", {1, 3, 5}), ("all,^0-1", set(range(2, 8))), ("1,,2", {1, 2}),
 ])
 def test_parse_cpu_list(text: str, cpus: set[int]) -> None:
-    assert output.parse_cpu_list(text, 8) == cpus
+    assert parse_cpu_list(text, 8) == cpus
 
 
 @pytest.mark.parametrize("text,msg", [
@@ -287,7 +298,7 @@ def test_parse_cpu_list(text: str, cpus: set[int]) -> None:
 ])
 def test_parse_cpu_list_errors(text: str, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
-        output.parse_cpu_list(text, 8)
+        parse_cpu_list(text, 8)
 
 
 def test_list_json_schema() -> None:

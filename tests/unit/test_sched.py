@@ -10,16 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xentool import sched
-from xentool.sched import (Current, Demand, DomainView, Params, PolicyError, decide,
-                           expected_shares, parse_policy, usage)
+from xentool.scheduler import policy, stats
+from xentool.scheduler.policy import Current, DomainView, Params, PolicyError, decide, parse_policy
+from xentool.scheduler.stats import Demand, expected_shares, usage
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "contrib" / "examples" / "sched-policy.toml"
 
 
+NO_PARAMS = Params()
+
+
 def view(name: str = "web-1", domid: int = 5, *, pool: str | None = "Pool-0",
          scheduler: str = "credit2", vcpus: int = 1, weight: int = 256, cap: int = 0,
-         config: Params = Params()) -> DomainView:
+         config: Params = NO_PARAMS) -> DomainView:
     return DomainView(domid, name, pool, scheduler, vcpus, Current(weight, cap), config)
 
 
@@ -27,7 +30,7 @@ def view(name: str = "web-1", domid: int = 5, *, pool: str | None = "Pool-0",
 
 
 def test_example_policy_parses_and_means_what_it_says() -> None:
-    p = sched.load_policy(str(EXAMPLE))
+    p = policy.load_policy(str(EXAMPLE))
     assert p.default == Params(256, None)
     assert [r.patterns for r in p.rules] == [("Domain-0",), ("db-*", "web-*"), ("batch-*",),
                                              ("*",)]
@@ -86,25 +89,26 @@ def test_bad_policy_is_one_line_naming_the_spot(text: str, message: str) -> None
 
 def test_load_policy_errors(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match=r"/nope\.toml: cannot read policy"):
-        sched.load_policy(str(tmp_path / "nope.toml"))
+        policy.load_policy(str(tmp_path / "nope.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_bytes(b"[default]\nweight = 2 # \xff\n")
-    with pytest.raises(PolicyError, match=r"bad\.toml: invalid UTF-8 byte 0xff \(at line 2, column 14\)"):
-        sched.load_policy(str(bad))
+    with pytest.raises(PolicyError, match=r"bad\.toml: invalid UTF-8 byte 0xff "
+                                          r"\(at line 2, column 14\)"):
+        policy.load_policy(str(bad))
 
 
 def test_libxl_json_sched_params() -> None:
     doc = {"b_info": {"sched_params": {"sched": "unknown", "weight": 768, "cap": -1,
                                        "period": -1}}}
-    assert sched.sched_params_from_libxl_json(json.dumps(doc)) == Params(768, None)
+    assert policy.sched_params_from_libxl_json(json.dumps(doc)) == Params(768, None)
     doc["b_info"]["sched_params"] = {"weight": -1, "cap": 40}
-    assert sched.sched_params_from_libxl_json(json.dumps(doc)) == Params(None, 40)
+    assert policy.sched_params_from_libxl_json(json.dumps(doc)) == Params(None, 40)
     # As libxl 4.17 writes the file (seen in the testbed): the C string's NUL at the end.
-    assert sched.sched_params_from_libxl_json(json.dumps(doc) + "\0") == Params(None, 40)
-    assert sched.sched_params_from_libxl_json("{not json") == Params()
-    assert sched.sched_params_from_libxl_json("[]") == Params()
-    assert sched.sched_params_from_libxl_json('{"b_info": {"sched_params": 3}}') == Params()
-    assert sched.libxl_config_path(7, "ab-cd", "/x") == "/x/userdata-d.7.ab-cd.libxl-json"
+    assert policy.sched_params_from_libxl_json(json.dumps(doc) + "\0") == Params(None, 40)
+    assert policy.sched_params_from_libxl_json("{not json") == Params()
+    assert policy.sched_params_from_libxl_json("[]") == Params()
+    assert policy.sched_params_from_libxl_json('{"b_info": {"sched_params": 3}}') == Params()
+    assert policy.libxl_config_path(7, "ab-cd", "/x") == "/x/userdata-d.7.ab-cd.libxl-json"
 
 
 # -- decisions -------------------------------------------------------------------------------
@@ -217,10 +221,10 @@ def test_usage_per_pool_with_active_threshold() -> None:
 
 
 def test_stats_table_and_json() -> None:
-    u = sched.Usage(3, 500_000_000, 50.0, 50.0, 57.142857)
-    row = sched.StatRow(3, "guest-c", "pool-x", "credit", 1024, 0, 1, u)
-    text = sched.format_stats([row, sched.StatRow(7, None, None, "rtds", None, None, 2,
-                                                  sched.Usage(7, 0, 0.0, 0.0, None))])
+    u = stats.Usage(3, 500_000_000, 50.0, 50.0, 57.142857)
+    row = stats.StatRow(3, "guest-c", "pool-x", "credit", 1024, 0, 1, u)
+    text = stats.format_stats([row, stats.StatRow(7, None, None, "rtds", None, None, 2,
+                                                  stats.Usage(7, 0, 0.0, 0.0, None))])
     lines = text.splitlines()
     assert lines[0].split() == ["Name", "ID", "Pool", "Sched", "Weight", "Cap", "VCPUs",
                                 "CPU%", "Share%", "Expect%"]

@@ -9,18 +9,19 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture
 
 from domain_builder.errors import XenError
 from domain_builder.xenctrl import CpupoolInfo, DomainInfo, SchedCredit
-from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture
 from xenstore.client import Store
 from xenstore.errors import XenStoreError
-from xentool import sched
-from xentool.sched import Controller, Daemon, XenBackend, parse_policy
+from xentool.scheduler import policy
+from xentool.scheduler.controller import Controller, Daemon, XenBackend
+from xentool.scheduler.policy import parse_policy
 
 CREDIT, CREDIT2, RTDS = 5, 6, 8
 
@@ -242,7 +243,7 @@ class Running:
     def _run(self) -> None:
         try:
             self.daemon.run()
-        except BaseException as e:  # noqa: BLE001 - surfaced by the test
+        except BaseException as e:
             self.errors.append(e)
 
     def stop(self) -> None:
@@ -262,7 +263,7 @@ def wait_until(cond, timeout: float = 5.0) -> float:
 
 @pytest.fixture
 def daemon(xc: FakeXc, fake_xenstored, tmp_path: Path) -> Iterator[tuple[Daemon, FakeXc, Path]]:  # noqa: F811
-    srv, path = fake_xenstored
+    _srv, path = fake_xenstored
     pol = tmp_path / "policy.toml"
     pol.write_text('[[rule]]\nmatch = "web-*"\nweight = 512\n')
     current: dict[str, Store] = {}
@@ -272,7 +273,7 @@ def daemon(xc: FakeXc, fake_xenstored, tmp_path: Path) -> Iterator[tuple[Daemon,
         return current["xs"]
 
     ctl = Controller(XenBackend(xc, lambda: current["xs"], str(tmp_path)),
-                     sched.load_policy(str(pol)))
+                     policy.load_policy(str(pol)))
     d = Daemon(ctl, str(pol), connect, resync=3600, poll=0.05)
     d._test_path = path  # type: ignore[attr-defined]
     yield d, xc, pol
@@ -283,7 +284,7 @@ def daemon(xc: FakeXc, fake_xenstored, tmp_path: Path) -> Iterator[tuple[Daemon,
 
 def test_daemon_applies_on_introduce_and_reloads(daemon, fake_xenstored) -> None:  # noqa: F811
     d, xc, pol = daemon
-    srv, path = fake_xenstored
+    _srv, path = fake_xenstored
     run = Running(d)
     try:
         with Store.connect(path) as xs:
@@ -312,7 +313,7 @@ def test_daemon_applies_on_introduce_and_reloads(daemon, fake_xenstored) -> None
 # pyxs's reader thread ends with an exception when xenstored goes away: expected here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_daemon_survives_xenstored_restart(daemon, fake_xenstored) -> None:  # noqa: F811
-    d, xc, pol = daemon
+    d, xc, _pol = daemon
     srv, path = fake_xenstored
     run = Running(d)
     try:
@@ -353,7 +354,7 @@ def test_daemon_polls_where_watches_are_unavailable(xc: FakeXc, tmp_path: Path) 
     nodes = names()
     building: set[int] = set()
     store = FakeStore(nodes, building)
-    ctl = Controller(XenBackend(xc, lambda: store), sched.load_policy(str(pol)))
+    ctl = Controller(XenBackend(xc, lambda: store), policy.load_policy(str(pol)))
     d = Daemon(ctl, str(pol), lambda: store, resync=3600, poll=0.05, fast_poll=0.01)
     run = Running(d)
     try:

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+import xentool.host
 from domain_builder.xenctrl import CpupoolInfo, DomainInfo, SchedCredit
-from xentool.commands import schedctl
+from xentool.cli.commands import schedctl
 
 
 def dom(domid: int, pool: int, cpu_ns: int, vcpus: int = 1) -> DomainInfo:
@@ -51,6 +52,9 @@ class FakeSession:
     def __exit__(self, *a: object) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def get(self, path: str, default=None):
         return self.nodes.get(path, default)
 
@@ -68,7 +72,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> None:
     def sleep(s: float) -> None:
         now[0] += s
 
-    monkeypatch.setattr(schedctl, "Session", FakeSession)
+    monkeypatch.setattr(xentool.host, "Session", FakeSession)
     monkeypatch.setattr(schedctl, "_clock", lambda: now[0])
     monkeypatch.setattr(schedctl, "_sleep", sleep)
 
@@ -83,7 +87,7 @@ def test_json_shares_match_weights(fake, capsys) -> None:
     assert schedctl.cmd_sched_stats(args("--json", "-i", "2", "-p", "fair")) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in doc] == ["g1", "g2", "g3"]
-    for r, want in zip(doc, (100 / 7, 200 / 7, 400 / 7)):
+    for r, want in zip(doc, (100 / 7, 200 / 7, 400 / 7), strict=True):
         assert r["scheduler"] == "credit" and r["cpupool"] == "fair"
         assert r["share_pct"] == pytest.approx(want, abs=1e-3)
         assert r["expected_pct"] == pytest.approx(want, abs=1e-3)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import xentool.destroy
+import xentool.host
 from domain_builder.errors import XenError
 from xenstore.errors import XenStoreError
-from xentool.commands import control
+from xentool.cli.commands import control
 from xentool.errors import DomainNotFound, UsageError, XentoolError
 
 
@@ -78,6 +80,9 @@ class FakeSession:
         return self
 
     def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
         self.log.append(("closed",))
 
     def resolve(self, q: str) -> int:
@@ -89,14 +94,12 @@ class FakeSession:
 
 
 def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s: FakeSession) -> None:
-    import xentool.commands.devices as devices
-
-    monkeypatch.setattr(control, "Session", lambda: s)
-    monkeypatch.setattr(control, "LIBXL_USERDATA_DIR", str(tmp_path))
+    monkeypatch.setattr(xentool.host, "Session", lambda: s)
+    monkeypatch.setattr(xentool.destroy, "LIBXL_USERDATA_DIR", str(tmp_path))
     monkeypatch.setenv("XENTOOL_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("XENTOOL_STATE_DIR", str(tmp_path / "state"))
     # Device teardown has its own tests (test_devices_attach); here only its place matters.
-    monkeypatch.setattr(devices, "remove_all_devices",
+    monkeypatch.setattr(xentool.destroy, "remove_all_devices",
                         lambda xs, domid: s.log.append(("devices", domid)) or [])
 
 
@@ -135,7 +138,7 @@ def test_destroy_forgets_the_monitor_record_and_a_killed_creates_record(session,
     import os
 
     from xentool.journal import default_record_dir, half_built_domains
-    from xentool.monitor import load_domain_config, write_record, DomainRecord
+    from xentool.records import DomainRecord, load_domain_config, write_record
 
     uuid = "01234567-89ab-cdef-0011-223344556677"
     write_record(DomainRecord(uuid=uuid, name="g", config_path="/g.cfg", config_text=""))
@@ -163,8 +166,8 @@ def test_destroy_unknown_domain(session) -> None:
 
 
 def _pin(**kw) -> argparse.Namespace:
-    base = dict(domain="g", vcpu="all", hard="-", soft="-", force=False,
-                ignore_global_affinity_masks=False)
+    base = {"domain": "g", "vcpu": "all", "hard": "-", "soft": "-", "force": False,
+                "ignore_global_affinity_masks": False}
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -182,11 +185,11 @@ def test_vcpu_pin_one_vcpu_hard(session) -> None:
 
 
 @pytest.mark.parametrize("kw,exc,msg", [
-    (dict(vcpu="x", hard="1"), UsageError, "invalid vcpu 'x'"),
-    (dict(vcpu="5", hard="1"), XentoolError, "has no vcpu 5"),
-    (dict(vcpu="0", hard="9"), UsageError, "pcpu 9 is out of range"),
-    (dict(vcpu="0", hard="1-0"), UsageError, "invalid pcpu range"),
-    (dict(vcpu="0", hard="0,^0"), UsageError, "selects no cpu"),
+    ({"vcpu": "x", "hard": "1"}, UsageError, "invalid vcpu 'x'"),
+    ({"vcpu": "5", "hard": "1"}, XentoolError, "has no vcpu 5"),
+    ({"vcpu": "0", "hard": "9"}, UsageError, "pcpu 9 is out of range"),
+    ({"vcpu": "0", "hard": "1-0"}, UsageError, "invalid pcpu range"),
+    ({"vcpu": "0", "hard": "0,^0"}, UsageError, "selects no cpu"),
 ])
 def test_vcpu_pin_errors(session, kw, exc, msg) -> None:
     with pytest.raises(exc, match=msg):

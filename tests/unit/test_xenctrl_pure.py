@@ -45,12 +45,12 @@ def test_python_constants_match_the_compiled_headers(name: str, header: str) -> 
 
 
 def test_enums_match_headers() -> None:
-    assert xc.ShutdownReason.POWEROFF == lib.SHUTDOWN_poweroff
-    assert xc.ShutdownReason.REBOOT == lib.SHUTDOWN_reboot
-    assert xc.ShutdownReason.SUSPEND == lib.SHUTDOWN_suspend
-    assert xc.ShutdownReason.CRASH == lib.SHUTDOWN_crash
-    assert xc.ShutdownReason.WATCHDOG == lib.SHUTDOWN_watchdog
-    assert xc.ShutdownReason.SOFT_RESET == lib.SHUTDOWN_soft_reset
+    assert lib.SHUTDOWN_poweroff == xc.ShutdownReason.POWEROFF
+    assert lib.SHUTDOWN_reboot == xc.ShutdownReason.REBOOT
+    assert lib.SHUTDOWN_suspend == xc.ShutdownReason.SUSPEND
+    assert lib.SHUTDOWN_crash == xc.ShutdownReason.CRASH
+    assert lib.SHUTDOWN_watchdog == xc.ShutdownReason.WATCHDOG
+    assert lib.SHUTDOWN_soft_reset == xc.ShutdownReason.SOFT_RESET
     assert xc.Scheduler.CREDIT == lib.XEN_SCHEDULER_CREDIT
     assert xc.Scheduler.CREDIT2 == lib.XEN_SCHEDULER_CREDIT2
     assert xc.Scheduler.RTDS == lib.XEN_SCHEDULER_RTDS
@@ -77,10 +77,10 @@ def test_dominfo_flag_bits_match_headers() -> None:
 
 
 def _dom(**kw: object) -> xc.DomainInfo:
-    base = dict(domid=3, flags=0, tot_pages=25600, max_pages=25856, outstanding_pages=0,
-                shr_pages=0, paged_pages=0, shared_info_frame=0, cpu_time_ns=0,
-                nr_online_vcpus=1, max_vcpu_id=0, ssidref=0, handle=bytes(range(16)),
-                cpupool=0)
+    base = {"domid": 3, "flags": 0, "tot_pages": 25600, "max_pages": 25856,
+            "outstanding_pages": 0, "shr_pages": 0, "paged_pages": 0, "shared_info_frame": 0,
+            "cpu_time_ns": 0, "nr_online_vcpus": 1, "max_vcpu_id": 0, "ssidref": 0,
+            "handle": bytes(range(16)), "cpupool": 0}
     base.update(kw)
     return xc.DomainInfo(**base)  # type: ignore[arg-type]
 

@@ -1,4 +1,4 @@
-"""Name/id resolution (xentool.domains) and scheduler option checks, with small fakes."""
+"""Name/id resolution (xentool.session) and scheduler option checks, with small fakes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from xentool import domains
-from xentool.commands import sched
+from xentool import session
+from xentool.cli.commands import sched
 from xentool.errors import DomainNotFound, XentoolError
+from xentool.scheduler.params import check_weight_cap
 
 
 @dataclass(frozen=True)
@@ -47,55 +48,55 @@ XS = FakeXs({"/local/domain/0/name": "Domain-0", "/local/domain/3/name": "web",
 
 
 def test_name_resolves_through_xenstore() -> None:
-    assert domains.resolve(FakeXc([0, 3, 4]), XS, "db") == 4
-    assert domains.resolve(FakeXc([0, 3, 4]), XS, "Domain-0") == 0
+    assert session.resolve(FakeXc([0, 3, 4]), XS, "db") == 4
+    assert session.resolve(FakeXc([0, 3, 4]), XS, "Domain-0") == 0
 
 
 def test_numeric_qualifier_is_a_domid_and_must_exist() -> None:
     xc = FakeXc([0, 3])
-    assert domains.resolve(xc, XS, "3") == 3
+    assert session.resolve(xc, XS, "3") == 3
     assert xc.listed == 0  # a domid needs no name scan
     with pytest.raises(DomainNotFound, match="domain '5' does not exist"):
-        domains.resolve(xc, XS, "5")
+        session.resolve(xc, XS, "5")
 
 
 def test_stale_xenstore_names_are_ignored() -> None:
     with pytest.raises(DomainNotFound) as ei:
-        domains.resolve(FakeXc([0, 3]), XS, "ghost")
+        session.resolve(FakeXc([0, 3]), XS, "ghost")
     assert str(ei.value) == "domain 'ghost' does not exist"
 
 
 def test_names_of_reports_missing_as_none() -> None:
-    assert domains.names_of(XS, [3, 7]) == {3: "web", 7: None}
+    assert session.names_of(XS, [3, 7]) == {3: "web", 7: None}
 
 
 @pytest.mark.parametrize("q,ok", [("0", True), ("12", True), ("", False), ("1a", False),
                                   ("-1", False), ("+1", False), ("١", False)])
 def test_is_domid(q: str, ok: bool) -> None:
-    assert domains.is_domid(q) is ok
+    assert session.is_domid(q) is ok
 
 
 def test_parse_domid() -> None:
-    assert domains.parse_domid("7") == 7
+    assert session.parse_domid("7") == 7
     for bad in ("x", "", "32752", "-3"):
         with pytest.raises(XentoolError, match="invalid domain id"):
-            domains.parse_domid(bad)
+            session.parse_domid(bad)
 
 
 def _ns(**kw: object) -> argparse.Namespace:
-    base = dict(domain=None, weight=None, cap=None, schedparam=False, cpupool=None,
-                ratelimit_us=None, tslice_ms=None, migration_delay_us=None)
+    base = {"domain": None, "weight": None, "cap": None, "schedparam": False, "cpupool": None,
+                "ratelimit_us": None, "tslice_ms": None, "migration_delay_us": None}
     base.update(kw)
     return argparse.Namespace(**base)
 
 
 @pytest.mark.parametrize("kind,kw,msg", [
-    ("credit", dict(weight=5), "must specify a domain"),
-    ("credit", dict(domain="g", schedparam=True), "not allowed with domain options"),
-    ("credit", dict(cap=5, cpupool="p"), "not allowed with domain options"),
-    ("credit", dict(tslice_ms=5), "must specify schedparam"),
-    ("credit2", dict(domain="g", cpupool="p"), "not allowed with other options"),
-    ("credit2", dict(cap=1), "must specify a domain"),
+    ("credit", {"weight": 5}, "must specify a domain"),
+    ("credit", {"domain": "g", "schedparam": True}, "not allowed with domain options"),
+    ("credit", {"cap": 5, "cpupool": "p"}, "not allowed with domain options"),
+    ("credit", {"tslice_ms": 5}, "must specify schedparam"),
+    ("credit2", {"domain": "g", "cpupool": "p"}, "not allowed with other options"),
+    ("credit2", {"cap": 1}, "must specify a domain"),
 ])
 def test_sched_option_rules(kind: str, kw: dict, msg: str) -> None:
     with pytest.raises(XentoolError, match=msg):
@@ -110,14 +111,14 @@ def test_sched_valid_combinations() -> None:
 
 
 def test_weight_and_cap_ranges() -> None:
-    sched.check_weight_cap(1, 0, 0)
-    sched.check_weight_cap(65535, 200, 1)
+    check_weight_cap(1, 0, 0)
+    check_weight_cap(65535, 200, 1)
     with pytest.raises(XentoolError, match="weight 0 out of range"):
-        sched.check_weight_cap(0, None, 0)
+        check_weight_cap(0, None, 0)
     with pytest.raises(XentoolError, match="weight 65536 out of range"):
-        sched.check_weight_cap(65536, None, 0)
+        check_weight_cap(65536, None, 0)
     with pytest.raises(XentoolError, match="from 0 to 200"):
-        sched.check_weight_cap(None, 201, 1)
+        check_weight_cap(None, 201, 1)
 
 
 @pytest.mark.parametrize("text,value", [("512", 512), ("  12x", 12), ("-3", -3), ("+7", 7)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture

@@ -19,14 +19,15 @@ import socketserver
 import struct
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pytest
 
 HDR = struct.Struct("<IIII")
 (DEBUG, DIRECTORY, READ, GET_PERMS, WATCH, UNWATCH, TX_START, TX_END, INTRODUCE, RELEASE,
- GET_DOMAIN_PATH, WRITE, MKDIR, RM, SET_PERMS, WATCH_EVENT, ERROR, IS_INTRODUCED, RESUME) = range(19)
+ GET_DOMAIN_PATH, WRITE, MKDIR, RM, SET_PERMS, WATCH_EVENT, ERROR, IS_INTRODUCED,
+ RESUME) = range(19)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Tx:
     start_gen: int
     touched: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
-    conn: "Handler | None" = None
+    conn: Handler | None = None
 
 
 def parent(path: str) -> str:
@@ -56,7 +57,7 @@ class Fake:
         self.nodes: dict[str, Node] = {"/": Node(b"", [b"n0"])}
         self.txs: dict[int, Tx] = {}
         self.next_tx = 1
-        self.watches: list[tuple["Handler", str, bytes]] = []
+        self.watches: list[tuple[Handler, str, bytes]] = []
         self.introduced: set[int] = set()
         self.tombstones: dict[str, int] = {}  # path -> generation it was removed at
         self.force_conflicts = 0  # commits to refuse with EAGAIN regardless
@@ -84,7 +85,7 @@ class Fake:
 
     # -- requests -------------------------------------------------------------------------
 
-    def handle(self, conn: "Handler", op: int, tx_id: int, payload: bytes) -> tuple[int, bytes]:
+    def handle(self, conn: Handler, op: int, tx_id: int, payload: bytes) -> tuple[int, bytes]:
         with self.lock:
             self.requests.append((op, tx_id))
             args = payload.split(b"\0")
@@ -245,7 +246,7 @@ class Fake:
 
 
 class Handler(socketserver.BaseRequestHandler):
-    server: "Server"
+    server: Server
 
     def setup(self) -> None:
         self.send_lock = threading.Lock()

@@ -7,8 +7,8 @@ from uuid import UUID
 import pytest
 
 from xentool.config import ConfigError, loads
-from xentool.config.build import c_strtol
 from xentool.config.model import CpuSet, DomainType, ShutdownAction
+from xentool.config.validate import c_strtol
 
 BASE = 'name = "g"\nkernel = "/k"\n'
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from xentool import state
 from xentool.config import ConfigError, load
 from xentool.config import cache as cfgcache
 
@@ -112,7 +113,7 @@ def test_at_most_max_entries_are_kept(cfg: Path, cache: Path,
 
 
 def test_default_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cfgcache.CACHE_ENV, "")
-    assert cfgcache.default_cache_dir() is None
-    monkeypatch.delenv(cfgcache.CACHE_ENV)
-    assert cfgcache.default_cache_dir() == cfgcache.CONFIG_CACHE
+    monkeypatch.setenv(state.CONFIG_CACHE_ENV, "")
+    assert state.config_cache_dir() is None
+    monkeypatch.delenv(state.CONFIG_CACHE_ENV)
+    assert state.config_cache_dir() == state.CONFIG_CACHE

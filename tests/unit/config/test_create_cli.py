@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xentool.cli import main
-from xentool.commands.create import split_create_args
+from xentool.cli.commands.create import split_create_args
 from xentool.errors import UsageError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "xlcfg"
@@ -105,23 +105,36 @@ def test_usage_errors() -> None:
     assert split_create_args(None, ["x=1", "g.cfg"]) == ("g.cfg", ["x=1"])
 
 
-def test_create_hands_the_config_to_lifecycle(monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    calls = []
+def test_create_hands_the_config_to_the_library(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[tuple[object, ...]] = []
 
-    def create(config, *, paused: bool, console: bool, **kw) -> int:
-        calls.append((config.name, paused, console, kw))
+    def create(config, *, paused: bool, **kw) -> int:
+        calls.append(("create", config.name, paused, kw))
         return 7
 
-    monkeypatch.setitem(sys.modules, "xentool.lifecycle",
-                        types.SimpleNamespace(create=create, Source=lambda p, o: (p, o)))
-    import xentool
-    monkeypatch.setattr(xentool, "lifecycle", sys.modules["xentool.lifecycle"], raising=False)
+    def plan_document(config, prep) -> dict[str, object]:
+        calls.append(("plan", config.name))
+        return {"name": config.name}
+
+    monkeypatch.setitem(sys.modules, "xentool.create",
+                        types.SimpleNamespace(create=create, Source=lambda p, o: (p, o),
+                                              prepare=lambda config: None,
+                                              plan_document=plan_document))
+    import xentool.console
+    monkeypatch.setattr(xentool.console, "require_client", lambda: None)
+    monkeypatch.setattr(xentool.console, "console_before_start",
+                        lambda domid, *, unpause: calls.append(("console", domid, unpause)))
     assert main(["create", "-q", "-p", "-c", FULL, "memory=512"]) == 0
     assert main(["create", "-q", "--plan", FULL]) == 0
-    # The file and the overrides go along, so the monitor can create the domain again.
-    assert calls == [("full-guest", True, True, {"source": (FULL, ("memory=512",))}),
-                     ("full-guest", False, False, {"source": (FULL, ()), "plan": True})]
+    # The file and the overrides go along, so the monitor can create the domain again; with
+    # -c the domain is created paused and the console lets it go (here: -p, so it does not);
+    # --plan computes the plan and creates nothing.
+    assert calls == [("create", "full-guest", True,
+                      {"source": (FULL, ("memory=512",)), "handle_signals": True}),
+                     ("console", 7, False),
+                     ("plan", "full-guest")]
+    assert json.loads(capsys.readouterr().out) == {"name": "full-guest"}
 
 
 def test_config_check_reports_every_file() -> None:

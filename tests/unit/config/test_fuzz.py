@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from xentool.config import ConfigError, loads
-from xentool.config.grammar import Atom, ListValue, parse
+from xentool.config.grammar import Atom, parse
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "xlcfg"
 SEEDS = [p.read_bytes() for p in sorted(DATA.glob("*.cfg"))]

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from xentool.config import ConfigError, load, read_config_text
-from xentool.config.grammar import (MAX_CONFIG_BYTES, MAX_ITEMS, MAX_NESTING, Atom,
-                                    ListValue, Op, parse)
+from xentool.config.grammar import (
+    MAX_CONFIG_BYTES,
+    MAX_ITEMS,
+    MAX_NESTING,
+    Atom,
+    ListValue,
+    Op,
+    parse,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "xlcfg"
 CORPUS = sorted(DATA.glob("*.cfg"))

@@ -7,8 +7,7 @@ import re
 import pytest
 
 from xentool.config.model import NicType
-from xentool.config.vif import (VifSpecError, VifWarning, generated_mac, parse_rate,
-                                parse_vif_spec)
+from xentool.config.vif import VifSpecError, VifWarning, generated_mac, parse_rate, parse_vif_spec
 
 
 @pytest.mark.parametrize("rate,expected", [
