@@ -595,7 +595,7 @@ def run_job(tb: Testbed, argv: list[str], cwd: Path, env: dict[str, str],
             for path, sink in outs:
                 f = handles.get(path)
                 if f is None and path.exists():
-                    f = handles[path] = open(path, "rb")
+                    f = handles[path] = open(path, "rb")  # noqa: SIM115 - closed with handles
                     # The timeout is for the command, not for its wait in the job queue.
                     deadline = time.monotonic() + timeout
                 if f is not None:
