@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from xenstore.client import Store, Transaction
     from xenstore.devices.common import DeviceNodes
     from xentool.journal import Journal
+    from xentool.settings import VcpuAffinity
 
 log = get_logger(__name__)
 
@@ -195,6 +196,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     from xentool.devices.console import built_nodes as console_nodes
     from xentool.locks import create_lock
     from xentool.session import name_to_domid
+    from xentool.settings import sched_scheduler, vcpu_affinities
 
     bp = prep.plan
     uuid = config.uuid or uuidlib.uuid4()
@@ -204,11 +206,16 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     with create_lock():
         if name_to_domid(xc, xs, config.name) is not None:
             raise XentoolError(f'domain with name "{config.name}" already exists')
+        poolid = _pool_id(xc, xs, config.pool)
+        # Refused before anything exists: a weight for a scheduler without one, a cpus
+        # set that names no pcpu of this host.
+        sched = sched_scheduler(config, xc.cpupool_info(poolid).sched_id)
+        affinities = vcpu_affinities(config, bp.max_vcpus, xc.max_cpus())
         cc = CreateConfig(
             max_vcpus=bp.max_vcpus, handle=uuid.bytes, grant_version=2,
             max_grant_frames=config.max_grant_frames or -1,
             max_maptrack_frames=config.max_maptrack_frames or -1,
-            max_evtchn_port=config.max_event_channels or 1023,
+            max_evtchn_port=config.max_event_channels or 1023, cpupool_id=poolid,
         )
         domid = j.do("create domain", lambda: xc.create_domain(cc),
                      undo=lambda d: _destroy_and_release(xc, xs, d))
@@ -228,6 +235,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
         j.push("xenstore nodes", lambda: _rm_nodes(xs, domid, uuid_s))
         j.do("xenstore nodes", make_nodes)
 
+    _sched_steps(j, xc, config, domid, sched, affinities)
     built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp, prep.ramdisk))
 
     def post_nodes() -> None:
@@ -263,6 +271,39 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     if not paused:
         j.do("unpause", lambda: xc.unpause(domid))
     return domid
+
+
+def _pool_id(xc: XenCtrl, xs: Store, name: str | None) -> int:
+    """The cpupool ``pool=`` names (libxl_name_to_cpupoolid); Pool-0 when none."""
+    if name is None:
+        return 0
+    for pool in xc.cpupools():
+        if xs.get(f"/local/pool/{pool.poolid}/name") == name:
+            return pool.poolid
+    raise XentoolError(f"Illegal pool specified: {name}")
+
+
+def _sched_steps(j: Journal, xc: XenCtrl, config: DomainConfig, domid: int,
+                 sched: str | None, affinities: list[VcpuAffinity]) -> None:
+    """Weight, cap and vCPU affinity, as libxl__build_pre sets them before the build.
+    Nothing to undo: they go with the domain."""
+    from dataclasses import replace
+
+    if sched is not None:
+        def set_sched() -> None:
+            get, put = ((xc.sched_credit, xc.set_sched_credit) if sched == "credit"
+                        else (xc.sched_credit2, xc.set_sched_credit2))
+            cur = get(domid)
+            put(domid, replace(cur, weight=config.cpu_weight or cur.weight,
+                               cap=cur.cap if config.cpu_cap is None else config.cpu_cap))
+
+        j.do("scheduler parameters", set_sched)
+    if affinities:
+        def set_affinity() -> None:
+            for a in affinities:
+                xc.set_vcpu_affinity(domid, a.vcpu, a.hard, a.soft)
+
+        j.do("vcpu affinity", set_affinity)
 
 
 def _destroy_and_release(xc: XenCtrl, xs: Store, domid: int) -> None:

@@ -542,6 +542,24 @@ class Domain:
         with translating():
             return devices(self._s.xs, self.domid, kind)
 
+    # -- on_* actions ------------------------------------------------------------------------
+
+    def watch(self, *, background: bool = True) -> int | None:
+        """Make sure the domain's on_poweroff/on_reboot/on_crash/... actions happen, as the
+        process ``xl create`` leaves behind does: in the background (a monitor for every
+        domain with a record, started unless one runs; returns its pid or None), or in the
+        foreground (returns once the domain is gone for good; ``create -F``).  The domain
+        needs a record (``create(record=True)``)."""
+        from xentool.monitor import serve, spawn_monitor
+
+        if background:
+            with translating():
+                return spawn_monitor()
+        uuid = str(self.info().uuid)
+        with translating():
+            serve(domain=uuid)
+        return None
+
     # -- console ---------------------------------------------------------------------------
 
     def console_argv(self, ctype: str | None = None, num: int = 0) -> list[str]:

@@ -55,7 +55,7 @@ from xentool.records import (
     remove_domain_config,
     write_record,
 )
-from xentool.state import records_dir
+from xentool.state import records_dir, run_dir
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -123,6 +123,8 @@ def restart_argv(rec: DomainRecord, cfg_file: str, create_cmd: Sequence[str]) ->
 
 
 def default_create_cmd() -> list[str]:
+    # Not -e: the domain keeps its record; the monitor that restarts it holds the monitor
+    # lock, so the create starts no second monitor.
     return [sys.executable, "-m", "xentool", "create", "-q"]
 
 
@@ -168,9 +170,32 @@ class Monitor:
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.time
     handled: set[tuple[int, str]] = field(default_factory=set)
+    #: Handle only the domain with this uuid (``create -F``, like xl's).
+    only: str | None = None
+    #: Stop once no domain with a record is alive and no restart is due.
+    transient: bool = False
+    #: Domains (by uuid) left alone: a per-domain watcher handles them.
+    skip: Callable[[str], bool] = lambda uuid: False
+
+    def _mine(self, uuid: str) -> bool:
+        return uuid == self.only if self.only is not None else not self.skip(uuid)
+
+    def _records(self) -> list[DomainRecord]:
+        if self.only is None:
+            return all_records()
+        rec = load_domain_config(self.only)
+        return [] if rec is None else [rec]
+
+    def finished(self) -> bool:
+        """Whether a watcher of one domain, or a transient monitor, has no more work: no
+        domain of its records is alive and no restart is due.  The service never has."""
+        if self.only is None and not self.transient:
+            return False
+        live = {i.uuid for i in self.ops.domains()}
+        return all(r.uuid not in live and r.restart_at is None for r in self._records())
 
     def scan(self) -> None:
-        infos = [i for i in self.ops.domains() if i.domid != 0]
+        infos = [i for i in self.ops.domains() if i.domid != 0 and self._mine(i.uuid)]
         live = {i.domid for i in infos}
         self.handled = {k for k in self.handled if k[0] in live}
         for info in infos:
@@ -233,8 +258,8 @@ class Monitor:
 
     def restart_due(self, live_uuids: set[str]) -> None:
         now = self.clock()
-        for rec in all_records():
-            if rec.restart_at is None or rec.restart_at > now:
+        for rec in self._records():
+            if rec.restart_at is None or rec.restart_at > now or not self._mine(rec.uuid):
                 continue
             # Cleared first: a create that fails (or kills us) must not loop.
             write_record(dataclasses.replace(rec, restart_at=None, started_at=now))
@@ -250,15 +275,15 @@ class Monitor:
 
     def collect(self, live_uuids: set[str]) -> None:
         now = self.clock()
-        for rec in all_records():
-            if (rec.uuid not in live_uuids and rec.restart_at is None
+        for rec in self._records():
+            if (rec.uuid not in live_uuids and rec.restart_at is None and self._mine(rec.uuid)
                     and now - max(rec.saved_at, rec.started_at) > RECORD_GRACE):
                 log.debug("forgetting domain %s (%s): gone", rec.name, rec.uuid)
                 remove_domain_config(rec.uuid)
 
     def next_wakeup(self) -> float:
         """Seconds until the earliest pending restart (or POLL_S)."""
-        due = [r.restart_at for r in all_records() if r.restart_at is not None]
+        due = [r.restart_at for r in self._records() if r.restart_at is not None]
         if not due:
             return POLL_S
         return max(0.0, min(POLL_S, min(due) - self.clock()))
@@ -330,6 +355,8 @@ def run(monitor: Monitor, store: Store, stop: threading.Event) -> None:
     with store.watch("@releaseDomain") as w:
         while not stop.is_set():
             monitor.scan()
+            if monitor.finished():
+                return
             w.get(timeout=monitor.next_wakeup())
             # Events come in bursts (shutdown, then release): let them settle a little.
             while w.get(timeout=0.05) is not None:
@@ -337,26 +364,98 @@ def run(monitor: Monitor, store: Store, stop: threading.Event) -> None:
 
 
 
+def _watch_lock(uuid: str) -> FileLock:
+    from xentool.locks import FileLock
+
+    return FileLock(run_dir() / f"watch-{uuidlib.UUID(uuid)}.lock", what=f"watcher of {uuid}",
+                    timeout=0)
+
+
+def _monitor_lock() -> FileLock:
+    from xentool.locks import FileLock
+
+    return FileLock(run_dir() / "monitor.lock", what="monitor", timeout=0)
+
+
+def _busy(lock: FileLock) -> bool:
+    """Whether another process holds ``lock`` (tried without waiting)."""
+    from xentool.locks import LockTimeout
+
+    try:
+        lock.acquire()
+    except LockTimeout:
+        return True
+    lock.release()
+    return False
+
+
+def _watched(uuid: str) -> bool:
+    """Whether a foreground watcher (``create -F``) handles domain ``uuid``."""
+    lock = _watch_lock(uuid)
+    return lock.path.exists() and _busy(lock)
+
+
+def host_monitor_running() -> bool:
+    """Whether a monitor for all domains (the service, or one ``create`` started) runs."""
+    return _busy(_monitor_lock())
+
+
+def spawn_monitor() -> int | None:
+    """Make sure a monitor handles the domains' on_* actions, as the process ``xl create``
+    forks does: start a transient one in the background unless one runs already.  It
+    exits once no domain with a record is left.  Its log is
+    ``/var/log/xen/xentool-monitor.log``.  Returns its pid, or None if one ran already.
+
+    Call it after the domain's record is saved: a transient monitor that is about to exit
+    looks at the records once more after letting its lock go (see :func:`serve`), so one
+    of the two always sees the other.
+    """
+    if host_monitor_running():
+        return None
+    logdir = "/var/log/xen"
+    err: int = subprocess.DEVNULL
+    if os.path.isdir(logdir):
+        err = os.open(os.path.join(logdir, "xentool-monitor.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xentool", "-v", "monitor", "--transient"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            start_new_session=True, close_fds=True, cwd="/")
+    finally:
+        if err != subprocess.DEVNULL:
+            os.close(err)
+    return proc.pid
+
+
 def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = None,
-          once: bool = False) -> None:
+          once: bool = False, domain: str | None = None, transient: bool = False) -> None:
     """Run the monitor on this host: one scan (``once``), or until SIGTERM/SIGINT.
 
-    Only one monitor runs per host (a lock under the run directory); a second one fails
-    with the first one's pid.
+    Only one monitor for all domains runs per host (a lock under the run directory); a
+    second one fails with the first one's pid.  ``transient``: the one ``create`` starts
+    when none runs; it returns quietly if one runs already, and once no domain with a
+    record is alive and no restart is due.  ``domain`` (a uuid): watch that domain only
+    (``create -F``) and return once it is gone for good; the other monitors leave it alone
+    meanwhile.
     """
-    from xentool.locks import FileLock, LockTimeout
+    from xentool.locks import LockTimeout
     from xentool.session import Session
-    from xentool.state import run_dir
 
-    single = FileLock(run_dir() / "monitor.lock", what="monitor", timeout=0)
+    single = _watch_lock(domain) if domain is not None else _monitor_lock()
     try:
         single.acquire()
     except LockTimeout:
+        if domain is not None or transient:
+            return  # someone else does this job already
         raise XentoolError(f"another monitor is already running "
                            f"({single.holder() or 'unknown process'})") from None
+    held = True
     try:
         with Session() as s:
-            mon = Monitor(XenOps(s, create_cmd), backoff=backoff or Backoff())
+            mon = Monitor(XenOps(s, create_cmd), backoff=backoff or Backoff(), only=domain,
+                          transient=transient,
+                          skip=_watched if domain is None else lambda uuid: False)
             if once:
                 mon.scan()
                 return
@@ -368,7 +467,25 @@ def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = 
 
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
-            log.info("monitor: watching all domains")
-            run(mon, s.xs, stop)
+            log.info("monitor: watching %s", f"domain {domain}" if domain else
+                     "the domains created without a monitor" if transient else "all domains")
+            while True:
+                run(mon, s.xs, stop)
+                if domain is not None:
+                    remove_domain_config(domain)  # gone for good: nothing left to act on
+                if not transient or stop.is_set():
+                    break
+                # Publish that we leave, then look once more: a create that saved a record
+                # just now saw our lock held and started no monitor of its own.
+                single.release()
+                held = False
+                if mon.finished():
+                    break
+                try:
+                    single.acquire()
+                except LockTimeout:
+                    break  # a new monitor took over
+                held = True
     finally:
-        single.release()
+        if held:
+            single.release()

@@ -387,3 +387,106 @@ def test_monitor_verb_refuses_a_second_instance(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "xentool", "monitor", "--max-delay", "-1"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr.count("\n")) == (1, 1) and "must not be negative" in r.stderr
+
+
+# -- per-domain watchers (what `xentool create` leaves behind, like xl) ----------------------
+
+
+def test_a_watcher_handles_only_its_domain_and_finishes_when_it_is_gone(world) -> None:
+    ops, clock, _ = world
+    mon = m.Monitor(ops, clock=clock, only=U1)
+    records.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(U2, name="other", started_at=clock.t - 1000))
+    mine, other = ops.add(U1, reason=0), ops.add(U2, reason=0)
+    assert not mon.finished()
+    mon.scan()
+    assert ops.calls == [("destroy", mine.domid)]  # the other domain is not its business
+    assert other.domid in ops.doms
+    assert mon.finished()
+
+
+def test_a_watcher_follows_its_domain_through_a_reboot(world) -> None:
+    ops, clock, _ = world
+    mon = m.Monitor(ops, clock=clock, only=U1)
+    records.write_record(rec(started_at=clock.t - 1000))
+    ops.add(U1, reason=1)
+    mon.scan()
+    assert [c[0] for c in ops.calls] == ["destroy", "create"]
+    assert not mon.finished()  # the restarted domain has the same uuid
+
+
+def test_a_pending_restart_keeps_the_watcher_going(world) -> None:
+    ops, clock, _ = world
+    mon = m.Monitor(ops, clock=clock, only=U1, backoff=m.Backoff(stable_after=60))
+    records.write_record(rec(started_at=clock.t - 1))  # dies at once: restart is delayed
+    ops.add(U1, reason=1)
+    mon.scan()
+    assert ops.calls[0][0] == "destroy" and len(ops.calls) == 1
+    assert not mon.finished()
+    clock.t += 5
+    mon.scan()
+    assert ops.calls[-1] == ("create", "g")
+
+
+def test_the_host_monitor_leaves_watched_domains_alone(world) -> None:
+    ops, clock, _ = world
+    mon = m.Monitor(ops, clock=clock, skip=lambda uuid: uuid == U1)
+    records.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(U2, name="other", started_at=clock.t - 1000))
+    ops.add(U1, reason=0)
+    theirs = ops.add(U2, reason=0)
+    mon.scan()
+    assert ops.calls == [("destroy", theirs.domid)]
+    assert not mon.finished()  # the host monitor never finishes
+
+
+def test_a_transient_monitor_finishes_when_no_recorded_domain_is_left(world) -> None:
+    ops, clock, _ = world
+    mon = m.Monitor(ops, clock=clock, transient=True)
+    assert mon.finished()  # nothing to do at all
+    records.write_record(rec(started_at=clock.t - 1000))
+    records.write_record(rec(U2, name="other", started_at=clock.t - 1000))
+    a, b = ops.add(U1, reason=0), ops.add(U2)
+    assert not mon.finished()
+    mon.scan()
+    assert ops.calls == [("destroy", a.domid)]
+    assert not mon.finished()  # U2 still runs
+    del ops.doms[b.domid]
+    assert mon.finished()
+
+
+def test_restarts_keep_the_record_and_start_no_second_monitor() -> None:
+    # Not -e: the restarted domain keeps its record; the restarting monitor holds the
+    # monitor lock, so that create starts no monitor of its own.
+    assert m.default_create_cmd()[-2:] == ["create", "-q"]
+
+
+def test_watchers_and_the_host_monitor_see_each_others_locks(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    from xentool.locks import FileLock
+    from xentool.state import RUN_DIR_ENV
+
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run"))
+    assert not m.host_monitor_running()
+    assert not m._watched(U1)
+    code = ("import sys, time\nfrom xentool import monitor as m\n"
+            f"lk = m._watch_lock({U1!r}); lk.acquire()\n"
+            "from xentool.locks import FileLock\nfrom xentool.state import run_dir\n"
+            "FileLock(run_dir() / 'monitor.lock', what='monitor', timeout=0).acquire()\n"
+            "print('held', flush=True); time.sleep(30)\n")
+    import os
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, RUN_DIR_ENV: str(tmp_path / "run")})
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "held\n"
+        assert m.host_monitor_running()
+        assert m._watched(U1)
+        assert not m._watched(U2)
+        assert not (tmp_path / "run" / f"watch-{U2}.lock").exists()  # asking made no file
+    finally:
+        p.kill()
+        p.wait()
+    assert not m.host_monitor_running()
+    assert isinstance(m._watch_lock(U1), FileLock)

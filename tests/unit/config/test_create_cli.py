@@ -125,15 +125,26 @@ def test_create_hands_the_config_to_the_library(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(xentool.console, "require_client", lambda: None)
     monkeypatch.setattr(xentool.console, "console_before_start",
                         lambda domid, *, unpause: calls.append(("console", domid, unpause)))
+    import xentool.host
+    monkeypatch.setattr(xentool.host.Domain, "watch",
+                        lambda self, *, background: calls.append(("watch", self.domid,
+                                                                  background)))
     assert main(["create", "-q", "-p", "-c", FULL, "memory=512"]) == 0
     assert main(["create", "-q", "--plan", FULL]) == 0
     # The file and the overrides go along, so the monitor can create the domain again; with
     # -c the domain is created paused and the console lets it go (here: -p, so it does not);
-    # --plan computes the plan and creates nothing.
+    # --plan computes the plan and creates nothing.  Without -e a watcher is started for
+    # the domain's on_* actions, as xl forks one.
     assert calls == [("create", "full-guest", True,
                       {"source": (FULL, ("memory=512",)), "handle_signals": True}),
+                     ("watch", 7, True),
                      ("console", 7, False),
                      ("plan", "full-guest")]
+    calls.clear()
+    assert main(["create", "-q", "-e", FULL]) == 0
+    assert main(["create", "-q", "-F", FULL]) == 0
+    assert [c[0] for c in calls] == ["create", "create", "watch"]
+    assert calls[2] == ("watch", 7, False)
     assert json.loads(capsys.readouterr().out) == {"name": "full-guest"}
 
 

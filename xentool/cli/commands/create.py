@@ -122,11 +122,19 @@ def cmd_create(args: argparse.Namespace) -> int:
         require_client()  # a missing client is reported before any domain exists
     with Host(handle_signals=True) as host:
         # With a console the guest starts only once the client is attached.
-        dom = host.create(path, overrides, paused=args.paused or args.console, cached=True)
-    if not args.quiet:
-        log.info("created domain %s with id %d", cfg.name, dom.domid)
-    if args.console:
-        console_before_start(dom.domid, unpause=not args.paused)
+        # -e: nobody applies the domain's on_* actions, as with xl, so it gets no record.
+        dom = host.create(path, overrides, paused=args.paused or args.console, cached=True,
+                          record=not args.no_monitor)
+        if not args.quiet:
+            log.info("created domain %s with id %d", cfg.name, dom.domid)
+        # Without -e the domain's on_* actions happen as with xl: a watcher in the
+        # background (unless the host's monitor runs), or this process with -F.
+        if not args.no_monitor and not args.foreground:
+            dom.watch(background=True)
+        if args.console:
+            console_before_start(dom.domid, unpause=not args.paused)
+        if args.foreground and not args.no_monitor:
+            dom.watch(background=False)
     return 0
 
 

@@ -26,6 +26,12 @@ def configure_monitor(p: argparse.ArgumentParser) -> None:
                         "(default 300)")
     p.add_argument("--max-fast-restarts", metavar="N", type=int, default=10,
                    help="give up after N quick deaths in a row (default 10)")
+    p.add_argument("--domain", metavar="UUID", default=None,
+                   help="watch only this domain and exit once it is gone for good "
+                        "(what 'create -F' does)")
+    p.add_argument("--transient", action="store_true",
+                   help="exit quietly if a monitor runs, and once no domain with a record "
+                        "is left (what 'create' starts when no monitor runs)")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -39,5 +45,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         raise XentoolError("--create-cmd is empty")
     backoff = Backoff(stable_after=args.stable_after, max_delay=args.max_delay,
                       max_fast_restarts=args.max_fast_restarts)
-    serve(backoff=backoff, create_cmd=create_cmd, once=args.once)
+    if args.domain is not None and args.transient:
+        raise XentoolError("--domain and --transient exclude each other")
+    serve(backoff=backoff, create_cmd=create_cmd, once=args.once, domain=args.domain,
+          transient=args.transient)
     return 0
