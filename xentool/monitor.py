@@ -15,7 +15,7 @@ one process (``xentool monitor``, a systemd service, see ``contrib/systemd``) th
    from the saved configuration with the same uuid); ``rename-restart`` (keep the dead
    domain under ``<name>-<UTC time>`` with a new uuid, then create again); ``preserve``
    (leave it); ``coredump-*`` (no core dump support yet: logged, then destroy/restart);
-   ``soft-reset`` (no soft reset support: treated as restart).
+   ``soft-reset`` (libxl cannot soft-reset a PV guest, and xl then destroys it: so do we).
 4. Restarts back off against crash loops: a domain that dies less than ``stable_after``
    seconds after it was (re)started waits 1, 2, 4, ... (at most ``max_delay``) seconds
    before the next start, and after ``max_fast_restarts`` such deaths in a row it is left
@@ -88,7 +88,8 @@ def plan_for(action: str) -> Plan:
     if action.startswith("coredump-"):
         return Plan(True, action.removeprefix("coredump-"))
     if action == "soft-reset":
-        return Plan(False, "restart")
+        # libxl_domain_soft_reset refuses PV guests, and xl then destroys the domain.
+        return Plan(False, "destroy")
     return Plan(False, action)
 
 

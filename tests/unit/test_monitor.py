@@ -99,7 +99,7 @@ def test_reason_to_action_like_xl() -> None:
     ("destroy", m.Plan(False, "destroy")), ("restart", m.Plan(False, "restart")),
     ("preserve", m.Plan(False, "preserve")), ("rename-restart", m.Plan(False, "rename-restart")),
     ("coredump-destroy", m.Plan(True, "destroy")), ("coredump-restart", m.Plan(True, "restart")),
-    ("soft-reset", m.Plan(False, "restart")),
+    ("soft-reset", m.Plan(False, "destroy")),  # xl: libxl refuses PV, then destroys
 ])
 def test_plan_for(action: str, plan: m.Plan) -> None:
     assert m.plan_for(action) == plan

@@ -16,6 +16,7 @@ from uuid import UUID
 from xentool.config.disk import DiskSpecError, parse_disk_spec
 from xentool.config.errors import ConfigError
 from xentool.config.grammar import Atom, ListValue, Op, ParsedConfig, Setting
+from xentool.config.keys import APPLIED, IGNORED_FOR_PV, REFUSED, XL_WARNS
 from xentool.config.model import (
     CpuAffinity,
     CpuSet,
@@ -32,40 +33,6 @@ INT_MAX = (1 << 31) - 1
 MAX_PCPUS = 4096  # Xen x86's NR_CPUS ceiling
 # Where Debian's xen-utils-4.17 keeps pvgrub (XENFIRMWAREDIR).
 XEN_FIRMWARE_DIR = "/usr/lib/xen-4.17/boot"
-
-# Keys this module reads.
-SUPPORTED_KEYS = frozenset({
-    "name", "uuid", "type", "builder", "kernel", "ramdisk", "cmdline", "root", "extra",
-    "bootloader", "bootloader_args", "firmware", "memory", "maxmem", "vcpus", "maxvcpus",
-    "cpus", "cpus_soft", "cpu_weight", "cap", "on_poweroff", "on_reboot", "on_watchdog",
-    "on_crash", "on_soft_reset", "disk", "vif", "vfb", "max_grant_frames",
-    "max_maptrack_frames", "max_event_channels", "pool", "e820_host", "nomigrate",
-})
-
-# Keys xl reads that xentool does not act on: a warning names each one that is set.
-XL_KEYS = frozenset("""
-acpi acpi_firmware acpi_laptop_slate acpi_s3 acpi_s4 altp2m altp2mhvm apic bios
-bios_path_override boot bootloader bootloader_args builder cap channel cmdline cpu_weight
-cpuid cpus cpus_soft device_model device_model_args device_model_args_hvm
-device_model_args_pv device_model_override device_model_stubdomain_override
-device_model_stubdomain_seclabel device_model_user device_model_version device_tree disk
-display dm_restrict driver_domain dtdev e820_host extra extratime firmware
-firmware_override gfx_passthru gic_version hap hdtype hpet init_seclabel iomem ioports irqs
-kernel keymap latency localtime max_event_channels max_grant_frames max_grant_version
-max_maptrack_frames maxmem maxvcpus mca_caps memory mmio_hole ms_vm_genid msr_relaxed name
-nestedhvm nographic nomigrate nx on_crash on_poweroff on_reboot on_soft_reset on_watchdog
-oos opengl p9 pae passthrough pci pci_msitranslate pci_permissive pci_power_mgmt pci_seize
-period pool pvcalls pvshim pvshim_cmdline pvshim_extra pvshim_path ramdisk rdm
-rdm_mem_boundary root rtc_timeoffset sdl seclabel serial shadow_memory slice
-smbios_firmware soundhw spice spice_clipboard_sharing spice_image_compression
-spice_streaming_video spiceagent_mouse spicedisable_ticketing spicehost spicepasswd
-spiceport spicetls_port spiceusbredirection spicevdagent stdvga stubdomain_cmdline
-stubdomain_kernel stubdomain_memory stubdomain_ramdisk tee timer_mode tsc_mode type usb
-usbctrl usbdev usbdevice usbversion uuid vcpus vdispl vendor_device vfb vga videoram vif
-vif2 viridian vkb vkb_device vmtrace_buf_kb vnc vncdisplay vnclisten vncpasswd vncunused
-vncviewer vnuma vpmu vpt_align vsnd vtpm vuart xauthority xen_platform_pci
-xend_suspend_evtchn_compat
-""".split())  # noqa: SIM905 - a long word list reads better as text than as literals
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                       r"[0-9a-fA-F]{12}")
@@ -330,12 +297,17 @@ def _vifs(r: _Reader, mac_seed: str) -> tuple[VifSpec, ...]:
     return tuple(vifs)
 
 
-def _warn_unsupported(r: _Reader) -> None:
+def _check_keys(r: _Reader) -> None:
+    """Refuse what xl would apply and xentool cannot; say what is ignored (config/keys.py)."""
     for key, st in r.s.items():
-        if key in SUPPORTED_KEYS:
+        if key in APPLIED:
             continue
-        if key in XL_KEYS:
-            r.warn(f"'{key}' is not supported by xentool and is ignored", st)
+        if key in REFUSED:
+            raise r.err(f"'{key}' is not supported by xentool: {REFUSED[key]}", st)
+        if key in IGNORED_FOR_PV:
+            r.warn(f"'{key}' does not apply to PV guests and is ignored (as xl does)", st)
+        elif key in XL_WARNS:
+            r.warn(f"'{key}' is ignored: {XL_WARNS[key]}", st)
         else:
             r.warn(f"unknown key '{key}' is ignored (xl ignores it too)", st)
 
@@ -392,6 +364,12 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
     cpu_weight = r.long("cpu_weight", 1, 65535)
     cap = r.long("cap", 0, INT_MAX)
 
+    for key in ("e820_host", "nomigrate"):
+        if r.boolean(key):
+            raise r.err(f"'{key}' is not supported by xentool: only {key} = 0 (the default)",
+                        r.s[key])
+    _check_keys(r)
+
     vfb = r.s.get("vfb")
     if vfb is not None and not (isinstance(vfb.value, ListValue) and not vfb.value.items):
         raise r.err("'vfb' (virtual framebuffer) is not supported by xentool; remove it or "
@@ -418,6 +396,5 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
         e820_host=r.boolean("e820_host"),
         nomigrate=r.boolean("nomigrate"),
     )
-    _warn_unsupported(r)
     return replace(cfg, warnings=tuple(r.warnings))
 

@@ -117,12 +117,30 @@ def test_overrides_win_and_append() -> None:
     assert c.memory == 256 and [v.bridge for v in c.vifs] == ["a", "b"]
 
 
-def test_unknown_and_unsupported_keys_are_warned_with_their_line() -> None:
-    c = cfg("localtime = 1\nmy_key = 'x'\n")
+def test_keys_xl_ignores_for_pv_and_unknown_keys_are_warned_with_their_line() -> None:
+    c = cfg("viridian = 1\nmy_key = 'x'\nvif2 = []\n")
     assert c.warnings == (
-        "t.cfg:3:1: warning: 'localtime' is not supported by xentool and is ignored",
+        "t.cfg:3:1: warning: 'viridian' does not apply to PV guests and is ignored "
+        "(as xl does)",
         "t.cfg:4:1: warning: unknown key 'my_key' is ignored (xl ignores it too)",
+        "t.cfg:5:1: warning: 'vif2' is ignored: vif2 is obsolete; xl ignores it (use vif)",
     )
+
+
+@pytest.mark.parametrize("text, message", [
+    ("localtime = 1\n", "t.cfg:3:1: 'localtime' is not supported by xentool: the guest's "
+                        "time offset is not applied yet"),
+    ('tsc_mode = "native"\n', "t.cfg:3:1: 'tsc_mode' is not supported by xentool"),
+    ("nomigrate = 1\n", "t.cfg:3:1: 'nomigrate' is not supported by xentool: only "
+                        "nomigrate = 0"),
+    ("e820_host = 1\n", "t.cfg:3:1: 'e820_host' is not supported"),
+    ('pci = ["01:00.0"]\n', "t.cfg:3:1: 'pci' is not supported by xentool: PCI passthrough"),
+])
+def test_keys_xl_would_apply_and_xentool_cannot_are_refused_by_name(text: str,
+                                                                     message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cfg(text)
+    assert str(info.value).startswith(message), str(info.value)
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -39,7 +39,7 @@ def test_dry_run_prints_libxl_json() -> None:
         ("/srv/xen/vmlinuz", "/srv/xen/initrd.img", "console=hvc0 root=/dev/xvda1 ro")
     assert (b["max_grant_frames"], b["max_maptrack_frames"], b["event_channels"]) == \
         (64, 1024, 2047)
-    assert b["disable_migrate"] == "True" and b["type.pv"] == {"e820_host": "False"}
+    assert b["disable_migrate"] == "False" and b["type.pv"] == {"e820_host": "False"}
     assert j["disks"] == [{"pdev_path": "/dev/vg0/full-root", "vdev": "xvda",
                            "format": "raw", "readwrite": 1}]
     assert j["nics"] == [{"devid": 0, "mac": "00:16:3e:00:00:01", "bridge": "xenbr0",
@@ -89,8 +89,8 @@ def test_warnings_go_to_stderr() -> None:
     r = run("create", "-qn", path)
     assert r.returncode == 0
     assert r.stderr.splitlines() == [
-        f"xentool: {path}:5:1: warning: 'localtime' is not supported by xentool and is "
-        "ignored",
+        f"xentool: {path}:5:1: warning: 'viridian' does not apply to PV guests and is ignored "
+        "(as xl does)",
         f"xentool: {path}:6:1: warning: unknown key 'my_custom.key' is ignored (xl ignores "
         "it too)",
     ]
