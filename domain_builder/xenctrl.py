@@ -22,6 +22,9 @@ import enum
 import os
 import sys
 
+from domain_builder._binding import IMPORT_ERROR as _IMPORT_ERROR
+from domain_builder._binding import ffi as _ffi
+from domain_builder._binding import lib as _lib
 from domain_builder.errors import XenError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
@@ -30,14 +33,6 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
-try:  # the compiled extension exists only where libxen-dev was available at build time
-    from domain_builder._xenctrl import ffi as _ffi
-    from domain_builder._xenctrl import lib as _lib
-except ImportError as _exc:  # pragma: no cover - exercised only on broken installs
-    _ffi = _lib = None
-    _IMPORT_ERROR: ImportError | None = _exc
-else:
-    _IMPORT_ERROR = None
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT

@@ -11,20 +11,15 @@ belong to ``xenstore.client.Store``.
 
 from __future__ import annotations
 
+from domain_builder._binding import IMPORT_ERROR as _IMPORT_ERROR
+from domain_builder._binding import ffi as _ffi
+from domain_builder._binding import lib as _lib
 from domain_builder.errors import XenError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-try:  # the compiled extension exists only where libxen-dev was available at build time
-    from domain_builder._xenctrl import ffi as _ffi
-    from domain_builder._xenctrl import lib as _lib
-except ImportError as _exc:  # pragma: no cover - exercised only on broken installs
-    _ffi = _lib = None
-    _IMPORT_ERROR: ImportError | None = _exc
-else:
-    _IMPORT_ERROR = None
 
 
 class XenStoreReader:

@@ -185,3 +185,45 @@ def test_the_monitor_create_started_goes_away_with_the_last_domain(
     while _monitors() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _monitors() == []
+
+
+def _flat(obj: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(obj, dict):
+        out: dict[str, object] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flat(v, f"{prefix}{i}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+# What `xl list -l` shows of a guest that both tools must agree on (the rest, e.g. device
+# defaults libxl fills in during its own create, is listed in the module docstring).
+LIST_L_KEYS = ("c_info.type", "c_info.name", "b_info.max_vcpus", "b_info.max_memkb",
+               "b_info.target_memkb", "b_info.sched_params.weight", "b_info.sched_params.cap",
+               "b_info.kernel", "b_info.cmdline", "on_poweroff", "on_reboot", "on_crash")
+
+
+def test_xl_list_l_knows_a_xentool_guest_like_its_own(kit: GuestKit, cfg_file,
+                                                      guest_name: str) -> None:
+    import json
+
+    text = kit.tiny_cfg(guest_name, wait=True, more="vcpus = 2\ncpu_weight = 384\ncap = 50\n"
+                        'on_reboot = "destroy"\n')
+    cfg = cfg_file(text)
+    docs = {}
+    for tool in ("xl", "xentool"):
+        (xl if tool == "xl" else xentool)("create", "-p", "-e", str(cfg))
+        try:
+            r = xl("list", "-l", guest_name)
+            (entry,) = json.loads(r.stdout)
+            docs[tool] = _flat(entry["config"])
+        finally:
+            xl("destroy", guest_name, check=False)
+    for key in LIST_L_KEYS:
+        assert docs["xentool"].get(key) == docs["xl"].get(key), key
+    assert docs["xentool"]["b_info.sched_params.weight"] == 384

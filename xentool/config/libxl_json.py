@@ -75,7 +75,7 @@ def _disk(d: DiskSpec) -> dict[str, object]:
     return out
 
 
-def _nic(v: VifSpec) -> dict[str, object]:
+def _nic(v: VifSpec, with_mac: bool = False) -> dict[str, object]:
     out: dict[str, object] = {}
     if v.backend_domname is not None:
         out["backend_domname"] = v.backend_domname
@@ -84,7 +84,7 @@ def _nic(v: VifSpec) -> dict[str, object]:
         out["mtu"] = v.mtu
     if v.model is not None:
         out["model"] = v.model
-    if not v.mac_generated:
+    if with_mac or not v.mac_generated:
         out["mac"] = v.mac
     if v.ip is not None:
         out["ip"] = v.ip
@@ -108,11 +108,13 @@ def _nic(v: VifSpec) -> dict[str, object]:
 
 
 def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
-             host_cpus: int | None = None) -> dict[str, object]:
+             host_cpus: int | None = None, *, stored: bool = False) -> dict[str, object]:
     """The libxl_domain_config object for ``cfg`` (keys in libxl's order).
 
     ``uuid`` is printed when the config has none (xl prints the random one it drew);
-    ``host_cpus`` is needed only to print affinities that say "all".
+    ``host_cpus`` is needed only to print affinities that say "all".  ``stored``: the
+    document libxl keeps for a created domain (its ``libxl-json`` userdata, which
+    ``xl list -l`` and every other xl verb read), which also names each vif's MAC.
     """
     c_info: dict[str, object] = {"type": cfg.type.value, "name": cfg.name}
     u = cfg.uuid or uuid
@@ -164,7 +166,7 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
     if cfg.disks:
         out["disks"] = [_disk(d) for d in cfg.disks]
     if cfg.vifs:
-        out["nics"] = [_nic(v) for v in cfg.vifs]
+        out["nics"] = [_nic(v, with_mac=stored) for v in cfg.vifs]
     for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset"):
         act: ShutdownAction = getattr(cfg, key)
         if act is not ShutdownAction.DESTROY:  # the IDL default, never printed
