@@ -50,3 +50,10 @@ def test_generated_macs_are_not_printed_given_ones_are_normalised() -> None:
 
 def test_dumps_is_indented_json_with_a_final_newline() -> None:
     assert dumps({"a": [1]}) == '{\n    "a": [\n        1\n    ]\n}\n'
+
+
+def test_the_stored_config_names_every_mac_the_guest_got() -> None:
+    cfg = loads(BASE + "vif = [ 'bridge=b', 'mac=00:16:3E:0A:0b:0c' ]\n", "t.cfg")
+    nics = to_libxl(cfg, stored=True)["nics"]
+    assert nics[0]["mac"] == cfg.vifs[0].mac and cfg.vifs[0].mac_generated
+    assert nics[1]["mac"] == "00:16:3e:0a:0b:0c"
