@@ -287,6 +287,12 @@ ffibuilder.cdef(
     int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain,
                               unsigned int max_domains, xc_domaininfo_t *info);
     int xc_domain_setmaxmem(xc_interface *xch, uint32_t domid, uint64_t max_memkb);
+    int xc_domain_set_tsc_info(xc_interface *xch, uint32_t domid, uint32_t tsc_mode,
+                               uint64_t elapsed_nsec, uint32_t gtsc_khz,
+                               uint32_t incarnation);
+    int xc_domain_get_tsc_info(xc_interface *xch, uint32_t domid, uint32_t *tsc_mode,
+                               uint64_t *elapsed_nsec, uint32_t *gtsc_khz,
+                               uint32_t *incarnation);
     int xc_domain_set_memmap_limit(xc_interface *xch, uint32_t domid,
                                    unsigned long map_limitkb);
     int xc_domain_populate_physmap_exact(xc_interface *xch, uint32_t domid,

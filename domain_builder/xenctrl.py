@@ -813,6 +813,24 @@ class XenCtrl:
     def set_max_vcpus(self, domid: int, n: int) -> None:
         self._check("xc_domain_max_vcpus", _lib.xc_domain_max_vcpus(self._h, domid, n))
 
+    def set_tsc_mode(self, domid: int, mode: int) -> None:
+        """``XEN_DOMCTL_settscinfo`` with Xen's own frequency and offsets, as libxl sets it
+        at create (0 default, 1 always emulate, 2 native)."""
+        self._check("xc_domain_set_tsc_info",
+                    _lib.xc_domain_set_tsc_info(self._h, domid, mode, 0, 0, 0),
+                    f"domain {domid}")
+
+    def tsc_mode(self, domid: int) -> int:
+        """The domain's TSC mode (``XEN_DOMCTL_gettscinfo``)."""
+        mode = _ffi.new("uint32_t *")
+        nsec = _ffi.new("uint64_t *")
+        khz = _ffi.new("uint32_t *")
+        inc = _ffi.new("uint32_t *")
+        self._check("xc_domain_get_tsc_info",
+                    _lib.xc_domain_get_tsc_info(self._h, domid, mode, nsec, khz, inc),
+                    f"domain {domid}")
+        return int(mode[0])
+
     def set_max_mem(self, domid: int, max_memkb: int) -> None:
         self._check("xc_domain_setmaxmem", _lib.xc_domain_setmaxmem(self._h, domid, max_memkb))
 

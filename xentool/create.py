@@ -330,6 +330,9 @@ def _sched_steps(j: Journal, xc: XenCtrl, config: DomainConfig, domid: int,
                                cap=cur.cap if config.cpu_cap is None else config.cpu_cap))
 
         j.do("scheduler parameters", set_sched)
+    if config.tsc_mode:  # libxl__arch_domain_create; 0 is what Xen starts a domain with
+        mode = config.tsc_mode
+        j.do("tsc mode", lambda: xc.set_tsc_mode(domid, mode))
     if affinities:
         def set_affinity() -> None:
             for a in affinities:

@@ -80,6 +80,23 @@ def test_vcpu_affinity_like_xl(kit: GuestKit, tmp_path: Path, guest_name: str,
     assert by_xl != ["all / all"] * len(by_xl)  # the key did something
 
 
+def _tsc_mode(name: str) -> int:
+    from domain_builder.xenctrl import XenCtrl
+
+    domid = int(xl("domid", name).stdout)
+    with XenCtrl() as xc:
+        return xc.tsc_mode(domid)
+
+
+@pytest.mark.parametrize("more, mode", [('tsc_mode = "always_emulate"\n', 1),
+                                        ('tsc_mode = "native"\n', 2),
+                                        ("tsc_mode = 1\n", 1)])
+def test_tsc_mode_like_xl(kit: GuestKit, tmp_path: Path, guest_name: str, more: str,
+                          mode: int) -> None:
+    by_xl, by_xentool = _both(kit, tmp_path, guest_name, more, _tsc_mode)
+    assert by_xentool == by_xl == mode
+
+
 def test_pool_like_xl(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
     pool = f"fid{guest_name[-6:]}"
     with private_cpupool(pool, "credit", tmp_path):

@@ -142,6 +142,8 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         b_info["target_memkb"] = cfg.memory_kib
     if cfg.nomigrate is not None:
         b_info["disable_migrate"] = _defbool(cfg.nomigrate)
+    if cfg.tsc_mode:
+        b_info["tsc_mode"] = ("default", "always_emulate", "native")[cfg.tsc_mode]
     if cfg.max_grant_frames is not None:
         b_info["max_grant_frames"] = cfg.max_grant_frames
     if cfg.max_maptrack_frames is not None:

@@ -184,6 +184,7 @@ class DomainConfig:
     max_event_channels: int | None = None
     pool: str | None = None
     e820_host: bool | None = None
+    tsc_mode: int | None = None  # libxl_tsc_mode: 0 default, 1 always_emulate, 2 native
     nomigrate: bool | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
     #: The xl.cfg text (with any overrides appended) this config was read from; None for

@@ -190,6 +190,30 @@ def _cmdline(r: _Reader) -> str | None:
 _ACTIONS = {a.value: a for a in ShutdownAction}
 
 
+#: libxl_tsc_mode, as xl.cfg names them; native_paravirt was removed from Xen.
+TSC_MODES = {"default": 0, "always_emulate": 1, "native": 2, "native_paravirt": 3}
+
+
+def _tsc_mode(r: _Reader) -> int | None:
+    """``tsc_mode`` as xl reads it: a name (any case), or a number with a warning."""
+    a = r.atom("tsc_mode")
+    if a is None:
+        return None
+    if c_strtol(a.text) is not None and not a.quoted:
+        mode = r.long("tsc_mode", 0, 3)
+        assert mode is not None
+        name = next(k for k, v in TSC_MODES.items() if v == mode)
+        r.warn(f"tsc_mode as an integer is deprecated; use tsc_mode = \"{name}\"", a)
+    else:
+        mode = TSC_MODES.get(a.text.lower())
+        if mode is None:
+            raise r.err(f"invalid value {a.describe()} for tsc_mode (one of "
+                        f"{', '.join(TSC_MODES)})", a)
+    if mode == TSC_MODES["native_paravirt"]:
+        raise r.err("tsc_mode native_paravirt (PVRDTSCP) has been removed from Xen", a)
+    return mode
+
+
 def _action(r: _Reader, key: str, default: ShutdownAction) -> ShutdownAction:
     a = r.atom(key)
     if a is None:
@@ -394,6 +418,7 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
         max_event_channels=r.long("max_event_channels", 0, (1 << 32) - 1),
         pool=r.string("pool"),
         e820_host=r.boolean("e820_host"),
+        tsc_mode=_tsc_mode(r),
         nomigrate=r.boolean("nomigrate"),
     )
     return replace(cfg, warnings=tuple(r.warnings))

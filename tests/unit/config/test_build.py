@@ -130,7 +130,10 @@ def test_keys_xl_ignores_for_pv_and_unknown_keys_are_warned_with_their_line() ->
 @pytest.mark.parametrize("text, message", [
     ("localtime = 1\n", "t.cfg:3:1: 'localtime' is not supported by xentool: the guest's "
                         "time offset is not applied yet"),
-    ('tsc_mode = "native"\n', "t.cfg:3:1: 'tsc_mode' is not supported by xentool"),
+    ('tsc_mode = "native_paravirt"\n', "t.cfg:3:12: tsc_mode native_paravirt (PVRDTSCP) has "
+                                       "been removed"),
+    ('tsc_mode = "fast"\n', "t.cfg:3:12: invalid value 'fast' for tsc_mode"),
+    ("tsc_mode = 4\n", "t.cfg:3:12: tsc_mode = 4 must be at most 3"),
     ("nomigrate = 1\n", "t.cfg:3:1: 'nomigrate' is not supported by xentool: only "
                         "nomigrate = 0"),
     ("e820_host = 1\n", "t.cfg:3:1: 'e820_host' is not supported"),
@@ -204,3 +207,13 @@ def test_missing_name_and_kernel() -> None:
     assert error("", 'kernel = "/k"\n') == "t.cfg: 'name' must be set (the domain name)"
     assert error("", 'name = "g"\n') == ("t.cfg: 'kernel' must be set (xentool does not run "
                                          "bootloaders)")
+
+
+@pytest.mark.parametrize("text, mode, warned", [
+    ('tsc_mode = "always_emulate"\n', 1, False), ('tsc_mode = "Native"\n', 2, False),
+    ('tsc_mode = "default"\n', 0, False), ("tsc_mode = 1\n", 1, True), ("", None, False),
+])
+def test_tsc_mode_as_xl_reads_it(text: str, mode: int | None, warned: bool) -> None:
+    c = cfg(text)
+    assert c.tsc_mode == mode
+    assert any("tsc_mode as an integer is deprecated" in w for w in c.warnings) == warned
