@@ -192,7 +192,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     from domain_builder.xenctrl import CreateConfig
     from xenstore.devices.attach import Force, attach, detach, ref_of
     from xenstore.devices.common import write_nodes as write_device
-    from xentool.devices import config_devices
+    from xentool.devices import config_devices, device_type
     from xentool.devices.console import built_nodes as console_nodes
     from xentool.locks import create_lock
     from xentool.session import name_to_domid
@@ -256,8 +256,9 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     def attach_step(dev: DeviceNodes) -> None:
         # attach() unplugs the device again if it fails half-way; once it is in, the undo
         # unplugs it without asking the (paused, never started) guest.
-        j.do(f"attach {dev.kind} {dev.devid}", lambda: attach(xs, dev),
-             undo=lambda _: detach(xs, ref_of(dev), Force.ON))
+        script = device_type(dev.kind).hotplug
+        j.do(f"attach {dev.kind} {dev.devid}", lambda: attach(xs, dev, has_script=script),
+             undo=lambda _: detach(xs, ref_of(dev), Force.ON, has_script=script))
 
     for dev in config_devices(domid, config):
         attach_step(dev)

@@ -151,3 +151,11 @@ def test_a_changed_config_cannot_be_recorded_for_restarts() -> None:
         _restartable_text(dataclasses.replace(cfg, name="h"))
     with pytest.raises(errors.UsageError):
         _restartable_text(dataclasses.replace(cfg, text=None))
+
+
+def test_destroy_unplugs_the_kinds_of_the_table(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(devices, "destroy_all",
+                        lambda xs, domid, wait, kinds: seen.append((domid, kinds)) or [])
+    assert devices.remove_all_devices(object(), 4) == []  # type: ignore[arg-type]
+    assert seen == [(4, [("vbd", True), ("vif", True), ("console", False)])]

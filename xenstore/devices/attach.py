@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -102,13 +103,23 @@ def list_devids(store: Store, domid: int, kind: str) -> list[int]:
 # -- attach ---------------------------------------------------------------------------------
 
 
-def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts()) -> None:
-    """Plug ``dev`` in; on any failure it is unplugged again before the error propagates."""
+def _runs_script(kind: str, backend_domid: int, has_script: bool | None) -> bool:
+    """Whether dom0 runs the kind's hotplug script (``has_script`` None: the kinds that
+    have one, vbd and vif)."""
+    runs = kind in HOTPLUG_KINDS if has_script is None else has_script
+    return runs and backend_domid == TOOLSTACK_DOMID
+
+
+def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts(), *,
+           has_script: bool | None = None) -> None:
+    """Plug ``dev`` in; on any failure it is unplugged again before the error propagates.
+
+    ``has_script``: whether its kind has a hotplug script (default: vbd and vif do)."""
     add_nodes(store, dev)
     ref = ref_of(dev)
     script_started = False
     try:
-        if dev.kind in HOTPLUG_KINDS and dev.backend_domid == TOOLSTACK_DOMID:
+        if _runs_script(dev.kind, dev.backend_domid, has_script):
             wait_for_state(store, f"{dev.backend}/state", [XenbusState.INIT_WAIT],
                            timeouts.init)
             script_started = True
@@ -119,7 +130,7 @@ def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts()) -> N
             detach(store, ref, Force.ON, Timeouts(init=timeouts.init,
                                                   destroy=min(timeouts.destroy, 5.0),
                                                   hotplug=timeouts.hotplug),
-                   scripts=script_started)
+                   scripts=script_started, has_script=has_script)
         except (OSError, XenStoreError) as e:
             log.warning("cleaning up %s after a failed attach: %s", dev.backend, e)
         raise
@@ -143,10 +154,12 @@ def _run_script(store: Store, ref: DeviceRef, action: hotplug.Action, timeout: f
 
 
 def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
-           timeouts: Timeouts = Timeouts(), *, scripts: bool = True) -> None:
+           timeouts: Timeouts = Timeouts(), *, scripts: bool = True,
+           has_script: bool | None = None) -> None:
     """Unplug a device (libxl__initiate_device_generic_remove and what follows it).
 
-    ``scripts=False`` skips the hotplug script's remove (its add never ran)."""
+    ``scripts=False`` skips the hotplug script's remove (its add never ran);
+    ``has_script`` as for :func:`attach`."""
     state_path = f"{ref.backend}/state"
     forced = force is Force.ON
     while True:
@@ -169,7 +182,7 @@ def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
                                     f"{timeouts.destroy:g}s (use --force)") from None
             log.info("%s: guest did not release the device, forcing", ref.backend)
             forced = True
-    if scripts and ref.kind in HOTPLUG_KINDS and ref.backend_domid == TOOLSTACK_DOMID \
+    if scripts and _runs_script(ref.kind, ref.backend_domid, has_script) \
             and store.exists(ref.backend):
         try:
             _run_script(store, ref, hotplug.Action.REMOVE, timeouts.hotplug)
@@ -193,23 +206,27 @@ def _request_close(store: Store, ref: DeviceRef, forced: bool) -> bool:
     return True
 
 
-def destroy_all(store: Store, domid: int, timeouts: Timeouts = Timeouts()) -> list[str]:
+def destroy_all(store: Store, domid: int, timeouts: Timeouts = Timeouts(),
+                kinds: Sequence[tuple[str, bool]] | None = None) -> list[str]:
     """Unplug every device of a domain that is going away (console too); return errors.
 
     For domain destruction: the guest is not asked (Force.ON), scripts still run so loop
-    devices and vif interfaces are freed, and every node goes.
+    devices and vif interfaces are freed, and every node goes.  ``kinds``: (kind, has a
+    hotplug script) of every device kind, in order (default: vbd, vif, console).
     """
     problems: list[str] = []
-    for kind in (paths.VBD, paths.VIF, paths.CONSOLE):
+    if kinds is None:
+        kinds = [(k, k in HOTPLUG_KINDS) for k in (paths.VBD, paths.VIF, paths.CONSOLE)]
+    for kind, has_script in kinds:
         for devid in list_devids(store, domid, kind):
             try:
                 ref = find_device(store, domid, kind, devid)
                 if ref is None:
                     continue
-                if kind == paths.CONSOLE:
+                if not has_script:  # nothing to run: the nodes go (xenconsoled lets go)
                     destroy_nodes(store, ref.frontend, ref.backend, ref.libxl)
                 else:
-                    detach(store, ref, Force.ON, timeouts)
+                    detach(store, ref, Force.ON, timeouts, has_script=True)
             except (OSError, XenStoreError) as e:
                 problems.append(str(e))
     return problems

@@ -97,7 +97,7 @@ def timeouts(seconds: float | None = None) -> Timeouts:
 
 def attach_nodes(xs: Store, dev: DeviceNodes, wait: Timeouts | None = None) -> None:
     """Plug one device (written, backend ready, hotplug script run)."""
-    attach(xs, dev, wait or Timeouts())
+    attach(xs, dev, wait or Timeouts(), has_script=device_type(dev.kind).hotplug)
 
 
 def attach_vif(xs: Store, domid: int, options: Sequence[str],
@@ -109,7 +109,7 @@ def attach_vif(xs: Store, domid: int, options: Sequence[str],
         devid = vif.next_devid(list_devids(xs, domid, vif.KIND))
         nic = vif.parse_vif_args(options, devid)
         try:
-            attach(xs, vif_nodes(domid, nic), wait or Timeouts())
+            attach_nodes(xs, vif_nodes(domid, nic), wait)
             return devid
         except OSError as e:
             if e.errno != errno.EEXIST:
@@ -124,7 +124,8 @@ def detach_device(xs: Store, domid: int, kind: str, devid: int, *, force: Force 
     ref = find_device(xs, domid, row.kind, devid)
     if ref is None:
         raise NotFoundError(f"Error: Device {label or devid} not connected.")
-    detach(xs, ref, row.detach_force if force is None else force, wait or Timeouts())
+    detach(xs, ref, row.detach_force if force is None else force, wait or Timeouts(),
+           has_script=row.hotplug)
 
 
 def devices(xs: Store, domid: int, kind: str) -> list[DeviceInfo]:
@@ -151,4 +152,6 @@ def vif_devid_of(xs: Store, domid: int, device: str) -> int | None:
 def remove_all_devices(xs: Store, domid: int, wait: Timeouts | None = None) -> list[str]:
     """Unplug every device of a dying domain: runs the hotplug scripts' remove (frees loop
     devices, takes vifs off the bridge) and removes every node; returns problems found."""
-    return destroy_all(xs, domid, wait or Timeouts())
+    # Devices before the console, as libxl tears them down.
+    kinds = [(t.kind, t.hotplug) for t in sorted(DEVICE_TYPES, key=lambda t: not t.runtime)]
+    return destroy_all(xs, domid, wait or Timeouts(), kinds)
