@@ -60,7 +60,7 @@ from typing import TypeVar
 from xentool.errors import XentoolError
 from xentool.logs import get_logger
 from xentool.procs import proc_start_time, process_alive
-from xentool.state import journal_dir
+from xentool.state import journal_dir, private_dir
 
 log = get_logger(__name__)
 
@@ -245,8 +245,7 @@ class Journal:
         self.leftovers.clear()
         self._step = 0
         if self.record_dir is not None:
-            d = Path(self.record_dir)
-            d.mkdir(parents=True, exist_ok=True)
+            d = private_dir(Path(self.record_dir))  # under the run dir: root's alone
             self._record = d / f"{self.op}-{os.getpid()}.json"
             self._write_record()
         if self.handle_signals and threading.current_thread() is threading.main_thread():

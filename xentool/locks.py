@@ -21,6 +21,11 @@ order; never wait for the create lock while holding a domain lock.
 
 Locks are reentrant within a process (and thread-safe): nested ``with domain_lock(3):``
 does not deadlock on itself.  ``XENTOOL_RUN_DIR`` moves the directory (tests).
+
+Nobody but root can block a lock: anyone who can open a lock file, even read-only, can
+``flock`` it.  The run directory is therefore 0700 and ours (:func:`xentool.state.private_dir`
+creates or tightens it, and refuses one that is a symbolic link or another user's), and
+lock files are created 0600 without following symbolic links.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from types import TracebackType
 from xentool.errors import BusyError, XentoolError
 from xentool.logs import get_logger
 from xentool.procs import proc_start_time, process_alive
-from xentool.state import run_dir
+from xentool.state import private_dir, run_dir
 
 log = get_logger(__name__)
 
@@ -159,8 +164,24 @@ class FileLock:
     # -- internals ------------------------------------------------------------------------
 
     def _open(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Only root may open a lock: whoever can open one can flock it and stall xentool.
+        private_dir(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise XentoolError(f"{self.path} is a symbolic link: refusing to use it as "
+                                   f"the {self.what} lock") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)  # made by an older xentool
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _guard(self) -> int:
         """flock the directory: makes 'claim' and 'break' atomic with respect to each other."""

@@ -21,6 +21,12 @@ one process (``xentool monitor``, a systemd service, see ``contrib/systemd``) th
    before the next start, and after ``max_fast_restarts`` such deaths in a row it is left
    destroyed with an error in the log.  A domain destroyed by someone else before the
    monitor got to it is not restarted: the operator wanted it gone.
+5. One record or one error does not stop it: a record file that cannot be read or is not
+   valid is logged once (at error level) and its domain left alone until it is mended; a
+   domain counts as handled only once its action succeeded, so a transient error (its
+   lock timed out, xenstored was busy) is retried on the next scan, ``MAX_ATTEMPTS``
+   times at most; and when xenstored goes away the loop reconnects with back-off
+   (:func:`run`) and its next scan catches up.
 
 Records (:mod:`xentool.records`) say how each domain was created and what its actions are;
 records of domains that no longer exist and have no pending restart are removed after
@@ -50,8 +56,10 @@ from xentool.logs import get_logger
 from xentool.records import (
     REASON_NAMES,
     DomainRecord,
+    RecordError,
     all_records,
     load_domain_config,
+    record_path,
     remove_domain_config,
     write_record,
 )
@@ -72,6 +80,11 @@ log = get_logger(__name__)
 RECORD_GRACE = 600.0
 #: Rescan this often even without a XenStore event.
 POLL_S = 5.0
+#: Attempts at one domain's action before the monitor gives up on it.
+MAX_ATTEMPTS = 5
+#: Reconnecting to xenstored: the first wait, doubled while it fails, up to the second.
+RECONNECT_S = 1.0
+RECONNECT_MAX_S = 60.0
 
 # -- policy (pure) ------------------------------------------------------------------------------
 
@@ -177,14 +190,43 @@ class Monitor:
     transient: bool = False
     #: Domains (by uuid) left alone: a per-domain watcher handles them.
     skip: Callable[[str], bool] = lambda uuid: False
+    #: Attempts at one domain's action before giving up on it.
+    max_attempts: int = MAX_ATTEMPTS
+    #: Failed attempts so far, by (domid, uuid): retried on the next scan.
+    failures: dict[tuple[int, str], int] = field(default_factory=dict)
+    #: Record files known to be bad (logged once each, until they read fine again).
+    bad_records: set[str] = field(default_factory=set)
 
     def _mine(self, uuid: str) -> bool:
         return uuid == self.only if self.only is not None else not self.skip(uuid)
 
+    def _bad_record(self, e: RecordError) -> None:
+        if str(e.path) not in self.bad_records:
+            self.bad_records.add(str(e.path))
+            log.error("%s (its domain is left alone until the record is mended)", e)
+
+    def _load(self, uuid: str) -> tuple[bool, DomainRecord | None]:
+        """(whether the record of ``uuid`` could be read, the record or None if none)."""
+        try:
+            rec = load_domain_config(uuid)
+        except RecordError as e:
+            self._bad_record(e)
+            return False, None
+        self.bad_records.discard(str(record_path(uuid)))
+        return True, rec
+
     def _records(self) -> list[DomainRecord]:
         if self.only is None:
-            return all_records()
-        rec = load_domain_config(self.only)
+            bad: set[str] = set()
+
+            def on_error(e: RecordError) -> None:
+                bad.add(str(e.path))
+                self._bad_record(e)
+
+            recs = all_records(on_error)
+            self.bad_records = bad  # forget the mended and removed ones
+            return recs
+        _, rec = self._load(self.only)
         return [] if rec is None else [rec]
 
     def finished(self) -> bool:
@@ -193,29 +235,52 @@ class Monitor:
         if self.only is None and not self.transient:
             return False
         live = {i.uuid for i in self.ops.domains()}
-        return all(r.uuid not in live and r.restart_at is None for r in self._records())
+        recs = self._records()
+        if self.only is not None and str(record_path(self.only)) in self.bad_records:
+            return self.only not in live  # unreadable: watch the domain while it lives
+        return all(r.uuid not in live and r.restart_at is None for r in recs)
 
     def scan(self) -> None:
         infos = [i for i in self.ops.domains() if i.domid != 0 and self._mine(i.uuid)]
         live = {i.domid for i in infos}
         self.handled = {k for k in self.handled if k[0] in live}
+        self.failures = {k: n for k, n in self.failures.items() if k[0] in live}
         for info in infos:
-            if not info.shutdown or info.dying or (info.domid, info.uuid) in self.handled:
+            key = (info.domid, info.uuid)
+            if not info.shutdown or info.dying or key in self.handled:
                 continue
-            rec = load_domain_config(info.uuid)
-            self.handled.add((info.domid, info.uuid))
+            readable, rec = self._load(info.uuid)
+            if not readable:
+                continue  # logged once; handled when the record is mended
             if rec is None:
                 log.debug("domain %d has no xentool record: not ours", info.domid)
+                self.handled.add(key)
                 continue
             try:
                 self.handle(info, rec)
             except Exception as e:  # one bad domain must not stop the monitor
-                log.error("domain %d (%s): handling its shutdown failed: %s", info.domid,
-                          rec.name, e)
+                self._failed(key, rec, e)
+                continue
+            self.handled.add(key)  # only now: a failed action is tried again
+            self.failures.pop(key, None)
         # Ask again: handling destroyed some, and a preserved domain has a new uuid.
         live_uuids = {i.uuid for i in self.ops.domains()}
         self.restart_due(live_uuids)
         self.collect(live_uuids | {i.uuid for i in self.ops.domains()})
+
+    def _failed(self, key: tuple[int, str], rec: DomainRecord, e: Exception) -> None:
+        """Handling domain ``key`` failed: retry on the next scan, or give up."""
+        n = self.failures.get(key, 0) + 1
+        if n < self.max_attempts:
+            self.failures[key] = n
+            log.error("domain %d (%s): handling its shutdown failed (attempt %d of %d, "
+                      "retrying on the next scan): %s", key[0], rec.name, n,
+                      self.max_attempts, e)
+            return
+        self.failures.pop(key, None)
+        self.handled.add(key)
+        log.error("domain %d (%s): handling its shutdown failed %d times, giving up: it "
+                  "stays as it is until someone destroys it: %s", key[0], rec.name, n, e)
 
     def handle(self, info: DomainState, rec: DomainRecord) -> None:
         reason = info.shutdown_reason
@@ -262,14 +327,14 @@ class Monitor:
         for rec in self._records():
             if rec.restart_at is None or rec.restart_at > now or not self._mine(rec.uuid):
                 continue
-            # Cleared first: a create that fails (or kills us) must not loop.
-            write_record(dataclasses.replace(rec, restart_at=None, started_at=now))
-            if rec.uuid in live_uuids:
-                log.warning("domain %s (%s) is running again already: not restarting it",
-                            rec.name, rec.uuid)
-                continue
-            log.info("restarting domain %s", rec.name)
             try:
+                # Cleared first: a create that fails (or kills us) must not loop.
+                write_record(dataclasses.replace(rec, restart_at=None, started_at=now))
+                if rec.uuid in live_uuids:
+                    log.warning("domain %s (%s) is running again already: not restarting "
+                                "it", rec.name, rec.uuid)
+                    continue
+                log.info("restarting domain %s", rec.name)
                 self.ops.create(rec)
             except Exception as e:  # one failed restart must not stop the others
                 log.error("restarting domain %s failed: %s", rec.name, e)
@@ -280,7 +345,10 @@ class Monitor:
             if (rec.uuid not in live_uuids and rec.restart_at is None and self._mine(rec.uuid)
                     and now - max(rec.saved_at, rec.started_at) > RECORD_GRACE):
                 log.debug("forgetting domain %s (%s): gone", rec.name, rec.uuid)
-                remove_domain_config(rec.uuid)
+                try:
+                    remove_domain_config(rec.uuid)
+                except OSError as e:
+                    log.error("forgetting domain %s (%s): %s", rec.name, rec.uuid, e)
 
     def next_wakeup(self) -> float:
         """Seconds until the earliest pending restart (or POLL_S)."""
@@ -351,17 +419,47 @@ class XenOps:
             raise XentoolError(f"{shlex.join(argv)}: {detail}")
 
 
-def run(monitor: Monitor, store: Store, stop: threading.Event) -> None:
-    """Scan on every ``@releaseDomain`` event, every POLL_S and when a restart is due."""
-    with store.watch("@releaseDomain") as w:
-        while not stop.is_set():
-            monitor.scan()
-            if monitor.finished():
-                return
-            w.get(timeout=monitor.next_wakeup())
-            # Events come in bursts (shutdown, then release): let them settle a little.
-            while w.get(timeout=0.05) is not None:
-                pass
+def run(monitor: Monitor, connect: Callable[[], Store], stop: threading.Event, *,
+        reconnect_delay: float = RECONNECT_S, max_reconnect_delay: float = RECONNECT_MAX_S,
+        sleep: Callable[[float], object] | None = None) -> None:
+    """Scan on every ``@releaseDomain`` event, every POLL_S and when a restart is due, until
+    ``stop`` is set or a watcher (or transient monitor) is finished.
+
+    ``connect`` returns a fresh connection to xenstored (:meth:`Session.reopen_xs`).  When
+    it fails, or the watch breaks (xenstored restarted, the connection was lost), the error
+    is logged and ``run`` connects again after ``reconnect_delay`` seconds, doubled while
+    it keeps failing up to ``max_reconnect_delay``; the scan after it catches up on what
+    happened meanwhile.  ``sleep`` waits between attempts (default ``stop.wait``: a stop
+    request cuts it short).  A scan that fails is logged and tried again.
+    """
+    from pyxs.exceptions import PyXSError
+
+    wait = stop.wait if sleep is None else sleep
+    delay = reconnect_delay
+    while not stop.is_set():
+        try:
+            with connect().watch("@releaseDomain") as w:
+                delay = reconnect_delay  # connected and watching again
+                while not stop.is_set():
+                    _scan(monitor)
+                    if monitor.finished():
+                        return
+                    w.get(timeout=monitor.next_wakeup())
+                    # Events come in bursts (shutdown, then release): let them settle.
+                    while w.get(timeout=0.05) is not None:
+                        pass
+        except (OSError, PyXSError) as e:  # XenStoreError is an OSError
+            log.error("monitor: lost the connection to xenstored (%s): reconnecting in %gs",
+                      e, delay)
+            wait(delay)
+            delay = min(delay * 2, max_reconnect_delay)
+
+
+def _scan(monitor: Monitor) -> None:
+    try:
+        monitor.scan()
+    except Exception as e:  # e.g. listing the domains failed: the next scan tries again
+        log.error("monitor: scan failed: %s", e)
 
 
 
@@ -471,7 +569,7 @@ def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = 
             log.info("monitor: watching %s", f"domain {domain}" if domain else
                      "the domains created without a monitor" if transient else "all domains")
             while True:
-                run(mon, s.xs, stop)
+                run(mon, s.reopen_xs, stop)
                 if domain is not None:
                     remove_domain_config(domain)  # gone for good: nothing left to act on
                 if not transient or stop.is_set():

@@ -15,7 +15,7 @@ import json
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,14 @@ REASON_KEYS = {0: "on_poweroff", 1: "on_reboot", 2: None, 3: "on_crash", 4: "on_
                5: "on_soft_reset"}
 REASON_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog",
                 5: "soft_reset"}
+
+
+class RecordError(XentoolError):
+    """A record file that cannot be read or holds no valid record; ``path`` names it."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 
@@ -88,22 +96,41 @@ class DomainRecord:
     def from_json(cls, text: str, source: str = "<record>") -> DomainRecord:
         try:
             doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
             if doc.pop("version", None) != 1:
                 raise ValueError("unknown record version")
             names = {f.name for f in dataclasses.fields(cls)}
             doc = {k: v for k, v in doc.items() if k in names}
             doc["overrides"] = tuple(doc.get("overrides", ()))
             return cls(**doc)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, AttributeError) as e:  # AttributeError: a wrong type
             raise XentoolError(f"{source}: not a valid domain record: {e}") from None
 
 
-def _record_path(uuid: str) -> Path:
+def record_path(uuid: str | uuidlib.UUID) -> Path:
+    """The file of domain ``uuid``'s record."""
     return records_dir() / f"{uuidlib.UUID(str(uuid))}.json"
 
 
+def read_record(path: Path) -> DomainRecord:
+    """The record in ``path``; ``RecordError`` naming it if it is unreadable or invalid
+    (``FileNotFoundError`` if there is none)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: not text
+        raise RecordError(path, f"{path}: cannot read the domain record: {e}") from None
+    try:
+        return DomainRecord.from_json(text, str(path))
+    except XentoolError as e:
+        msg = str(e)
+        raise RecordError(path, msg if str(path) in msg else f"{path}: {msg}") from None
+
+
 def write_record(rec: DomainRecord) -> Path:
-    path = _record_path(rec.uuid)
+    path = record_path(rec.uuid)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -128,7 +155,11 @@ def save_domain_config(config: DomainConfig, uuid: str | uuidlib.UUID, config_pa
 
     text = read_config_text(config_path) if config_text is None else config_text
     now = time.time()
-    old = load_domain_config(uuid)
+    try:
+        old = load_domain_config(uuid)
+    except RecordError as e:
+        log.warning("replacing %s", e)
+        old = None
     rec = DomainRecord(
         uuid=str(uuidlib.UUID(str(uuid))), name=config.name,
         config_path=os.path.abspath(config_path) if config_path != "/dev/null" else
@@ -143,28 +174,35 @@ def save_domain_config(config: DomainConfig, uuid: str | uuidlib.UUID, config_pa
 
 
 def load_domain_config(uuid: str | uuidlib.UUID) -> DomainRecord | None:
-    """The record of domain ``uuid``, or None if there is none."""
-    path = _record_path(str(uuid))
+    """The record of domain ``uuid``, or None if there is none; ``RecordError`` if its file
+    is unreadable or invalid."""
     try:
-        text = path.read_text()
+        return read_record(record_path(uuid))
     except FileNotFoundError:
         return None
-    return DomainRecord.from_json(text, str(path))
 
 
 def remove_domain_config(uuid: str | uuidlib.UUID) -> None:
     """Forget domain ``uuid`` (e.g. after an explicit destroy)."""
     try:
-        _record_path(str(uuid)).unlink()
+        record_path(uuid).unlink()
     except FileNotFoundError:
         pass
 
 
-def all_records() -> list[DomainRecord]:
+def all_records(on_error: Callable[[RecordError], object] | None = None
+                ) -> list[DomainRecord]:
+    """Every readable, valid record.  A bad file is skipped: passed to ``on_error``, or
+    logged as a warning without one."""
     out = []
     for p in sorted(records_dir().glob("*.json")):
         try:
-            out.append(DomainRecord.from_json(p.read_text(), str(p)))
-        except (OSError, XentoolError) as e:
-            log.warning("ignoring %s: %s", p, e)
+            out.append(read_record(p))
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except RecordError as e:
+            if on_error is not None:
+                on_error(e)
+            else:
+                log.warning("ignoring %s", e)
     return out

@@ -139,6 +139,17 @@ class Session:
             self._xs = Store.connect()
         return self._xs
 
+    def reopen_xs(self) -> Store:
+        """Close the XenStore connection (if one is open) and open a new one: after
+        xenstored restarted or the connection broke (the monitor's reconnect)."""
+        xs, self._xs = self._xs, None
+        if xs is not None:
+            try:
+                xs.close()
+            except Exception:  # a broken connection may fail to close: it is dropped anyway
+                pass
+        return self.xs
+
     def resolve(self, qualifier: str) -> int:
         return resolve(self.xc, self.reader, qualifier)
 

@@ -2,8 +2,9 @@
 
 One module, so that the CLI, the daemons and tests agree on every path, and the libxl
 files shared with ``xl`` are named in one place.  Each directory can be moved with an
-environment variable (tests, unusual hosts).  Nothing here creates a directory: the
-callers do, with the mode their contents need.
+environment variable (tests, unusual hosts).  Nothing here creates a directory on its
+own: the callers do, with the mode their contents need (:func:`private_dir` for the run
+directory, whose locks only root may touch).
 
 =========================  ===========================  =====================================
 what                       default                      variable
@@ -14,6 +15,10 @@ decompressed kernels       ``/var/cache/xentool/...``   ``XENTOOL_KERNEL_CACHE``
 built configs              ``/var/cache/xentool/...``   ``XENTOOL_CONFIG_CACHE`` (empty: off)
 libxl's domain userdata    ``/var/lib/xen``             (fixed: xl reads it there)
 =========================  ===========================  =====================================
+
+Both caches must be private to the user (root on dom0), or they are not used.  The kernel
+cache is kept under ``XENTOOL_KERNEL_CACHE_MAX_BYTES`` bytes (default 1 GiB; least recently
+used kernels are evicted first): :mod:`domain_builder.image` reads that variable itself.
 """
 
 from __future__ import annotations
@@ -41,6 +46,58 @@ def run_dir() -> Path:
     from pathlib import Path
 
     return Path(os.environ.get(RUN_DIR_ENV) or RUN_DIR)
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` a directory only we can enter, and return it.
+
+    A missing one is created mode 0700 (with any missing parent, also 0700); an existing one
+    of ours is set to 0700 if its mode is anything else.  One that is a symbolic link, not
+    a directory, or owned by another user is refused with a ``XentoolError`` naming it:
+    whoever owns it could replace or ``flock`` what we keep there.
+    """
+    import stat
+
+    from xentool.errors import XentoolError
+
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        _mkdirs_private(path)
+        fd = os.open(path, flags)
+    except OSError as e:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise XentoolError(f"{path} is a symbolic link: refusing to keep xentool's "
+                               f"locks and records there") from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise XentoolError(f"{path} is not a directory") from None
+        raise XentoolError(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise XentoolError(f"{path} is owned by uid {st.st_uid}, not by uid "
+                               f"{os.geteuid()}: refusing to keep xentool's locks and "
+                               f"records there")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _mkdirs_private(path: Path) -> None:
+    """``mkdir -p -m 0700``: every directory it creates is 0700, not just the last."""
+    if not os.path.lexists(path.parent) and path.parent != path:
+        _mkdirs_private(path.parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass  # made meanwhile by a parallel xentool: private_dir checks what it is
 
 
 def journal_dir() -> Path:
