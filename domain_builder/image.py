@@ -5,6 +5,14 @@ decompression output is capped, and every failure is an :class:`ImageError` whos
 names the offending field and value. Loading is lazy: a segment's bytes are sliced from the
 (decompressed) ELF only when the builder copies them into the guest, so a huge ``p_memsz``
 costs nothing here; the layout decides whether it fits.
+
+Decompressed kernels can be cached (``load_kernel(..., cache_dir=...)``).  The cache is
+trusted only when private: the directory and every entry must be owned by the caller and
+writable by no one else, or they are not used; the directory is created 0700 and entries
+0600, through a temporary file created exclusively (``O_EXCL|O_NOFOLLOW``) and renamed.
+It is kept under ``XENTOOL_KERNEL_CACHE_MAX_BYTES`` bytes (environment; default 1 GiB):
+after an entry is written the least recently used others go first (a hit touches its
+entry's mtime), never the entry just written.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import itertools
 import lzma
 import mmap
 import os
+import stat
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -850,32 +860,84 @@ def load_kernel(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE,
     (xz, ~60 MiB out) is most of the cost of building a small guest, and the same kernel
     is booted again and again. The cache is only an accelerator: any problem with it falls
     back to decompressing, and a cached ELF is parsed (checked) like a fresh one.
+
+    What is booted from the cache is what was written there, so the directory and each
+    entry must be private (owned by the caller, writable by no one else); a directory that
+    is not is not used (one warning).  It is created 0700.  It is kept under
+    ``$XENTOOL_KERNEL_CACHE_MAX_BYTES`` (default 1 GiB): after writing an entry, the least
+    recently used others (a hit touches its entry's mtime) are evicted.
     """
-    entry = _cache_entry(path, cache_dir) if cache_dir is not None else None
-    if entry is not None:
-        cached = _cache_read(entry, max_size)
-        if cached is not None:
-            container, kind, elf = cached
-            try:
-                return parse_elf(elf, container=container, compression=kind)
-            except ImageError:
-                pass  # a damaged entry: rebuild it below
-    data = read_file(path, max_size=max_size, what="kernel")
+    name = _cache_entry_name(path) if cache_dir is not None else None
+    directory = Path(cache_dir) if cache_dir is not None else None
+    dfd = _cache_open_dir(directory, create=False) if directory and name else None
     try:
-        img = parse_kernel(data, max_size=max_size)
-    except ImageError as exc:
-        raise ImageError(f"kernel {path}: {exc}") from None
-    if entry is not None and img.compression is not Compression.NONE:
-        _cache_write(entry, img)
-    return img
+        if dfd is not None and name is not None:
+            cached = _cache_read(dfd, name, max_size)
+            if cached is not None:
+                container, kind, elf = cached
+                try:
+                    return parse_elf(elf, container=container, compression=kind)
+                except ImageError:
+                    pass  # a damaged entry: rebuild it below
+        data = read_file(path, max_size=max_size, what="kernel")
+        try:
+            img = parse_kernel(data, max_size=max_size)
+        except ImageError as exc:
+            raise ImageError(f"kernel {path}: {exc}") from None
+        if directory and name and img.compression is not Compression.NONE:
+            if dfd is None:
+                dfd = _cache_open_dir(directory, create=True)
+            if dfd is not None and _cache_write(dfd, name, img):
+                _cache_prune(dfd, name, kernel_cache_max_bytes())
+        return img
+    finally:
+        if dfd is not None:
+            os.close(dfd)
 
 
-def _cache_entry(path: str | Path, cache_dir: str | Path) -> Path | None:
+#: The decompressed-kernel cache's size limit, and the variable that changes it.
+KERNEL_CACHE_MAX_BYTES = 1 << 30
+KERNEL_CACHE_MAX_BYTES_ENV = "XENTOOL_KERNEL_CACHE_MAX_BYTES"
+
+
+def kernel_cache_max_bytes() -> int:
+    """``$XENTOOL_KERNEL_CACHE_MAX_BYTES`` (bytes, 0 keeps only the newest entry), or the
+    1 GiB default when unset, empty or not a non-negative integer (with a warning)."""
+    raw = os.environ.get(KERNEL_CACHE_MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return KERNEL_CACHE_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        _warn("ignoring %s=%r: not a number of bytes; the kernel cache is kept under %d",
+              KERNEL_CACHE_MAX_BYTES_ENV, raw, KERNEL_CACHE_MAX_BYTES)
+        return KERNEL_CACHE_MAX_BYTES
+    return value
+
+
+def _warn(msg: str, *args: object) -> None:
+    import logging  # only when there is something to say: not on the start-up path
+
+    logging.getLogger(__name__).warning(msg, *args)
+
+
+def _cache_entry_name(path: str | Path) -> str | None:
     try:
         st = os.stat(path)
     except OSError:
         return None  # read_file reports it
-    return Path(cache_dir) / f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+def _is_entry_name(name: str) -> bool:
+    parts = name.split("-")
+    return len(parts) == 4 and all(p and not p.strip("0123456789abcdef") for p in parts)
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(".") and _is_entry_name(name[1:].split(".", 1)[0])
 
 
 _CACHE_MAGIC = b"XTKC2\n"
@@ -883,38 +945,156 @@ _CACHE_MAGIC = b"XTKC2\n"
 # a build then touches only the pages of the PT_LOAD segments, once, instead of copying the
 # whole (~60 MiB) file twice through Python.
 _CACHE_HEADER = 4096
+# A temporary file this old was left by a writer that died: pruning removes it.
+_CACHE_STALE_TMP_NS = 3600 * 10**9
+# Cache directories already warned about (once per process each).
+_cache_warned: set[str] = set()
 
 
-def _cache_read(entry: Path, max_size: int) -> tuple[str, Compression, mmap.mmap] | None:
+def _private(st: os.stat_result) -> bool:
+    """Owned by us and writable by no one else: only we can have put its contents there."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _cache_mkdir(directory: Path, mode: int = 0o700) -> None:
+    """``mkdir -p``: the cache directory itself 0700, missing parents 0755 (whatever the
+    umask: a parent writable by others would let them swap the directory)."""
     try:
-        with entry.open("rb") as f:
-            head = f.read(_CACHE_HEADER)
-            if len(head) != _CACHE_HEADER or not head.startswith(_CACHE_MAGIC):
-                return None
-            meta = head[len(_CACHE_MAGIC):].split(b"\n", 1)[0]
-            container, kind = meta.decode("ascii").split(" ")
-            size = os.fstat(f.fileno()).st_size - _CACHE_HEADER
-            if not 0 < size <= max_size:
-                return None
-            # Entries are replaced, never rewritten in place (root-only directory), so the
-            # mapping cannot change under the parser.
-            elf = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ, offset=_CACHE_HEADER)
-            return container, Compression(kind), elf
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        if directory.parent == directory:
+            raise
+        _cache_mkdir(directory.parent, 0o755)
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            return
+    os.chmod(directory, mode)  # mkdir's mode went through the umask
+
+
+def _cache_open_dir(directory: Path, *, create: bool) -> int | None:
+    """The cache directory, opened (entries are then reached relative to this descriptor,
+    so the checked directory is the one used); None when it is missing or not private."""
+    try:
+        if create:
+            _cache_mkdir(directory)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # missing, not a directory, read-only file system: no cache
+    try:
+        st = os.fstat(fd)
+        if _private(st):
+            return fd
+    except OSError:
+        st = None
+    os.close(fd)
+    key = os.fspath(directory)
+    if st is not None and key not in _cache_warned:
+        _cache_warned.add(key)
+        _warn("not using the kernel cache %s: it must be owned by uid %d and writable by no "
+              "one else (it is owned by uid %d, mode %04o)", key, os.geteuid(), st.st_uid,
+              st.st_mode & 0o7777)
+    return None
+
+
+def _cache_read(dfd: int, name: str, max_size: int) -> tuple[str, Compression, mmap.mmap] | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _private(st):
+            return None
+        size = st.st_size - _CACHE_HEADER
+        if not 0 < size <= max_size:
+            return None
+        head = os.pread(fd, _CACHE_HEADER, 0)
+        if len(head) != _CACHE_HEADER or not head.startswith(_CACHE_MAGIC):
+            return None
+        meta = head[len(_CACHE_MAGIC):].split(b"\n", 1)[0]
+        container, kind = meta.decode("ascii").split(" ")
+        compression = Compression(kind)
+        # Entries are replaced, never rewritten in place (private directory), so the
+        # mapping cannot change under the parser.
+        elf = mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=_CACHE_HEADER)
+        try:
+            os.utime(fd)  # the entry's last use, for eviction
+        except OSError:
+            pass
+        return container, compression, elf
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
-def _cache_write(entry: Path, img: KernelImage) -> None:
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+def _cache_write(dfd: int, name: str, img: KernelImage) -> bool:
+    """Write an entry under a fresh temporary name (never through an existing file or
+    symlink) and rename it into place; False if anything failed."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(8).hex()}"
     head = _CACHE_MAGIC + f"{img.container} {img.compression.value}\n".encode()
     try:
-        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
+    except OSError:
+        return False
+    try:
+        with open(fd, "wb") as f:
             f.write(head.ljust(_CACHE_HEADER, b"\0"))
             f.write(img.elf)
-        os.replace(tmp, entry)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except OSError:
+            pass
+        return False
+    return True
+
+
+def _cache_prune(dfd: int, keep: str, max_bytes: int) -> None:
+    """Evict the least recently used entries (oldest mtime first) until the entries total
+    at most ``max_bytes``, never ``keep`` (the one just written); drop stale temporary
+    files.  Other files in the directory are not the cache's: left alone, not counted."""
+    now = time.time_ns()
+    total = 0
+    candidates: list[tuple[int, str, int]] = []
+    try:
+        with os.scandir(dfd) as it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if _is_temp_name(e.name):
+                    if now - st.st_mtime_ns > _CACHE_STALE_TMP_NS:
+                        try:
+                            os.unlink(e.name, dir_fd=dfd)
+                        except OSError:
+                            pass
+                elif _is_entry_name(e.name):
+                    total += st.st_size
+                    if e.name != keep:
+                        candidates.append((st.st_mtime_ns, e.name, st.st_size))
+    except OSError:
+        return
+    candidates.sort()
+    for _, victim, size in candidates:
+        if total <= max_bytes:
+            break
+        try:
+            os.unlink(victim, dir_fd=dfd)
+        except FileNotFoundError:
+            pass  # evicted by a concurrent create
+        except OSError:
+            continue
+        total -= size
 
 
 def load_ramdisk(path: str | Path, *, max_size: int = 1 << 30) -> bytes:

@@ -268,6 +268,41 @@ def test_image_info_bad_file_one_line(tmp_path) -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_image_info_escapes_control_characters_in_notes(tmp_path, capsys) -> None:
+    from xentool.cli import main
+
+    hostile = {  # note type -> an ASCII string a hostile kernel can carry
+        6: "linux\x1b]0;owned\x07\x1b[2J",  # GUEST_OS: set the title, clear the screen
+        8: "generic\r\x1b[31mOK",  # LOADER
+        10: "!writable_page_tables|x\x1b[8m|pae_pgdir_above_4gb",  # FEATURES (unknown: kept)
+    }
+    p = tmp_path / "vmlinuz"
+    p.write_bytes(make_bzimage(compress("gzip", make_elf(
+        notes=linux_notes(**{f"n{n}": s(v) for n, v in hostile.items()})))))
+    assert main(["image-info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r")
+    assert "linux\\x1b]0;owned\\x07\\x1b[2J" in out
+    assert "generic\\x0d\\x1b[31mOK" in out
+    assert "x\\x1b[8m" in out
+    assert "compression     gzip\n" in out  # the rest is printed as before
+    # JSON escapes them itself, and keeps the exact strings.
+    assert main(["image-info", str(p), "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert notes["GUEST_OS"] == hostile[6] and notes["LOADER"] == hostile[8]
+    assert "x\x1b[8m" in notes["FEATURES"]
+
+
+def test_printable_escapes_what_a_terminal_would_interpret() -> None:
+    from xentool.cli.commands.image import printable
+
+    assert printable("linux") == "linux" and printable(0x1000) == "4096"
+    assert printable("a\x1b[2Jb\x7f\x9b") == "a\\x1b[2Jb\\x7f\\x9b"
+    # Non-ASCII that prints is kept; line separators and lone surrogates (undecodable
+    # bytes of a path) are escaped.
+    assert printable("café\u2028\udcff") == "café\\u2028\\udcff"
+
+
 # --- a real Debian kernel, when this machine has one -------------------------------------------
 
 def test_real_debian_kernel() -> None:

@@ -13,6 +13,21 @@ def configure_image_info(p: argparse.ArgumentParser) -> None:
                    help="refuse to decompress more than BYTES (default 256 MiB)")
 
 
+def printable(value: object) -> str:
+    """``str(value)`` with every non-printable character escaped (``\\x1b``, ``\\u2028``):
+    a kernel's note strings are the kernel author's, and must not reach the terminal as
+    escape sequences (retitle the window, clear the screen, hide or fake lines)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def cmd_image_info(args: argparse.Namespace) -> int:
     from xentool import Host
 
@@ -20,10 +35,11 @@ def cmd_image_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{'kernel':<16}{args.kernel}")
+    # Text for a terminal: strings are escaped (JSON escapes them on its own).
+    print(f"{'kernel':<16}{printable(args.kernel)}")
     for key in ("container", "compression", "class", "arch", "elf_size", "virt_base",
                 "paddr_offset", "virt_kstart", "virt_kend", "virt_entry", "virt_hypercall"):
-        print(f"{key:<16}{info[key]}")
+        print(f"{key:<16}{printable(info[key])}")
     segments = info["segments"]
     assert isinstance(segments, list)  # summary(): one dict per segment
     for seg in segments:
@@ -36,5 +52,5 @@ def cmd_image_info(args: argparse.Namespace) -> int:
             continue
         if isinstance(value, list):
             value = "|".join(value)
-        print(f"{'note ' + key:<24}{value}")
+        print(f"{'note ' + key:<24}{printable(value)}")
     return 0
