@@ -13,10 +13,10 @@ import errno
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import test_monitor as base  # the fakes of the monitor's tests
 
 from xenstore.errors import XenStoreError
 from xentool import monitor as m
@@ -39,23 +39,12 @@ def rec(uuid: str = U1, name: str = "g", **kw: object) -> records.DomainRecord:
                                 config_text='name = "g"\n', **kw)  # type: ignore[arg-type]
 
 
-@dataclass
-class Dom:
-    domid: int
-    uuid: str
-    shutdown: bool = False
-    dying: bool = False
-    shutdown_reason: int | None = None
-
-
-class FakeOps:
-    """As in test_monitor.py, plus errors to inject: ``fail[op]`` is a list of exceptions
+class FakeOps(base.FakeOps):
+    """test_monitor's fake, plus errors to inject: ``fail[op]`` is a list of exceptions
     raised by the next calls of ``op`` (None: succeed), ``always[op]`` one raised forever."""
 
     def __init__(self) -> None:
-        self.doms: dict[int, Dom] = {0: Dom(0, "00000000-0000-0000-0000-000000000000")}
-        self.calls: list[tuple[object, ...]] = []
-        self.next_domid = 10
+        super().__init__()
         self.fail: dict[str, list[BaseException | None]] = {}
         self.always: dict[str, BaseException] = {}
 
@@ -68,15 +57,6 @@ class FakeOps:
             if exc is not None:
                 raise exc
 
-    def add(self, uuid: str, reason: int | None = None) -> Dom:
-        d = Dom(self.next_domid, uuid, reason is not None, False, reason)
-        self.next_domid += 1
-        self.doms[d.domid] = d
-        return d
-
-    def domains(self) -> list[Dom]:
-        return [self.doms[k] for k in sorted(self.doms)]
-
     @contextlib.contextmanager
     def lock(self, domid: int) -> Iterator[None]:
         self._maybe_fail("lock")
@@ -88,21 +68,8 @@ class FakeOps:
         del self.doms[domid]
         return True
 
-    def preserve(self, domid: int, new_name: str, new_uuid: str) -> None:
-        self.calls.append(("preserve", domid, new_name))
-        self.doms[domid].uuid = new_uuid
 
-    def create(self, r: records.DomainRecord) -> None:
-        self.calls.append(("create", r.name))
-        self.add(r.uuid)
-
-
-class Clock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+Clock = base.Clock
 
 
 @pytest.fixture
@@ -370,7 +337,7 @@ def test_run_survives_a_failing_scan(world, caplog: pytest.LogCaptureFixture) ->
     real = ops.domains
     failures = [RuntimeError("hypercall failed")]
 
-    def domains() -> list[Dom]:
+    def domains() -> list[base.Dom]:
         if failures:
             raise failures.pop()
         return real()
