@@ -26,6 +26,7 @@ from xenstore.devices.console import console_nodes
 from xenstore.devices.vbd import Vbd, vbd_nodes
 from xenstore.devices.vif import Vif, random_mac, vif_nodes
 from xenstore.devices.xenbus import XenbusState, wait_for_state
+from xentool.devices import DEVICE_TYPES
 
 from .helpers import GuestKit, run, wait_for_console, xentool, xl
 
@@ -200,11 +201,12 @@ def _normalise(tree: dict[str, tuple[str, str]], domid: int,
 
 
 def _device_trees(domid: int) -> dict[str, tuple[str, str]]:
+    """Every node of the domain's run-time devices, kind by kind of the device table."""
     tree: dict[str, tuple[str, str]] = {}
-    for top in (f"/local/domain/{domid}/device/vbd", f"/local/domain/{domid}/device/vif",
-                f"/local/domain/0/backend/vbd/{domid}", f"/local/domain/0/backend/vif/{domid}",
-                f"/libxl/{domid}/device/vbd", f"/libxl/{domid}/device/vif"):
-        tree |= xenstore_dump(top)
+    for kind in (t.kind for t in DEVICE_TYPES if t.runtime):
+        for top in (f"/local/domain/{domid}/device/{kind}",
+                    f"/local/domain/0/backend/{kind}/{domid}", f"/libxl/{domid}/device/{kind}"):
+            tree |= xenstore_dump(top)
     # The guest is paused, so frontends never move; xl's pointer to its JSON is not ours.
     return tree
 
@@ -262,10 +264,11 @@ def test_xenstore_tree_parity_with_xl(kit: GuestKit, guest_name: str, cfg_file,
 
 
 def _device_nodes_of(domid: int) -> set[str]:
-    return (set(xenstore_dump(f"/local/domain/0/backend/vbd/{domid}"))
-            | set(xenstore_dump(f"/local/domain/0/backend/vif/{domid}"))
-            | set(xenstore_dump(f"/local/domain/{domid}/device"))
-            | set(xenstore_dump(f"/libxl/{domid}")))
+    nodes = set(xenstore_dump(f"/local/domain/{domid}/device")) | set(
+        xenstore_dump(f"/libxl/{domid}"))
+    for kind in (t.kind for t in DEVICE_TYPES if t.runtime):
+        nodes |= set(xenstore_dump(f"/local/domain/0/backend/{kind}/{domid}"))
+    return nodes
 
 
 # The bar is 100 rounds (XENTOOL_DEVICE_ROUNDS=100); under TCG a round takes seconds, so the
