@@ -2,7 +2,10 @@
 
 xl forks a daemon per domain that waits for its death; a logout or a killed shell can
 orphan those and leave domains that never restart or never get cleaned up.  xentool runs
-one process (``xentool monitor``, a systemd service, see ``contrib/systemd``) that:
+one process for all domains: ``xentool monitor`` as a systemd service (see
+``contrib/systemd``), or, on a host without it, a transient one that ``create`` starts
+when none runs and that leaves once no domain with a record is left (``create -F``
+watches its one domain in the foreground instead; ``create -e`` records nothing).  It:
 
 1. watches ``@releaseDomain`` (xenstored fires it when a domain shuts down or dies) and
    rescans every few seconds anyway;
