@@ -473,6 +473,11 @@ def _watch_lock(uuid: str) -> FileLock:
                     timeout=0)
 
 
+#: How long a transient monitor waits for the monitor lock before it concludes that another
+#: monitor runs (checks by ``create`` hold it for milliseconds).
+TRANSIENT_LOCK_WAIT = 3.0
+
+
 def _monitor_lock() -> FileLock:
     from xentool.locks import FileLock
 
@@ -545,6 +550,10 @@ def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = 
     from xentool.session import Session
 
     single = _watch_lock(domain) if domain is not None else _monitor_lock()
+    if transient:
+        # ``create`` checks for a running monitor by taking its lock for an instant: wait
+        # out such checks rather than mistake one for a monitor and leave no monitor.
+        single.timeout = TRANSIENT_LOCK_WAIT
     try:
         single.acquire()
     except LockTimeout:
