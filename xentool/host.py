@@ -554,7 +554,7 @@ class Domain:
 
         if background:
             with translating():
-                return spawn_monitor()
+                return spawn_monitor(wait=True)
         uuid = str(self.info().uuid)
         with translating():
             serve(domain=uuid)

@@ -507,7 +507,7 @@ def host_monitor_running() -> bool:
     return _busy(_monitor_lock())
 
 
-def spawn_monitor() -> int | None:
+def spawn_monitor(*, wait: bool = False, timeout: float = 30.0) -> int | None:
     """Make sure a monitor handles the domains' on_* actions, as the process ``xl create``
     forks does: start a transient one in the background unless one runs already.  It
     exits once no domain with a record is left.  Its log is
@@ -515,7 +515,9 @@ def spawn_monitor() -> int | None:
 
     Call it after the domain's record is saved: a transient monitor that is about to exit
     looks at the records once more after letting its lock go (see :func:`serve`), so one
-    of the two always sees the other.
+    of the two always sees the other.  ``wait``: return only once the monitor holds its
+    lock (it then scans before it waits for events), so a guest unpaused after this call
+    is handled however soon it dies.
     """
     if host_monitor_running():
         return None
@@ -532,6 +534,12 @@ def spawn_monitor() -> int | None:
     finally:
         if err != subprocess.DEVNULL:
             os.close(err)
+    deadline = time.monotonic() + timeout
+    while wait and not host_monitor_running():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise XentoolError(f"the monitor for on_* actions did not start (see "
+                               f"{logdir}/xentool-monitor.log)")
+        time.sleep(0.05)
     return proc.pid
 
 

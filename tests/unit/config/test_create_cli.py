@@ -140,11 +140,19 @@ def test_create_hands_the_config_to_the_library(monkeypatch: pytest.MonkeyPatch,
                      ("watch", 7, True),
                      ("console", 7, False),
                      ("plan", "full-guest")]
+    monkeypatch.setattr(xentool.host.Domain, "unpause",
+                        lambda self: calls.append(("unpause", self.domid)))
     calls.clear()
     assert main(["create", "-q", "-e", FULL]) == 0
     assert main(["create", "-q", "-F", FULL]) == 0
     assert [c[0] for c in calls] == ["create", "create", "watch"]
+    assert [c[2] for c in calls[:2]] == [False, False]  # runs at once: nothing to wait for
     assert calls[2] == ("watch", 7, False)
+    # Plain create: paused until the monitor is up, so a guest that dies at once is handled.
+    calls.clear()
+    assert main(["create", "-q", FULL]) == 0
+    assert [c[:3] for c in calls] == [("create", "full-guest", True), ("watch", 7, True),
+                                      ("unpause", 7)]
     assert json.loads(capsys.readouterr().out) == {"name": "full-guest"}
 
 

@@ -120,19 +120,23 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     if args.console:
         require_client()  # a missing client is reported before any domain exists
+    # Without -e the domain's on_* actions happen as with xl: a monitor in the background
+    # (started unless one runs, ready before the guest runs, so a guest that dies at once is
+    # handled at once), or this process with -F.  -e: nobody applies them, as with xl, so
+    # the domain gets no record.
+    background = not args.no_monitor and not args.foreground
     with Host(handle_signals=True) as host:
         # With a console the guest starts only once the client is attached.
-        # -e: nobody applies the domain's on_* actions, as with xl, so it gets no record.
-        dom = host.create(path, overrides, paused=args.paused or args.console, cached=True,
-                          record=not args.no_monitor)
+        dom = host.create(path, overrides, paused=args.paused or args.console or background,
+                          cached=True, record=not args.no_monitor)
         if not args.quiet:
             log.info("created domain %s with id %d", cfg.name, dom.domid)
-        # Without -e the domain's on_* actions happen as with xl: a watcher in the
-        # background (unless the host's monitor runs), or this process with -F.
-        if not args.no_monitor and not args.foreground:
+        if background:
             dom.watch(background=True)
         if args.console:
             console_before_start(dom.domid, unpause=not args.paused)
+        elif background and not args.paused:
+            dom.unpause()
         if args.foreground and not args.no_monitor:
             dom.watch(background=False)
     return 0
