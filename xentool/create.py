@@ -235,8 +235,10 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
         j.push("xenstore nodes", lambda: _rm_nodes(xs, domid, uuid_s))
         j.do("xenstore nodes", make_nodes)
 
-    _sched_steps(j, xc, config, domid, sched, affinities)
     built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp, prep.ramdisk))
+    # After the build: the vCPUs exist only once it has set max_vcpus (libxl too sets
+    # affinity after xc_domain_max_vcpus and the scheduler parameters in build_post).
+    _sched_steps(j, xc, config, domid, sched, affinities)
 
     def post_nodes() -> None:
         with xs.transaction() as t:
@@ -318,7 +320,7 @@ def _pool_id(xc: XenCtrl, xs: Store, name: str | None) -> int:
 
 def _sched_steps(j: Journal, xc: XenCtrl, config: DomainConfig, domid: int,
                  sched: str | None, affinities: list[VcpuAffinity]) -> None:
-    """Weight, cap and vCPU affinity, as libxl__build_pre sets them before the build.
+    """Weight, cap, TSC mode and vCPU affinity, as libxl sets them around the build.
     Nothing to undo: they go with the domain."""
     from dataclasses import replace
 

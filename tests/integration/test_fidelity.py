@@ -67,7 +67,7 @@ def test_weight_and_cap_like_xl(kit: GuestKit, tmp_path: Path, guest_name: str,
 
 
 @pytest.mark.parametrize("more", [
-    'cpus = "1"\n',
+    'cpus = "1"\nvcpus = 1\n',
     'cpus = "0-1,^0"\nvcpus = 2\n',
     'cpus = ["1", "0"]\nvcpus = 3\n',
     'cpus = "all"\ncpus_soft = "0"\nvcpus = 2\n',
@@ -95,6 +95,13 @@ def test_tsc_mode_like_xl(kit: GuestKit, tmp_path: Path, guest_name: str, more: 
                           mode: int) -> None:
     by_xl, by_xentool = _both(kit, tmp_path, guest_name, more, _tsc_mode)
     assert by_xentool == by_xl == mode
+
+
+def test_cpus_without_vcpus_is_ignored_like_xl(kit: GuestKit, tmp_path: Path,
+                                                guest_name: str) -> None:
+    # xl sizes the affinity by vcpus/maxvcpus as parsed so far: without them, none is set.
+    by_xl, by_xentool = _both(kit, tmp_path, guest_name, 'cpus = "1"\n', _affinity)
+    assert by_xentool == by_xl == ["all / all"]
 
 
 def test_pool_like_xl(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:

@@ -384,6 +384,10 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
     aff_n = maxvcpus if maxvcpus is not None else (vcpus or 0)
     cpus = _affinity(r, "cpus", aff_n)
     cpus_soft = _affinity(r, "cpus_soft", aff_n)
+    for key in ("cpus", "cpus_soft"):
+        if aff_n == 0 and key in r.s:
+            r.warn(f"'{key}' has no effect without vcpus or maxvcpus (xl ignores it too)",
+                   r.s[key])
 
     cpu_weight = r.long("cpu_weight", 1, 65535)
     cap = r.long("cap", 0, INT_MAX)

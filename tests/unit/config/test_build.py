@@ -217,3 +217,10 @@ def test_tsc_mode_as_xl_reads_it(text: str, mode: int | None, warned: bool) -> N
     c = cfg(text)
     assert c.tsc_mode == mode
     assert any("tsc_mode as an integer is deprecated" in w for w in c.warnings) == warned
+
+
+def test_cpus_without_vcpus_is_ignored_as_by_xl_and_said() -> None:
+    c = loads("name='g'\nkernel='/k'\ncpus='1'\n", "t.cfg")
+    assert c.cpus is not None and c.cpus.per_vcpu == ()
+    assert c.warnings == ("t.cfg:3:1: warning: 'cpus' has no effect without vcpus or "
+                          "maxvcpus (xl ignores it too)",)
