@@ -140,6 +140,10 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         b_info["max_memkb"] = cfg.maxmem_kib
     if cfg.memory_set:
         b_info["target_memkb"] = cfg.memory_kib
+    if stored:
+        # libxl stores the video RAM it settled on (none for PV); without it xl list -l
+        # adds libxl's "default" (-1 kB) to the target it reads back from XenStore.
+        b_info["video_memkb"] = 0
     if cfg.nomigrate is not None:
         b_info["disable_migrate"] = _defbool(cfg.nomigrate)
     if cfg.tsc_mode:

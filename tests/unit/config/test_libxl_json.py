@@ -57,3 +57,5 @@ def test_the_stored_config_names_every_mac_the_guest_got() -> None:
     nics = to_libxl(cfg, stored=True)["nics"]
     assert nics[0]["mac"] == cfg.vifs[0].mac and cfg.vifs[0].mac_generated
     assert nics[1]["mac"] == "00:16:3e:0a:0b:0c"
+    assert to_libxl(cfg, stored=True)["b_info"]["video_memkb"] == 0
+    assert "video_memkb" not in to_libxl(cfg)["b_info"]  # create -n prints what xl prints
