@@ -507,7 +507,12 @@ def host_monitor_running() -> bool:
     return _busy(_monitor_lock())
 
 
-def spawn_monitor(*, wait: bool = False, timeout: float = 30.0) -> int | None:
+#: How long ``create`` waits for the monitor it started (several creates at once under
+#: emulation take long to start Python).
+SPAWN_WAIT = 120.0
+
+
+def spawn_monitor(*, wait: bool = False, timeout: float = SPAWN_WAIT) -> int | None:
     """Make sure a monitor handles the domains' on_* actions, as the process ``xl create``
     forks does: start a transient one in the background unless one runs already.  It
     exits once no domain with a record is left.  Its log is
@@ -515,32 +520,47 @@ def spawn_monitor(*, wait: bool = False, timeout: float = 30.0) -> int | None:
 
     Call it after the domain's record is saved: a transient monitor that is about to exit
     looks at the records once more after letting its lock go (see :func:`serve`), so one
-    of the two always sees the other.  ``wait``: return only once the monitor holds its
-    lock (it then scans before it waits for events), so a guest unpaused after this call
-    is handled however soon it dies.
+    of the two always sees the other.  Parallel creates take turns (a spawn lock), so one
+    of them starts the monitor and the others find it running.  ``wait``: return only once
+    a monitor holds its lock (it then scans before it waits for events), so a guest
+    unpaused after this call is handled however soon it dies; a monitor that does not come
+    up in ``timeout`` seconds is an error.
     """
-    if host_monitor_running():
-        return None
+    from xentool.locks import FileLock
+
+    with FileLock(run_dir() / "monitor-spawn.lock", what="monitor start", timeout=timeout):
+        if host_monitor_running():
+            return None
+        proc = _start_transient_monitor()
+        deadline = time.monotonic() + timeout
+        starts = 1
+        while wait and not host_monitor_running():
+            if time.monotonic() > deadline or starts > 3:
+                raise XentoolError("the monitor for on_* actions did not start (see "
+                                   "/var/log/xen/xentool-monitor.log)")
+            if proc.poll() is not None:  # it found another monitor, or it failed
+                if host_monitor_running():
+                    break
+                proc = _start_transient_monitor()
+                starts += 1
+            time.sleep(0.05)
+        return proc.pid
+
+
+def _start_transient_monitor() -> subprocess.Popen[bytes]:
     logdir = "/var/log/xen"
     err: int = subprocess.DEVNULL
     if os.path.isdir(logdir):
         err = os.open(os.path.join(logdir, "xentool-monitor.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "xentool", "-v", "monitor", "--transient"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             start_new_session=True, close_fds=True, cwd="/")
     finally:
         if err != subprocess.DEVNULL:
             os.close(err)
-    deadline = time.monotonic() + timeout
-    while wait and not host_monitor_running():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise XentoolError(f"the monitor for on_* actions did not start (see "
-                               f"{logdir}/xentool-monitor.log)")
-        time.sleep(0.05)
-    return proc.pid
 
 
 def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = None,
