@@ -22,21 +22,9 @@ from xenstore.errors import XenStoreError
 from xentool import monitor as m
 from xentool import records
 from xentool.locks import LockTimeout
-from xentool.state import STATE_DIR_ENV
 
-U1 = "11111111-2222-3333-4444-555555555555"
-U2 = "66666666-7777-8888-9999-aaaaaaaaaaaa"
-
-
-@pytest.fixture(autouse=True)
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
-    return tmp_path / "state"
-
-
-def rec(uuid: str = U1, name: str = "g", **kw: object) -> records.DomainRecord:
-    return records.DomainRecord(uuid=uuid, name=name, config_path="/etc/xen/g.cfg",
-                                config_text='name = "g"\n', **kw)  # type: ignore[arg-type]
+U1, U2, rec = base.U1, base.U2, base.rec
+state = base.state  # the autouse fixture: records in a private state directory
 
 
 class FakeOps(base.FakeOps):
