@@ -527,12 +527,8 @@ class Domain:
             devid = vif_devid_of(self._s.xs, self.domid, str(device))
             if devid is None:
                 raise NotFoundError(f"Unknown device {device}.")
-            try:
-                detach_device(self._s.xs, self.domid, "vif", devid, wait=timeouts(timeout))
-            except DomainNotFound:
-                raise
-            except LookupError:
-                raise NotFoundError(f"Unknown device {device}.") from None
+            detach_device(self._s.xs, self.domid, "vif", devid, wait=timeouts(timeout),
+                          missing=f"Unknown device {device}.")
 
     def devices(self, kind: str) -> list[DeviceInfo]:
         """The domain's devices of ``kind`` (``disk``/``vbd``, ``nic``/``vif``) as their

@@ -118,12 +118,15 @@ def attach_vif(xs: Store, domid: int, options: Sequence[str],
 
 
 def detach_device(xs: Store, domid: int, kind: str, devid: int, *, force: Force | None = None,
-                  wait: Timeouts | None = None, label: str | None = None) -> None:
-    """Unplug device ``devid`` of ``kind`` (the row's default force unless given)."""
+                  wait: Timeouts | None = None, label: str | None = None,
+                  missing: str | None = None) -> None:
+    """Unplug device ``devid`` of ``kind`` (the row's default force unless given); one
+    that is not there is a ``NotFoundError`` saying ``missing`` (default: xl's words for a
+    disk, naming ``label``)."""
     row = device_type(kind)
     ref = find_device(xs, domid, row.kind, devid)
     if ref is None:
-        raise NotFoundError(f"Error: Device {label or devid} not connected.")
+        raise NotFoundError(missing or f"Error: Device {label or devid} not connected.")
     detach(xs, ref, row.detach_force if force is None else force, wait or Timeouts(),
            has_script=row.hotplug)
 
