@@ -1,4 +1,5 @@
-"""cffi builder (API mode) for libxenctrl, libxenforeignmemory and (reads) libxenstore.
+"""cffi builder (API mode) for libxenctrl, libxenforeignmemory, libxenhypfs and (reads)
+libxenstore.
 
 Compiled against the real headers of libxen-dev, so struct layouts come from the C compiler,
 never from guesses: every struct below ends in ``...;`` and names only the fields we use, and
@@ -208,6 +209,25 @@ ffibuilder.cdef(
     };
     struct xen_sysctl_credit2_schedule { uint32_t ratelimit_us; ...; };
 
+    typedef struct xen_sysctl_meminfo { uint64_t memsize; uint64_t memfree; } xc_meminfo_t;
+    typedef struct xen_sysctl_cputopo {
+        uint32_t core;
+        uint32_t socket;
+        uint32_t node;
+    } xc_cputopo_t;
+    struct xen_domctl_sched_rtds { uint32_t period; uint32_t budget; uint32_t flags; ...; };
+    #define XEN_DOMCTL_SCHEDRT_extra ...
+    #define XEN_VCPUAFFINITY_FORCE ...
+    #define XEN_INVALID_NODE_DIST ...
+    #define XEN_INVALID_CORE_ID ...
+    #define XEN_INVALID_SOCKET_ID ...
+    #define XEN_INVALID_NODE_ID ...
+    #define XEN_DOMCTL_SENDTRIGGER_NMI ...
+    #define XEN_DOMCTL_SENDTRIGGER_RESET ...
+    #define XEN_DOMCTL_SENDTRIGGER_INIT ...
+    #define XEN_DOMCTL_SENDTRIGGER_POWER ...
+    #define XEN_DOMCTL_SENDTRIGGER_SLEEP ...
+
     typedef struct xc_cpupoolinfo {
         uint32_t cpupool_id;
         uint32_t sched_id;
@@ -275,6 +295,24 @@ ffibuilder.cdef(
     xc_cpupoolinfo_t *xc_cpupool_getinfo(xc_interface *xch, uint32_t poolid);
     void xc_cpupool_infofree(xc_interface *xch, xc_cpupoolinfo_t *info);
     xc_cpumap_t xc_cpupool_freeinfo(xc_interface *xch);
+    int xc_cpupool_create(xc_interface *xch, uint32_t *ppoolid, uint32_t sched_id);
+    int xc_cpupool_destroy(xc_interface *xch, uint32_t poolid);
+    int xc_cpupool_addcpu(xc_interface *xch, uint32_t poolid, int cpu);
+    int xc_cpupool_removecpu(xc_interface *xch, uint32_t poolid, int cpu);
+    int xc_cpupool_movedomain(xc_interface *xch, uint32_t poolid, uint32_t domid);
+
+    int xc_readconsolering(xc_interface *xch, char *buffer, unsigned int *pnr_chars,
+                           int clear, int incremental, uint32_t *pindex);
+    int xc_send_debug_keys(xc_interface *xch, const char *keys);
+    int xc_domain_send_trigger(xc_interface *xch, uint32_t domid, uint32_t trigger,
+                               uint32_t vcpu);
+    int xc_domain_dumpcore(xc_interface *xch, uint32_t domid, const char *corename);
+    int xc_domain_node_getaffinity(xc_interface *xch, uint32_t domind,
+                                   uint8_t *nodemap);
+    int xc_get_nodemap_size(xc_interface *xch);
+    int xc_numainfo(xc_interface *xch, unsigned *max_nodes, xc_meminfo_t *meminfo,
+                    uint32_t *distance);
+    int xc_cputopoinfo(xc_interface *xch, unsigned *max_cpus, xc_cputopo_t *cputopo);
 
     int xc_domain_create(xc_interface *xch, uint32_t *pdomid,
                          struct xen_domctl_createdomain *config);
@@ -339,6 +377,16 @@ ffibuilder.cdef(
     int xc_sched_credit2_params_get(xc_interface *xch, uint32_t cpupool_id,
                                     struct xen_sysctl_credit2_schedule *schedule);
 
+    int xc_sched_rtds_domain_set(xc_interface *xch, uint32_t domid,
+                                 struct xen_domctl_sched_rtds *sdom);
+    int xc_sched_rtds_domain_get(xc_interface *xch, uint32_t domid,
+                                 struct xen_domctl_sched_rtds *sdom);
+    /* Per-vCPU RTDS parameters: Xen's array type is a union of partial structs, which
+       cffi cannot declare, so a helper copies it into flat arrays (set_source below). */
+    int xentool_rtds_vcpu(xc_interface *xch, uint32_t domid, int set, uint32_t num_vcpus,
+                          uint32_t *vcpuid, uint32_t *period, uint32_t *budget,
+                          uint32_t *flags);
+
     int xc_evtchn_alloc_unbound(xc_interface *xch, uint32_t dom, uint32_t remote_dom);
     int xc_hvm_param_set(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t value);
     int xc_hvm_param_get(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t *value);
@@ -365,6 +413,13 @@ ffibuilder.cdef(
     int xentool_hypercall_init(xc_interface *xch, uint32_t domid, uint64_t gmfn);
     int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits);
 
+    /* ---- libxenhypfs: hypervisor runtime parameters (set-parameters) ------------------ */
+    typedef struct xenhypfs_handle xenhypfs_handle;
+    xenhypfs_handle *xenhypfs_open(void *logger, unsigned int open_flags);
+    int xenhypfs_close(xenhypfs_handle *fshdl);
+    int xenhypfs_write(xenhypfs_handle *fshdl, const char *path, const char *val);
+    char *xenhypfs_read(xenhypfs_handle *fshdl, const char *path);
+
     /* ---- libxenstore: read-only fast path for the hot query verbs ----------------------- */
     typedef uint32_t xs_transaction_t;
     struct xs_handle;
@@ -385,6 +440,7 @@ ffibuilder.set_source(
     #include <xenctrl.h>
     #include <xenforeignmemory.h>
     #include <xenstore.h>
+    #include <xenhypfs.h>
     #include <xen/grant_table.h>
     #include <xen/hvm/params.h>
 
@@ -397,6 +453,33 @@ ffibuilder.set_source(
         return xc_domctl(xch, &d);
     }
 
+    static int xentool_rtds_vcpu(xc_interface *xch, uint32_t domid, int set,
+                                 uint32_t num_vcpus, uint32_t *vcpuid, uint32_t *period,
+                                 uint32_t *budget, uint32_t *flags)
+    {
+        xen_domctl_schedparam_vcpu_t *v = calloc(num_vcpus ? num_vcpus : 1, sizeof(*v));
+        uint32_t i;
+        int rc;
+
+        if (!v)
+            return -1;
+        for (i = 0; i < num_vcpus; i++) {
+            v[i].vcpuid = vcpuid[i];
+            v[i].u.rtds.period = period[i];
+            v[i].u.rtds.budget = budget[i];
+            v[i].u.rtds.flags = flags[i];
+        }
+        rc = set ? xc_sched_rtds_vcpu_set(xch, domid, v, num_vcpus)
+                 : xc_sched_rtds_vcpu_get(xch, domid, v, num_vcpus);
+        for (i = 0; rc == 0 && i < num_vcpus; i++) {
+            period[i] = v[i].u.rtds.period;
+            budget[i] = v[i].u.rtds.budget;
+            flags[i] = v[i].u.rtds.flags;
+        }
+        free(v);
+        return rc;
+    }
+
     static int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits)
     {
         struct xen_domctl d = { .cmd = XEN_DOMCTL_set_address_size, .domain = domid };
@@ -404,7 +487,8 @@ ffibuilder.set_source(
         return xc_domctl(xch, &d);
     }
     """,
-    libraries=["xenctrl", "xenforeignmemory", "xenstore"],
+    libraries=["xenctrl", "xenforeignmemory", "xenstore", "xenhypfs",
+               "xenguest"],  # xenguest for xc_domain_dumpcore only: its builder is not used
 )
 
 if __name__ == "__main__":

@@ -357,6 +357,15 @@ class Credit2Params:
 
 
 @_dataclass(frozen=True)
+class RtdsParams:
+    """RTDS parameters of a domain or one vCPU: period and budget in microseconds."""
+
+    period: int
+    budget: int
+    extratime: bool = True
+
+
+@_dataclass(frozen=True)
 class CpupoolInfo:
     poolid: int
     sched_id: int
@@ -706,6 +715,108 @@ class XenCtrl:
         finally:
             _lib.free(raw)
 
+    def cpupool_create(self, sched_id: int, poolid: int | None = None) -> int:
+        """Create an empty cpupool run by ``sched_id``; Xen picks the id unless given."""
+        pid = _ffi.new("uint32_t *", 0xFFFFFFFF if poolid is None else poolid)
+        self._check("xc_cpupool_create", _lib.xc_cpupool_create(self._h, pid, sched_id))
+        created: int = pid[0]
+        return created
+
+    def cpupool_destroy(self, poolid: int) -> None:
+        self._check("xc_cpupool_destroy", _lib.xc_cpupool_destroy(self._h, poolid),
+                    f"pool {poolid}")
+
+    def cpupool_add_cpu(self, poolid: int, cpu: int) -> None:
+        """Move a free CPU into ``poolid`` (``cpu=-1``: any free CPU)."""
+        self._check("xc_cpupool_addcpu", _lib.xc_cpupool_addcpu(self._h, poolid, cpu),
+                    f"pool {poolid} cpu {cpu}")
+
+    def cpupool_remove_cpu(self, poolid: int, cpu: int) -> None:
+        self._check("xc_cpupool_removecpu", _lib.xc_cpupool_removecpu(self._h, poolid, cpu),
+                    f"pool {poolid} cpu {cpu}")
+
+    def cpupool_move_domain(self, poolid: int, domid: int) -> None:
+        self._check("xc_cpupool_movedomain",
+                    _lib.xc_cpupool_movedomain(self._h, poolid, domid),
+                    f"domain {domid} to pool {poolid}")
+
+    def read_console_ring(self, clear: bool = False, size: int = 16384) -> bytes:
+        """Xen's console ring (``xl dmesg``), oldest first; ``clear`` empties it after."""
+        buf = _ffi.new("char[]", size)
+        index = _ffi.new("uint32_t *", 0)
+        out = bytearray()
+        while True:  # incremental reads: each returns the next up to ``size`` bytes
+            n = _ffi.new("unsigned int *", size)
+            self._check("xc_readconsolering",
+                        _lib.xc_readconsolering(self._h, buf, n, 0, 1, index))
+            out += _ffi.buffer(buf, n[0])
+            if n[0] < size:
+                break
+        if clear:
+            n = _ffi.new("unsigned int *", 0)
+            self._check("xc_readconsolering",
+                        _lib.xc_readconsolering(self._h, buf, n, 1, 0, _ffi.NULL))
+        return bytes(out)
+
+    def send_debug_keys(self, keys: str) -> None:
+        self._check("xc_send_debug_keys", _lib.xc_send_debug_keys(self._h, keys.encode()))
+
+    def numa_info(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
+        """Per node (memsize, memfree) in bytes, and the node distance matrix; a node
+        Xen reports as invalid has memsize 0."""
+        count = _ffi.new("unsigned *", 0)
+        self._check("xc_numainfo", _lib.xc_numainfo(self._h, count, _ffi.NULL, _ffi.NULL))
+        n = count[0]
+        mem = _ffi.new("xc_meminfo_t[]", n)
+        dist = _ffi.new("uint32_t[]", n * n)
+        self._check("xc_numainfo", _lib.xc_numainfo(self._h, count, mem, dist))
+        n = count[0]
+        return ([(mem[i].memsize, mem[i].memfree) for i in range(n)],
+                [[dist[i * n + j] for j in range(n)] for i in range(n)])
+
+    def cpu_topology(self) -> list[tuple[int, int, int] | None]:
+        """Per CPU (core, socket, node), None for a CPU that is not present."""
+        count = _ffi.new("unsigned *", 0)
+        self._check("xc_cputopoinfo", _lib.xc_cputopoinfo(self._h, count, _ffi.NULL))
+        topo = _ffi.new("xc_cputopo_t[]", count[0])
+        self._check("xc_cputopoinfo", _lib.xc_cputopoinfo(self._h, count, topo))
+        return [None if t.core == _lib.XEN_INVALID_CORE_ID else (t.core, t.socket, t.node)
+                for t in (topo[i] for i in range(count[0]))]
+
+    def set_parameters(self, params: str) -> None:
+        """Set hypervisor runtime parameters, ``name=value`` separated by blanks, through
+        hypfs as libxl does (``/params/<name>``)."""
+        fs = _lib.xenhypfs_open(_ffi.NULL, 0)
+        if fs == _ffi.NULL:
+            raise XenError("xenhypfs_open", _ffi.errno or 5)
+        try:
+            for item in params.split():
+                name, sep, value = item.partition("=")
+                if not sep or not name:
+                    raise XenError("xenhypfs_write", 22, f"not name=value: {item!r}")
+                if _lib.xenhypfs_write(fs, f"/params/{name}".encode(), value.encode()):
+                    raise XenError("xenhypfs_write", _ffi.errno or 5, name)
+        finally:
+            _lib.xenhypfs_close(fs)
+
+    def hypfs_read(self, path: str) -> str | None:
+        """A hypfs node as text, None if it does not exist."""
+        fs = _lib.xenhypfs_open(_ffi.NULL, 0)
+        if fs == _ffi.NULL:
+            raise XenError("xenhypfs_open", _ffi.errno or 5)
+        try:
+            raw = _lib.xenhypfs_read(fs, path.encode())
+            if raw == _ffi.NULL:
+                if _ffi.errno == 2:
+                    return None
+                raise XenError("xenhypfs_read", _ffi.errno or 5, path)
+            try:
+                return _cstr(raw)
+            finally:
+                _lib.free(raw)
+        finally:
+            _lib.xenhypfs_close(fs)
+
     # -- domains: query -----------------------------------------------------------------
     def domains(self, first: int = 0, batch: int = 1024) -> list[DomainInfo]:
         """All domains with id >= first, in domid order."""
@@ -748,10 +859,12 @@ class XenCtrl:
                 cpumap_to_set(bytes(_ffi.buffer(soft, size))))
 
     def set_vcpu_affinity(self, domid: int, vcpu: int, hard: Iterable[int] | None,
-                          soft: Iterable[int] | None) -> tuple[frozenset[int], frozenset[int]]:
-        """Set hard and/or soft affinity (None leaves it); returns the effective maps."""
+                          soft: Iterable[int] | None, force: bool = False
+                          ) -> tuple[frozenset[int], frozenset[int]]:
+        """Set hard and/or soft affinity (None leaves it); returns the effective maps.
+        ``force`` (``vcpu-pin -f``) also breaks a temporary pinning the guest set."""
         size = self.cpumap_size()
-        flags = 0
+        flags = _lib.XEN_VCPUAFFINITY_FORCE if force else 0
         hard_c = _ffi.new("uint8_t[]", size)
         soft_c = _ffi.new("uint8_t[]", size)
         if hard is not None:
@@ -760,7 +873,7 @@ class XenCtrl:
         if soft is not None:
             _ffi.memmove(soft_c, set_to_cpumap(soft, size), size)
             flags |= _lib.XEN_VCPUAFFINITY_SOFT
-        if not flags:
+        if not flags & (_lib.XEN_VCPUAFFINITY_HARD | _lib.XEN_VCPUAFFINITY_SOFT):
             return self.vcpu_affinity(domid, vcpu)
         self._check("xc_vcpu_setaffinity",
                     _lib.xc_vcpu_setaffinity(self._h, domid, vcpu, hard_c, soft_c, flags),
@@ -768,7 +881,24 @@ class XenCtrl:
         return (cpumap_to_set(bytes(_ffi.buffer(hard_c, size))),
                 cpumap_to_set(bytes(_ffi.buffer(soft_c, size))))
 
+    def node_affinity(self, domid: int) -> frozenset[int]:
+        size = self._check("xc_get_nodemap_size", _lib.xc_get_nodemap_size(self._h))
+        nodes = _ffi.new("uint8_t[]", size)
+        self._check("xc_domain_node_getaffinity",
+                    _lib.xc_domain_node_getaffinity(self._h, domid, nodes), f"domain {domid}")
+        return cpumap_to_set(bytes(_ffi.buffer(nodes, size)))
+
     # -- domains: control ---------------------------------------------------------------
+    def send_trigger(self, domid: int, trigger: int, vcpu: int = 0) -> None:
+        self._check("xc_domain_send_trigger",
+                    _lib.xc_domain_send_trigger(self._h, domid, trigger, vcpu),
+                    f"domain {domid}")
+
+    def dump_core(self, domid: int, path: str) -> None:
+        """Write an ELF core of the domain's memory and vCPU state to ``path``."""
+        self._check("xc_domain_dumpcore",
+                    _lib.xc_domain_dumpcore(self._h, domid, path.encode()), f"domain {domid}")
+
     def pause(self, domid: int) -> None:
         self._check("xc_domain_pause", _lib.xc_domain_pause(self._h, domid), f"domain {domid}")
 
@@ -1072,6 +1202,43 @@ class XenCtrl:
                     _lib.xc_sched_credit2_params_set(self._h, poolid, s), f"pool {poolid}")
         return _module.Credit2Params(s.ratelimit_us)
 
+
+    def sched_rtds(self, domid: int) -> RtdsParams:
+        s = _ffi.new("struct xen_domctl_sched_rtds *")
+        self._check("xc_sched_rtds_domain_get",
+                    _lib.xc_sched_rtds_domain_get(self._h, domid, s), f"domain {domid}")
+        return _module.RtdsParams(s.period, s.budget,
+                                  bool(s.flags & _lib.XEN_DOMCTL_SCHEDRT_extra))
+
+    def set_sched_rtds(self, domid: int, params: RtdsParams) -> None:
+        s = _ffi.new("struct xen_domctl_sched_rtds *")
+        s.period = params.period
+        s.budget = params.budget
+        s.flags = _lib.XEN_DOMCTL_SCHEDRT_extra if params.extratime else 0
+        self._check("xc_sched_rtds_domain_set",
+                    _lib.xc_sched_rtds_domain_set(self._h, domid, s), f"domain {domid}")
+
+    def sched_rtds_vcpus(self, domid: int, vcpus: Sequence[int]) -> list[RtdsParams]:
+        n = len(vcpus)
+        ids = _ffi.new("uint32_t[]", list(vcpus))
+        period, budget, flags = (_ffi.new("uint32_t[]", n) for _ in range(3))
+        self._check("xc_sched_rtds_vcpu_get",
+                    _lib.xentool_rtds_vcpu(self._h, domid, 0, n, ids, period, budget, flags),
+                    f"domain {domid}")
+        return [_module.RtdsParams(period[i], budget[i],
+                                   bool(flags[i] & _lib.XEN_DOMCTL_SCHEDRT_extra))
+                for i in range(n)]
+
+    def set_sched_rtds_vcpus(self, domid: int, params: dict[int, RtdsParams]) -> None:
+        n = len(params)
+        ids = _ffi.new("uint32_t[]", list(params))
+        period = _ffi.new("uint32_t[]", [p.period for p in params.values()])
+        budget = _ffi.new("uint32_t[]", [p.budget for p in params.values()])
+        flags = _ffi.new("uint32_t[]", [_lib.XEN_DOMCTL_SCHEDRT_extra if p.extratime else 0
+                                        for p in params.values()])
+        self._check("xc_sched_rtds_vcpu_set",
+                    _lib.xentool_rtds_vcpu(self._h, domid, 1, n, ids, period, budget, flags),
+                    f"domain {domid}")
 
 def _dominfo(d: Any) -> DomainInfo:
     return _module.DomainInfo(
