@@ -41,10 +41,12 @@ if TYPE_CHECKING:
         CreditParams,
         DomainInfo,
         PhysInfo,
+        RtdsParams,
         SchedCredit,
     )
     from xenstore.devices.attach import DeviceInfo
     from xentool.config.model import DomainConfig
+    from xentool.cpupool import PoolConfig, PoolPlan
     from xentool.results import HostInfo, UptimeRow, VcpuRow
     from xentool.scheduler.stats import StatRow
 
@@ -293,6 +295,90 @@ class Host:
                             ratelimit_us=ratelimit_us, vcpu_migr_delay_us=vcpu_migr_delay_us)
 
 
+    # -- cpupools (xentool.cpupool) ---------------------------------------------------------
+
+    def cpupool_by_name(self, name: str) -> int | None:
+        """The id of the pool of that name (names only, as ``cpupool-list POOL``)."""
+        from xentool import cpupool
+
+        with translating():
+            return cpupool.by_name(self._session, name)
+
+    def cpupool_id(self, qualifier: str) -> int:
+        """A pool name or id to its id; ``NotFoundError`` "unknown cpupool 'X'"."""
+        from xentool import cpupool
+
+        with translating():
+            return cpupool.resolve(self._session, qualifier)
+
+    def parse_cpus(self, text: str) -> frozenset[int]:
+        """pCPUs in xl's range syntax, ``node:N`` included, sized to this host's cpumap
+        (``CpuRangeError`` with xl's message)."""
+        from xentool import cpupool
+
+        s = self._session
+        with translating():
+            return cpupool.parse_cpurange(text, cpupool.host_nbits(s),
+                                          lambda n: cpupool.node_cpus(s, n))
+
+    def plan_cpupool(self, config: PoolConfig, filename: str | None = None) -> PoolPlan:
+        """The pool ``cpupool-create`` would make of ``config`` on this host (xl's
+        defaults and checks); ``filename`` gives the default name."""
+        from xentool import cpupool
+
+        s = self._session
+        with translating():
+            return cpupool.plan_pool(
+                config, filename=filename,
+                existing=[n for n, _ in cpupool.named_pools(s) if n is not None],
+                default_sched=s.xc.sched_id(), free=s.xc.free_cpus(),
+                nbits=cpupool.host_nbits(s), topology=s.xc.cpu_topology())
+
+    def create_cpupool(self, name: str, sched_id: int, cpus: Iterable[int] = ()) -> int:
+        """Create a named pool run by scheduler ``sched_id`` with those free pCPUs; its id."""
+        from xentool import cpupool
+
+        with translating():
+            return cpupool.create(self._session, name, sched_id, cpus)
+
+    def destroy_cpupool(self, poolid: int) -> None:
+        """Destroy an empty pool; its pCPUs become free."""
+        from xentool import cpupool
+
+        with translating():
+            cpupool.destroy(self._session, poolid)
+
+    def rename_cpupool(self, poolid: int, new_name: str) -> None:
+        from xentool import cpupool
+
+        with translating():
+            cpupool.rename(self._session, poolid, new_name)
+
+    def cpupool_add_cpus(self, poolid: int, cpus: Iterable[int]
+                         ) -> list[tuple[int, OSError]]:
+        """Move free pCPUs into a pool; returns those that would not go, with why."""
+        from xentool import cpupool
+
+        with translating():
+            return cpupool.add_cpus(self._session, poolid, cpus)
+
+    def cpupool_remove_cpus(self, poolid: int, cpus: Iterable[int]
+                            ) -> list[tuple[int, OSError]]:
+        """Free pCPUs of a pool; returns those that would not go, with why."""
+        from xentool import cpupool
+
+        with translating():
+            return cpupool.remove_cpus(self._session, poolid, cpus)
+
+    def cpupool_numa_split(self) -> None:
+        """One pool per NUMA node, Pool-0 becoming the first node's (``Pool-node<N>``)."""
+        import time
+
+        from xentool import cpupool
+
+        with translating():
+            cpupool.numa_split(self._session, self.domain(0).set_vcpus, time.sleep)
+
     def sched_stats(self, domains: Sequence[Domain] | None = None, *,
                     cpupool: str | None = None, interval: float = 1.0, count: int = 1,
                     clock: Callable[[], float] | None = None,
@@ -469,6 +555,38 @@ class Domain:
             k = kind(scheduler or self._pool_scheduler())
             set_domain_params(self._s, k, self.domid, weight=weight, cap=cap,
                               label=self.label)
+
+    def move_to_cpupool(self, poolid: int) -> None:
+        """Move the domain into cpupool ``poolid`` (``cpupool-migrate``)."""
+        with translating():
+            self._s.xc.cpupool_move_domain(poolid, self.domid)
+
+    def scheduler_id(self) -> int:
+        """The scheduler id of the domain's cpupool."""
+        from xentool.scheduler.rtds import domain_scheduler
+
+        with translating():
+            return domain_scheduler(self._s, self.domid)
+
+    def rtds(self) -> RtdsParams:
+        """The domain's RTDS period and budget (the domain must be run by RTDS)."""
+        with translating():
+            return self._s.xc.sched_rtds(self.domid)
+
+    def rtds_vcpus(self, vcpus: list[int] | None = None) -> list[tuple[int, RtdsParams]]:
+        """(vCPU, RTDS parameters) of the given vCPUs, or of all; ``RtdsError`` with
+        libxl's reason for a domain not run by RTDS or a vCPU it does not have."""
+        from xentool.scheduler.rtds import vcpu_params
+
+        with translating():
+            return vcpu_params(self._s, self.domid, vcpus)
+
+    def set_rtds_vcpus(self, params: dict[int, RtdsParams] | RtdsParams) -> None:
+        """Set RTDS parameters per vCPU, or (one ``RtdsParams``) of every vCPU."""
+        from xentool.scheduler.rtds import set_vcpu_params
+
+        with translating():
+            set_vcpu_params(self._s, self.domid, params)
 
     def _pool_scheduler(self) -> str:
         from xentool.scheduler import SCHEDULER_NAMES

@@ -131,13 +131,16 @@ def state_flags(d: DomainInfo) -> str:
     ))
 
 
-def format_list(entries: Sequence[tuple[str | None, DomainInfo]], verbose: bool = False
-                ) -> str:
-    """``xl list [-v]``; entries are (XenStore name, DomainInfo) in domid order."""
+def format_list(entries: Sequence[tuple[str | None, DomainInfo]], verbose: bool = False,
+                pools: Sequence[str | None] | None = None) -> str:
+    """``xl list [-v] [-c]``; entries are (XenStore name, DomainInfo) in domid order,
+    ``pools`` each domain's cpupool name."""
     out = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
     if verbose:
         out[0] += "   UUID                            Reason-Code\tSecurity Label"
-    for name, d in entries:
+    if pools is not None:
+        out[0] += "         Cpupool"
+    for i, (name, d) in enumerate(entries):
         mem_mib = (d.current_memkb + d.outstanding_memkb) // 1024
         line = (f"{c_str(name):<40} {d.domid:5d} {mem_mib:5d} {d.nr_online_vcpus:5d}"
                 f"     {state_flags(d)}  {cpu_seconds(d.cpu_time_ns):8.1f}")
@@ -146,6 +149,8 @@ def format_list(entries: Sequence[tuple[str | None, DomainInfo]], verbose: bool 
             line += f" {d.uuid}"
             line += f" {reason:8x}" if d.shutdown else f" {'-':>8}"
             line += f" {'-':>16}"  # security label: XSM/FLASK is not supported
+        if pools is not None:
+            line += f"{c_str(pools[i]):>16}"
         out.append(line)
     return "\n".join(out) + "\n"
 

@@ -52,6 +52,8 @@ def configure_list(p: argparse.ArgumentParser) -> None:
                    help="print the domains' state as JSON (same document as --json)")
     p.add_argument("-v", "--verbose", dest="list_verbose", action="store_true",
                    help="also print UUID, shutdown reason code and security label")
+    p.add_argument("-c", "--cpupool", action="store_true",
+                   help="also print each domain's cpupool")
     p.add_argument("domains", nargs="*", metavar="DOMAIN", help="name or id (default: all)")
     _json_flag(p)
 
@@ -59,9 +61,13 @@ def configure_list(p: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     with Host() as host:
         entries = host.domain_infos(args.domains)
+        pools = None
+        if args.cpupool and not (args.json or args.long):
+            names = {p.poolid: n for n, p in host.cpupools()}
+            pools = [names.get(d.cpupool) for _, d in entries]
     if args.json or args.long:
         return _emit(output.to_json(output.list_json(entries)))
-    return _emit(output.format_list(entries, verbose=args.list_verbose))
+    return _emit(output.format_list(entries, verbose=args.list_verbose, pools=pools))
 
 
 # -- domid / domname -----------------------------------------------------------------------
