@@ -201,6 +201,35 @@ def test_detach_of_held_device(env, tmp_path: Path) -> None:
     assert [c.split()[0] for c in calls(tmp_path)] == ["add", "remove"]
 
 
+def test_forced_detach_of_a_guest_that_keeps_writing_its_frontend(env, tmp_path: Path,
+                                                                  fake_xenstored) -> None:  # noqa: F811
+    """A busy (or hostile) guest rewriting its frontend nodes cannot make a forced detach
+    fail: its writes would conflict with any transaction that touched the frontend."""
+    xs, be, _fake = env
+    be.hold_while_frontend = True  # the backend never closes by itself: forced it is
+    dev = vbd_nodes(5, Vbd(vdev="xvdh", target="/img", script=recording_script(tmp_path)))
+    attach(xs, dev, FAST)
+    stop = threading.Event()
+
+    def guest() -> None:
+        with Store.connect(fake_xenstored[1], timeout=5) as g:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                with contextlib.suppress(XenStoreError):
+                    g.write(f"{dev.frontend}/state", str(n % 7))
+
+    writer = threading.Thread(target=guest, daemon=True)
+    writer.start()
+    try:
+        detach(xs, ref_of(dev), Force.ON, Timeouts(init=1, destroy=0.5, hotplug=5))
+    finally:
+        stop.set()
+        writer.join(5)
+    assert not xs.exists(dev.backend)
+    assert [c.split()[0] for c in calls(tmp_path)] == ["add", "remove"]
+
+
 def test_destroy_all_removes_every_device(env, tmp_path: Path, fake_xenstored) -> None:  # noqa: F811
     xs, _be, fake = env
     xs.write("/local/domain/0/name", "Domain-0")

@@ -194,9 +194,12 @@ def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
 
 def _request_close(store: Store, ref: DeviceRef, forced: bool) -> bool:
     """Ask the backend to close; False if there is no backend left to wait for."""
+    if forced:
+        # Not in the transaction below: a guest that keeps writing its frontend would make
+        # every commit of a transaction that read it conflict (EAGAIN, 16 times over),
+        # where a plain removal cannot conflict with anything.
+        path_cleanup(store, ref.frontend)
     with store.transaction() as t:
-        if forced:
-            path_cleanup(t, ref.frontend)
         raw = t.get(f"{ref.backend}/state")
         if raw is None:
             return False

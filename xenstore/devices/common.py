@@ -143,7 +143,11 @@ def path_cleanup(t: Transaction | Store, path: str) -> None:
 
 
 def destroy_nodes(store: Store, frontend: str, backend: str, libxl: str) -> None:
-    """Remove a device's frontend, backend and libxl directories (libxl__device_destroy)."""
+    """Remove a device's frontend, backend and libxl directories (libxl__device_destroy).
+
+    The frontend goes first and on its own: the guest may write there at any moment, and a
+    transaction that touched it would conflict with every such write."""
+    path_cleanup(store, frontend)
     with store.transaction() as t:
-        for p in (frontend, libxl, backend):
+        for p in (libxl, backend):
             path_cleanup(t, p)
