@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
+from xentool.config.limits import script_escapes
 from xentool.config.model import DiskBackend, DiskFormat, DiskSpec, DiskSpecification
 
 
@@ -187,6 +188,13 @@ def _saver(name: str, field: _StrField) -> Callable[[_State, str], None]:
     return act
 
 
+def _script(st: _State, t: str) -> None:
+    v = _value(t)
+    if script_escapes(v):
+        raise st.err("relative script leaves the script directory (give an absolute path)", v)
+    st.save("script", "script", v)
+
+
 def _enum_setter(table: Mapping[str, _DiskEnum], field: _EnumField, unknown: _DiskEnum,
                  what: str) -> Callable[[_State, str], None]:
     def act(st: _State, t: str) -> None:
@@ -235,7 +243,7 @@ _RULES: list[tuple[str, str | None, Callable[[_State, str], None]]] = [
      _enum_setter(_SPECIFICATIONS, "specification", DiskSpecification.UNKNOWN,
                   "specification")),
     (r"vdev=[^,]*,?", None, _saver("vdev", "vdev")),
-    (r"script=[^,]*,?", None, _saver("script", "script")),
+    (r"script=[^,]*,?", None, _script),
     (r"direct-io-safe,?", None, _setter("direct_io_safe", True)),
     (r"discard,?", None, _setter("discard_enable", True)),
     (r"no-discard,?", None, _setter("discard_enable", False)),

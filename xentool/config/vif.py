@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Required, TypedDict
 
+from xentool.config.limits import script_escapes
 from xentool.config.model import NicType, VifSpec
 
 UINT32_MAX = (1 << 32) - 1
@@ -172,6 +173,9 @@ def parse_vif_spec(spec: str, index: int, mac_seed: str,
                 warnings.append(VifWarning(f"mac='{value}' is a multicast address", at))
             mac = ":".join(f"{o:02x}" for o in octets)
         elif key in _STRING_KEYS:
+            if key == "script" and script_escapes(value):
+                raise VifSpecError(f"script='{value}' leaves the script directory "
+                                   "(give an absolute path)", spec, at)
             f[_STRING_KEYS[key]] = value
         elif key == "netdev":
             f["gatewaydev"] = value

@@ -121,3 +121,15 @@ def test_errors(spec: str, message: str, offset: int) -> None:
         parse_disk_spec(spec)
     assert str(ei.value) == f"{message} in disk spec '{spec}'"
     assert ei.value.offset == offset
+
+
+@pytest.mark.parametrize("script", ["../../tmp/x", "a/../../b", ".."])
+def test_a_relative_script_may_not_leave_the_script_directory(script: str) -> None:
+    with pytest.raises(DiskSpecError) as ei:
+        parse_disk_spec(f"vdev=xvda, script={script}, target=/img")
+    assert "leaves the script directory" in str(ei.value) and script in str(ei.value)
+
+
+@pytest.mark.parametrize("script", ["block-iscsi", "sub/block", "/opt/x/../block", "a..b"])
+def test_scripts_inside_the_directory_or_absolute_are_kept(script: str) -> None:
+    assert parse_disk_spec(f"vdev=xvda, script={script}, target=/img").script == script

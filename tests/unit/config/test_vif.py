@@ -103,3 +103,11 @@ def test_errors(spec: str, message: str, offset: int) -> None:
         parse_vif_spec(spec, 0, "s")
     assert str(ei.value) == f"{message} in vif spec '{spec}'"
     assert ei.value.offset == offset
+
+
+def test_a_relative_vif_script_may_not_leave_the_script_directory() -> None:
+    with pytest.raises(VifSpecError) as ei:
+        parse_vif_spec("bridge=xenbr0,script=../../tmp/x", 0, "seed")
+    assert "script='../../tmp/x' leaves the script directory" in str(ei.value)
+    assert ei.value.offset == len("bridge=xenbr0,")
+    assert parse_vif_spec("script=/usr/local/vif-x", 0, "seed").script == "/usr/local/vif-x"
