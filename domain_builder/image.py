@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     class _Decompressor(Protocol):
         """What bz2.BZ2Decompressor and lzma.LZMADecompressor have in common."""
 
-        def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+        def decompress(self, data: Buffer, max_length: int = -1) -> bytes: ...
         @property
         def eof(self) -> bool: ...
         @property
@@ -195,7 +195,7 @@ class XenNotes:
 class KernelImage:
     """A parsed PV kernel: the ELF bytes, its load segments and the resolved Xen parameters."""
 
-    elf: bytes | mmap.mmap = field(repr=False)  # mmap: from the decompressed-kernel cache
+    elf: ElfData = field(repr=False)  # mmap: from the decompressed-kernel cache
     elf_class: int  # 32 or 64
     machine: int
     container: str  # "elf" or "bzImage"
@@ -286,15 +286,21 @@ _MAGICS: tuple[tuple[bytes, Compression], ...] = (
 )
 
 _CHUNK = 1 << 20
+# Decoder memory an xz/lzma stream may ask for (its dictionary): lzma -9 needs 65 MiB.
+_LZMA_MEMLIMIT = 128 << 20
 _LZ4_LEGACY_BLOCK = 8 << 20
 
 
-def detect_compression(data: bytes | memoryview) -> Compression:
+def detect_compression(data: Buffer) -> Compression:
     head = bytes(data[:8])
     for magic, kind in _MAGICS:
         if head.startswith(magic):
             return kind
     return Compression.NONE
+
+
+# What the decompressors read: a file's bytes, or a view into an outer decompressed image.
+Buffer = bytes | bytearray | memoryview
 
 
 class _Capped:
@@ -309,14 +315,15 @@ class _Capped:
         return self.limit - len(self.buf)
 
     def add(self, chunk: bytes) -> None:
-        self.buf += chunk
-        if len(self.buf) > self.limit:
+        # Checked before growing: a bomb never makes the buffer larger than the limit.
+        if len(chunk) > self.room():
             raise ImageError(
                 f"{self.kind.value} data decompresses to more than {self.limit} bytes "
                 f"(the limit; raise it with max_size if the image is genuine)")
+        self.buf += chunk
 
 
-def _stream(kind: Compression, data: bytes, out: _Capped, dec: _Decompressor) -> None:
+def _stream(kind: Compression, data: Buffer, out: _Capped, dec: _Decompressor) -> None:
     """Drive a bz2/lzma decompressor (``decompress(data, max_length)``, ``eof``,
     ``needs_input``)."""
     out.add(dec.decompress(data, min(_CHUNK, out.room() + 1)))
@@ -327,7 +334,7 @@ def _stream(kind: Compression, data: bytes, out: _Capped, dec: _Decompressor) ->
         out.add(dec.decompress(b"", min(_CHUNK, out.room() + 1)))
 
 
-def _gzip(data: bytes, out: _Capped) -> None:
+def _gzip(data: Buffer, out: _Capped) -> None:
     # zlib hands back unread input in unconsumed_tail instead of buffering it.
     dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = data
@@ -342,7 +349,7 @@ def _gzip(data: bytes, out: _Capped) -> None:
                 raise ImageError(f"gzip stream is truncated after {len(out.buf)} output bytes")
 
 
-def _lz4_legacy(data: bytes, out: _Capped) -> None:
+def _lz4_legacy(data: Buffer, out: _Capped) -> None:
     import lz4.block
 
     pos = 4
@@ -370,7 +377,7 @@ def _lz4_legacy(data: bytes, out: _Capped) -> None:
         pos += size
 
 
-def _lz4_frame(data: bytes, out: _Capped) -> None:
+def _lz4_frame(data: Buffer, out: _Capped) -> None:
     import lz4.frame
 
     dec = lz4.frame.LZ4FrameDecompressor()
@@ -385,14 +392,15 @@ def _lz4_frame(data: bytes, out: _Capped) -> None:
         raise ImageError(f"lz4 frame is corrupt: {exc}") from None
 
 
-def _zstd(data: bytes, out: _Capped) -> None:
+def _zstd(data: Buffer, out: _Capped) -> None:
     import zstandard
 
     # The window bounds the decoder's memory; the kernel uses at most 2^27 (zstd -22 --ultra).
     # Input goes in small steps because decompressobj has no output limit: an RLE block
-    # expands at most ~32000x, so one step can overshoot the cap by a bounded amount only.
+    # expands at most 32768x, so one step's output (held beside the buffer) is at most
+    # 4 MiB.  Smaller steps cost time: 128 bytes is ~0.25 s for a distribution kernel.
     dobj = zstandard.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
-    step = 512
+    step = 128
     pos = 0
     try:
         while pos < len(data) and not getattr(dobj, "eof", False):
@@ -404,11 +412,13 @@ def _zstd(data: bytes, out: _Capped) -> None:
         raise ImageError(f"zstd stream is truncated after {len(out.buf)} output bytes")
 
 
-def decompress(data: bytes, kind: Compression, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+def decompress(data: Buffer, kind: Compression, *,
+               max_size: int = DEFAULT_MAX_SIZE) -> bytes | bytearray:
     """Decompress ``data`` of the given kind, refusing to produce more than ``max_size`` bytes.
 
     Trailing bytes after the end of the stream are ignored: the kernel build appends the
-    decompressed size as 4 bytes, and bzImage payloads may be padded.
+    decompressed size as 4 bytes, and bzImage payloads may be padded.  The output is the
+    buffer it was decompressed into (no copy: a copy would double the peak memory).
     """
     out = _Capped(kind, max_size)
     try:
@@ -417,10 +427,13 @@ def decompress(data: bytes, kind: Compression, *, max_size: int = DEFAULT_MAX_SI
         elif kind is Compression.BZIP2:
             _stream(kind, data, out, bz2.BZ2Decompressor())
         elif kind is Compression.XZ:
-            _stream(kind, data, out, lzma.LZMADecompressor(lzma.FORMAT_XZ))
+            # The stream names its dictionary size, which the decoder allocates: bound it
+            # (the kernel's own xz uses at most 32 MiB).
+            _stream(kind, data, out, lzma.LZMADecompressor(lzma.FORMAT_XZ,
+                                                           memlimit=_LZMA_MEMLIMIT))
         elif kind is Compression.LZMA:
             _stream(kind, data, out, lzma.LZMADecompressor(lzma.FORMAT_ALONE,
-                                                           memlimit=256 << 20))
+                                                           memlimit=_LZMA_MEMLIMIT))
         elif kind is Compression.LZ4_LEGACY:
             _lz4_legacy(data, out)
         elif kind is Compression.LZ4_FRAME:
@@ -431,7 +444,7 @@ def decompress(data: bytes, kind: Compression, *, max_size: int = DEFAULT_MAX_SI
             return bytes(data)
     except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, MemoryError) as exc:
         raise ImageError(f"{kind.value} data is corrupt: {exc}") from None
-    return bytes(out.buf)
+    return out.buf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,12 +458,13 @@ _BZ_PAYLOAD_OFFSET = 0x248
 _BZ_PAYLOAD_LENGTH = 0x24C
 
 
-def is_bzimage(data: bytes) -> bool:
+def is_bzimage(data: Buffer) -> bool:
     return len(data) >= 0x250 and data[_BZ_HEADER:_BZ_HEADER + 4] == b"HdrS"
 
 
-def bzimage_payload(data: bytes) -> bytes:
-    """The compressed kernel inside a bzImage (boot protocol ≥ 2.08 records where it is)."""
+def bzimage_payload(data: Buffer) -> memoryview:
+    """The compressed kernel inside a bzImage (boot protocol ≥ 2.08 records where it is),
+    as a view into ``data``."""
     if data[_BZ_BOOT_FLAG:_BZ_BOOT_FLAG + 2] != b"\x55\xaa":
         raise ImageError("bzImage: boot_flag at 0x1fe is not 0xaa55")
     (version,) = struct.unpack_from("<H", data, _BZ_VERSION)
@@ -463,7 +477,7 @@ def bzimage_payload(data: bytes) -> bytes:
     if length == 0 or start + length > len(data):
         raise ImageError(f"bzImage: payload at {start:#x} of {length} bytes lies outside the "
                          f"{len(data)}-byte file")
-    return data[start:start + length]
+    return memoryview(data)[start:start + length]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +485,7 @@ def bzimage_payload(data: bytes) -> bytes:
 
 
 # An ELF file in memory: bytes, or (from the decompressed-kernel cache) a read-only mmap.
-ElfData = bytes | mmap.mmap
+ElfData = bytes | bytearray | mmap.mmap
 
 
 @dataclass(frozen=True)
@@ -807,29 +821,34 @@ def parse_kernel(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> KernelImag
                                  f"{max_size}-byte limit")
     container = "elf"
     kind = Compression.NONE
+    elf: bytes | bytearray = data
     if is_bzimage(data):
         container = "bzImage"
         payload = bzimage_payload(data)
         kind = detect_compression(payload)
-        _need(kind is not Compression.NONE or payload[:4] == b"\x7fELF",
-              f"bzImage payload starts with {bytes(payload[:4]).hex()}: not a known "
+        _need(kind is not Compression.NONE or payload[:4].tobytes() == b"\x7fELF",
+              f"bzImage payload starts with {payload[:4].hex()}: not a known "
               f"compression format nor ELF")
-        data = decompress(payload, kind, max_size=max_size)
+        elf = decompress(payload, kind, max_size=max_size)
     elif data[:4] != b"\x7fELF":
         kind = detect_compression(data)
         _need(kind is not Compression.NONE,
-              f"not a kernel image: starts with {bytes(data[:8]).hex()}, which is neither ELF, "
+              f"not a kernel image: starts with {data[:8].hex()}, which is neither ELF, "
               f"bzImage nor a known compression format")
-        data = decompress(data, kind, max_size=max_size)
-        if is_bzimage(data):  # e.g. a gzipped bzImage; one more level, never more
+        elf = decompress(data, kind, max_size=max_size)
+        if is_bzimage(elf):  # e.g. a gzipped bzImage; one more level, never more
             container = "bzImage"
-            payload = bzimage_payload(data)
+            payload = bzimage_payload(elf)
             kind2 = detect_compression(payload)
-            data = decompress(payload, kind2, max_size=max_size)
-    _need(data[:4] == b"\x7fELF",
+            # Both levels are in memory at once: together they keep to the one limit.
+            room = max_size - len(elf)
+            _need(room > 0, f"decompressed bzImage fills the {max_size}-byte limit")
+            elf = decompress(payload, kind2, max_size=room)
+            del payload  # the last view of the outer image: it can go now
+    _need(elf[:4] == b"\x7fELF",
           f"decompressed {container} payload is not an ELF file "
-          f"(starts with {bytes(data[:4]).hex()})")
-    return parse_elf(data, container=container, compression=kind)
+          f"(starts with {elf[:4].hex()})")
+    return parse_elf(elf, container=container, compression=kind)
 
 
 def read_file(path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE, what: str = "file") -> bytes:

@@ -130,6 +130,47 @@ def test_decompress_cap_is_enforced() -> None:
         assert len(decompress(blob, Compression(kind), max_size=3 << 20)) == 3 << 20
 
 
+def _peak(fn) -> int:
+    """Peak bytes Python allocated while ``fn`` ran (buffers and chunks are Python objects)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except ImageError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+# A bomb may cost the limit (the output buffer, plus its growth slack) and a fixed amount
+# on top: one step of output, a decoder's dictionary or block (8 MiB for xz -6 and lz4).
+CAP = 64 << 20
+SLACK = CAP // 8 + (20 << 20)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bomb_never_costs_much_more_than_the_limit(kind: str) -> None:
+    bomb = compress(kind, b"\0" * (2 * CAP))
+    peak = _peak(lambda: decompress(bomb, Compression(kind), max_size=CAP))
+    assert peak <= CAP + SLACK, f"{kind}: peak {peak >> 20} MiB for a {CAP >> 20} MiB limit"
+    # and a genuine image of just the limit is not copied once more at the end
+    full = compress(kind, b"\0" * CAP)
+    peak = _peak(lambda: decompress(full, Compression(kind), max_size=CAP))
+    assert peak <= CAP + SLACK, f"{kind}: peak {peak >> 20} MiB for {CAP >> 20} MiB out"
+
+
+def test_a_nested_bomb_keeps_both_levels_within_one_limit() -> None:
+    inner = compress("xz", make_elf() + b"\0" * (2 * CAP))
+    outer = gzip.compress(make_bzimage(inner) + b"\0" * (CAP // 2))
+    with pytest.raises(ImageError, match="more than"):
+        parse_kernel(outer, max_size=CAP)
+    peak = _peak(lambda: parse_kernel(outer, max_size=CAP))
+    assert peak <= CAP + SLACK + len(outer), f"peak {peak >> 20} MiB"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_truncated_stream(kind: str) -> None:
     blob = compress(kind, bytes(range(256)) * 4096)
