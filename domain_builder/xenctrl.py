@@ -22,6 +22,7 @@ import enum
 import os
 import sys
 
+from domain_builder import _binding
 from domain_builder._binding import IMPORT_ERROR as _IMPORT_ERROR
 from domain_builder._binding import ffi as _ffi
 from domain_builder._binding import lib as _lib
@@ -553,7 +554,8 @@ class XenCtrl:
             return
         if _lib is None:
             raise XenError("xc_interface_open", 38,  # ENOSYS
-                           f"xentool's libxenctrl binding is not built ({_IMPORT_ERROR})")
+                           _binding.missing_library(_IMPORT_ERROR)
+                           if _IMPORT_ERROR is not None else "no libxenctrl binding")
         # Check first: libxenctrl's own message for this is multi-line and cryptic.
         if not os.path.exists(PRIVCMD):
             raise XenError("xc_interface_open", 2,
@@ -565,6 +567,12 @@ class XenCtrl:
         xch = _lib.xc_interface_open(_ffi.NULL, _ffi.NULL, 0)
         if xch == _ffi.NULL:
             raise XenError("xc_interface_open", _ffi.errno or 5)
+        ver = _lib.xc_version(xch, _lib.XENVER_version, _ffi.NULL)
+        mismatch = ver >= 0 and _binding.release_mismatch(ver >> 16, ver & 0xFFFF,
+                                                          _binding.linked_release())
+        if mismatch:
+            _lib.xc_interface_close(xch)
+            raise XenError("xc_interface_open", 95, mismatch)  # EOPNOTSUPP
         self._xch = xch
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from xenstore.paths import domain_path
+from xentool import service
 from xentool.errors import XentoolError
 from xentool.logs import get_logger
 from xentool.records import (
@@ -459,6 +460,7 @@ def run(monitor: Monitor, connect: Callable[[], Store], stop: threading.Event, *
 
 
 def _scan(monitor: Monitor) -> None:
+    service.alive()  # a scan at least every POLL_S: the unit's watchdog is fed here
     try:
         monitor.scan()
     except Exception as e:  # e.g. listing the domains failed: the next scan tries again
@@ -608,6 +610,8 @@ def serve(*, backoff: Backoff | None = None, create_cmd: Sequence[str] | None = 
             signal.signal(signal.SIGINT, on_signal)
             log.info("monitor: watching %s", f"domain {domain}" if domain else
                      "the domains created without a monitor" if transient else "all domains")
+            if domain is None and not transient:
+                service.ready("watching all domains")
             while True:
                 run(mon, s.reopen_xs, stop)
                 if domain is not None:

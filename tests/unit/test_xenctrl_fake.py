@@ -10,8 +10,8 @@ import errno
 
 import pytest
 
+from domain_builder import _binding, xsread
 from domain_builder import xenctrl as xc
-from domain_builder import xsread
 from domain_builder._xenctrl import ffi, lib
 from domain_builder.errors import XenError
 
@@ -35,6 +35,15 @@ class FakeLib:
     def xc_interface_close(self, h):
         self.closed.append("xc")
         return 0
+
+    #: The hypervisor's release for XENVER_version (major << 16 | minor); None: the release
+    #: of the libxenctrl the binding loaded, as on a matching host.
+    hypervisor: tuple[int, int] | None = None
+
+    def xc_version(self, h, cmd, arg):
+        assert cmd == lib.XENVER_version
+        major, minor = self.hypervisor or _binding.linked_release() or (4, 17)
+        return major << 16 | minor
 
     def xenforeignmemory_open(self, *a):
         return FMEM
@@ -199,3 +208,14 @@ def test_xenstore_reader_reads_lists_and_frees(monkeypatch: pytest.MonkeyPatch) 
         assert ei.value.errno == errno.ENOENT
     f.live.pop(-1)
     assert f.live == {} and f.closed == ["xs"]
+
+
+def test_open_refuses_a_hypervisor_of_another_release(fake: FakeLib,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_binding, "linked_release", lambda maps=None: (4, 17))
+    fake.hypervisor = (4, 18)
+    with pytest.raises(XenError) as e:
+        xc.XenCtrl().open()
+    assert "built for" not in str(e.value) and "Xen 4.17" in str(e.value)
+    assert "Xen 4.18" in str(e.value) and "\n" not in str(e.value)
+    assert fake.closed == ["xc"]  # the handle is not leaked

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from xenstore.paths import domain_path
+from xentool import service
 from xentool.logs import get_logger
 from xentool.scheduler.policy import (
     MAX_POLICY_BYTES,
@@ -266,6 +267,7 @@ class Daemon:
         preload()
         backoff = 0.1
         while not self.stop.is_set():
+            service.alive()
             try:
                 store = self.connect()
             except OSError as e:
@@ -301,6 +303,7 @@ class Daemon:
             self.ctl.reconcile()
             last_full = time.monotonic()
             while not self.stop.is_set():
+                service.alive()
                 ev = intro.get(timeout=self.poll)
                 if ev is not None:
                     t0 = time.monotonic()
@@ -319,6 +322,7 @@ class Daemon:
         self.ctl.reconcile()
         last_full = time.monotonic()
         while not self.stop.wait(self.fast_poll):
+            service.alive()
             self.ctl.on_introduce()
             if self._maybe_reload() or time.monotonic() - last_full >= self.resync:
                 self.ctl.reconcile()
@@ -423,4 +427,6 @@ def serve(policy_path: str, policy: Policy, *, dry_run: bool = False, once: bool
         daemon.install_signals()
         slog.info("controlling weights with %s (%d rule(s))%s", policy_path,
                   len(policy.rules), ", dry run" if dry_run else "")
+        service.ready(f"policy {policy_path}")
         daemon.run()
+        service.stopping()

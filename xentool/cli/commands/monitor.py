@@ -35,7 +35,10 @@ def configure_monitor(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
+    from xentool import service
     from xentool.monitor import Backoff, serve
+
+    service.journal_priorities()
 
     if args.stable_after < 0 or args.max_delay < 0 or args.max_fast_restarts < 0:
         raise XentoolError("--stable-after, --max-delay and --max-fast-restarts must not be "

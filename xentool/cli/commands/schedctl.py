@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 
-from xentool import Host
+from xentool import Host, service
 from xentool.errors import UsageError
 from xentool.scheduler import controller
 from xentool.scheduler.policy import load_policy
@@ -50,6 +50,7 @@ def cmd_sched_controller(args: argparse.Namespace) -> int:
         return 0
     if args.resync <= 0:
         raise UsageError("--resync must be positive")
+    service.journal_priorities()
     slog = logging.getLogger("xentool.scheduler")
     if slog.getEffectiveLevel() > logging.INFO:
         slog.setLevel(logging.INFO)  # every change is logged, whatever -v says
