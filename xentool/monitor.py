@@ -17,7 +17,8 @@ watches its one domain in the foreground instead; ``create -e`` records nothing)
 3. applies it under the domain's lock: ``destroy``; ``restart`` (destroy, then create again
    from the saved configuration with the same uuid); ``rename-restart`` (keep the dead
    domain under ``<name>-<UTC time>`` with a new uuid, then create again); ``preserve``
-   (leave it); ``coredump-*`` (no core dump support yet: logged, then destroy/restart);
+   (leave it); ``coredump-*`` (an ELF core to ``/var/lib/xen/dump/<name>`` as libxl
+   writes it, then destroy/restart; a failed dump is logged and the action goes on);
    ``soft-reset`` (libxl cannot soft-reset a PV guest, and xl then destroys it: so do we).
 4. Restarts back off against crash loops: a domain that dies less than ``stable_after``
    seconds after it was (re)started waits 1, 2, 4, ... (at most ``max_delay``) seconds
@@ -175,6 +176,8 @@ class Ops(Protocol):
 
     def preserve(self, domid: int, new_name: str, new_uuid: str) -> None: ...
 
+    def core_dump(self, domid: int, path: str) -> None: ...
+
     def create(self, rec: DomainRecord) -> None: ...
 
     def lock(self, domid: int) -> AbstractContextManager[object]: ...
@@ -200,6 +203,12 @@ class Monitor:
     failures: dict[tuple[int, str], int] = field(default_factory=dict)
     #: Record files known to be bad (logged once each, until they read fine again).
     bad_records: set[str] = field(default_factory=set)
+    #: Domains (by uuid) seen alive: once gone (destroyed by xl, say), their records are
+    #: forgotten at once, not after RECORD_GRACE (which covers creates still under way).
+    seen_alive: set[str] = field(default_factory=set)
+    #: The xl.cfg text ``config-update`` stored for (domid, uuid), if any.
+    updated_config: Callable[[int, str], str | None] = \
+        field(default=lambda domid, uuid: _updated_config(domid, uuid))
 
     def _mine(self, uuid: str) -> bool:
         return uuid == self.only if self.only is not None else not self.skip(uuid)
@@ -247,6 +256,7 @@ class Monitor:
     def scan(self) -> None:
         infos = [i for i in self.ops.domains() if i.domid != 0 and self._mine(i.uuid)]
         live = {i.domid for i in infos}
+        self.seen_alive.update(i.uuid for i in infos if not i.dying)
         self.handled = {k for k in self.handled if k[0] in live}
         self.failures = {k: n for k, n in self.failures.items() if k[0] in live}
         for info in infos:
@@ -297,11 +307,20 @@ class Monitor:
         log.info("domain %d (%s) shut down (%s): action %s", info.domid, rec.name, rname,
                  action)
         if plan.coredump:
-            log.warning("domain %d (%s): core dumps are not supported yet; continuing with "
-                        "%s", info.domid, rec.name, plan.then)
+            from xentool.hostops import core_dump_path
+
+            path = core_dump_path(rec.name, info.domid)
+            log.info("dumping core to %s", path)
+            try:
+                self.ops.core_dump(info.domid, path)
+            except Exception as e:  # as xl: a failed dump does not stop the action
+                log.error("core dump failed: %s", e)
         if plan.then == "preserve":
             return
+        if plan.then != "destroy":
+            rec = self._take_updated_config(info, rec)
         now = self.clock()
+        self.seen_alive.discard(info.uuid)  # gone by our hand: the record says what next
         with self.ops.lock(info.domid):
             if plan.then == "rename-restart":
                 keep = preserved_name(rec.name, now)
@@ -313,6 +332,7 @@ class Monitor:
                          "restart" if plan.then != "destroy" else "destroy")
                 return
         if plan.then == "destroy":
+            self._forget(rec)  # gone for good, by our hand: nothing left to act on
             return
         delay, fast = self.backoff.next(now - rec.started_at, rec.fast_restarts)
         if delay is None:
@@ -325,6 +345,19 @@ class Monitor:
             log.warning("domain %s restarts too quickly (%d in a row): next start in %gs",
                         rec.name, fast, delay)
         write_record(dataclasses.replace(rec, fast_restarts=fast, restart_at=now + delay))
+
+    def _take_updated_config(self, info: DomainState, rec: DomainRecord) -> DomainRecord:
+        """A restart creates the domain from what ``config-update`` stored, as xl's
+        reload_domain_config does: read before the destroy removes it, kept in the
+        record (overrides included in the text) for this and later restarts."""
+        text = self.updated_config(info.domid, info.uuid)
+        if text is None:
+            return rec
+        log.info("domain %d (%s): \"xl\" configuration found, using it", info.domid,
+                 rec.name)
+        rec = dataclasses.replace(rec, config_text=text, overrides=())
+        write_record(rec)
+        return rec
 
     def restart_due(self, live_uuids: set[str]) -> None:
         now = self.clock()
@@ -345,14 +378,25 @@ class Monitor:
 
     def collect(self, live_uuids: set[str]) -> None:
         now = self.clock()
+        kept = set(live_uuids)
         for rec in self._records():
             if (rec.uuid not in live_uuids and rec.restart_at is None and self._mine(rec.uuid)
-                    and now - max(rec.saved_at, rec.started_at) > RECORD_GRACE):
-                log.debug("forgetting domain %s (%s): gone", rec.name, rec.uuid)
-                try:
-                    remove_domain_config(rec.uuid)
-                except OSError as e:
-                    log.error("forgetting domain %s (%s): %s", rec.name, rec.uuid, e)
+                    and (rec.uuid in self.seen_alive
+                         or now - max(rec.saved_at, rec.started_at) > RECORD_GRACE)):
+                if self._forget(rec):
+                    continue
+            kept.add(rec.uuid)
+        self.seen_alive &= kept
+
+    def _forget(self, rec: DomainRecord) -> bool:
+        """Remove the record of a domain that is gone; False if it could not be."""
+        log.debug("forgetting domain %s (%s): gone", rec.name, rec.uuid)
+        try:
+            remove_domain_config(rec.uuid)
+            return True
+        except OSError as e:
+            log.error("forgetting domain %s (%s): %s", rec.name, rec.uuid, e)
+            return False
 
     def next_wakeup(self) -> float:
         """Seconds until the earliest pending restart (or POLL_S)."""
@@ -360,6 +404,12 @@ class Monitor:
         if not due:
             return POLL_S
         return max(0.0, min(POLL_S, min(due) - self.clock()))
+
+
+def _updated_config(domid: int, uuid: str) -> str | None:
+    from xentool.retrieve import updated_config_text
+
+    return updated_config_text(domid, uuid)
 
 
 class XenOps:
@@ -387,6 +437,14 @@ class XenOps:
         except DomainNotFound:
             return False
         return True
+
+    def core_dump(self, domid: int, path: str) -> None:
+        """Write the domain's core where libxl would; the directory is made if missing
+        (private: a core holds the guest's memory)."""
+        from xentool.hostops import dump_core
+
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        dump_core(self.s, domid, path)
 
     def preserve(self, domid: int, new_name: str, new_uuid: str) -> None:
         """libxl_domain_preserve: new uuid and /vm path, renamed, left shut down."""

@@ -15,15 +15,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 CONSOLE_LOG_DIR = Path("/var/log/xen/console")
 
 
-def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+def run(*argv: str, check: bool = True, timeout: float = 120,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
     return r
@@ -33,9 +34,9 @@ def xl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Compl
     return run("xl", *args, check=check, timeout=timeout)
 
 
-def xentool(*args: str, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return run(sys.executable, "-m", "xentool", *args, check=check, timeout=timeout)
+def xentool(*args: str, check: bool = True, timeout: float = 120,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run(sys.executable, "-m", "xentool", *args, check=check, timeout=timeout, env=env)
 
 
 @contextlib.contextmanager

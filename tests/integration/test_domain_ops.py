@@ -1,10 +1,11 @@
 """shutdown/reboot/rename/mem-set/mem-max/vcpu-set against the hypervisor, xl as the oracle.
 
-Guests are created with ``xl create -e`` (no xl monitoring daemon), so nothing reacts to a
-shutdown behind the test's back: a guest that shuts down stays in state 's' with its reason.
-Under TCG a busybox boot takes minutes, so the XenStore/hypervisor side of every verb is
-checked on one tiny GRUB guest (module scope, seconds to create); the busybox guest is used
-only where the guest's own drivers matter (``test_busybox_*``: PV shutdown/reboot, balloon).
+Guests are created with ``xentool create -e`` (no monitor), so nothing reacts to a shutdown
+behind the test's back: a guest that shuts down stays in state 's' with its reason.  Under
+TCG a busybox boot takes minutes, so the XenStore/hypervisor side of every verb is checked on
+one tiny GRUB guest (module scope, seconds to create); busybox guests are used only where the
+guest's own drivers matter (``test_busybox_*``: PV shutdown/reboot, balloon), two of them,
+booted side by side once for the module.
 """
 
 from __future__ import annotations
@@ -48,12 +49,22 @@ def wait_state(name: str, pred, timeout: float = 120.0) -> dict:
         time.sleep(0.5)
 
 
-def start_busybox(kit: GuestKit, tmp: Path, name: str, **kw) -> int:
-    cfg = tmp / f"{name}.cfg"
-    cfg.write_text(kit.busybox_cfg(name, **kw))
-    xl("create", "-e", str(cfg), timeout=600)
-    wait_for_console(name, "XENTOOL-GUEST-READY", timeout=900)
-    return domid_of(name)
+@pytest.fixture(scope="module")
+def busyboxes(kit: GuestKit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two busybox guests (room to balloon: maxmem 160 MiB), booting at the same time."""
+    tmp = tmp_path_factory.mktemp("busybox")
+    names = [f"t-ops-bb{i}-{int(time.time()) % 100000}" for i in range(2)]
+    try:
+        for name in names:
+            cfg = tmp / f"{name}.cfg"
+            cfg.write_text(kit.busybox_cfg(name, memory=128, more="maxmem = 160\n"))
+            xentool("create", "-e", str(cfg), timeout=600)
+        for name in names:
+            wait_for_console(name, "XENTOOL-GUEST-READY", timeout=900)
+        yield names
+    finally:
+        for name in names:
+            xentool("destroy", name, check=False, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +75,10 @@ def guest(kit: GuestKit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     cfg.write_text(kit.tiny_cfg(name, wait=True, more="maxmem = 64\nvcpus = 1\n"
                                                       "maxvcpus = 2\n"))
     try:
-        xl("create", "-e", str(cfg), timeout=600)
+        xentool("create", "-e", str(cfg), timeout=600)
         yield name
     finally:
-        xl("destroy", name, check=False, timeout=600)
+        xentool("destroy", name, check=False, timeout=600)
 
 
 @pytest.fixture
@@ -75,10 +86,10 @@ def tiny(kit: GuestKit, tmp_path: Path, guest_name: str) -> Iterator[str]:
     cfg = tmp_path / "tiny.cfg"
     cfg.write_text(kit.tiny_cfg(guest_name, wait=True))
     try:
-        xl("create", "-e", str(cfg), timeout=600)
+        xentool("create", "-e", str(cfg), timeout=600)
         yield guest_name
     finally:
-        xl("destroy", guest_name, check=False, timeout=600)
+        xentool("destroy", guest_name, check=False, timeout=600)
 
 
 # -- memory and vcpus (the module's tiny guest) --------------------------------------------
@@ -182,36 +193,38 @@ def test_rename_like_xl(tiny: str) -> None:
         xl("rename", new, tiny)
         assert domid_of(tiny) == d
     finally:
-        xl("destroy", new, check=False)
+        xentool("destroy", new, check=False)
 
 
 # -- shutdown / reboot ------------------------------------------------------------------------
 
 
-def test_busybox_shutdown_w(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
-    try:
-        d = start_busybox(kit, tmp_path, guest_name)
-        assert xs_read(f"/local/domain/{d}/control/feature-poweroff") == "1"
-        r = xentool("shutdown", "-w", guest_name, timeout=600)
-        assert r.stderr.splitlines() == [
-            f"Shutting down domain {d}", "Waiting for 1 domains",
-            f"Domain {d} has been shut down, reason code 0"]
-        info = dominfo(guest_name)
-        assert info["shutdown"] and info["shutdown_reason"] == 0
-    finally:
-        xl("destroy", guest_name, check=False, timeout=600)
+def test_busybox_balloon_follows_mem_set(busyboxes: list[str]) -> None:
+    guest = busyboxes[0]
+    xentool("mem-set", guest, "100m")
+    wait_state(guest, lambda i: i["current_memory_kb"] <= 101 * 1024, timeout=300)
 
 
-def test_busybox_reboot_w(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
-    try:
-        d = start_busybox(kit, tmp_path, guest_name)
-        r = xentool("reboot", "-w", guest_name, timeout=600)
-        assert r.stderr.splitlines() == [
-            f"Rebooting domain {d}", "Waiting for 1 domains",
-            f"Domain {d} has been shut down, reason code 1"]
-        assert dominfo(guest_name)["shutdown_reason"] == 1
-    finally:
-        xl("destroy", guest_name, check=False, timeout=600)
+def test_busybox_shutdown_w(busyboxes: list[str]) -> None:
+    guest = busyboxes[0]  # after the balloon test: this ends it
+    d = domid_of(guest)
+    assert xs_read(f"/local/domain/{d}/control/feature-poweroff") == "1"
+    r = xentool("shutdown", "-w", guest, timeout=600)
+    assert r.stderr.splitlines() == [
+        f"Shutting down domain {d}", "Waiting for 1 domains",
+        f"Domain {d} has been shut down, reason code 0"]
+    info = dominfo(guest)
+    assert info["shutdown"] and info["shutdown_reason"] == 0
+
+
+def test_busybox_reboot_w(busyboxes: list[str]) -> None:
+    guest = busyboxes[1]
+    d = domid_of(guest)
+    r = xentool("reboot", "-w", guest, timeout=600)
+    assert r.stderr.splitlines() == [
+        f"Rebooting domain {d}", "Waiting for 1 domains",
+        f"Domain {d} has been shut down, reason code 1"]
+    assert dominfo(guest)["shutdown_reason"] == 1
 
 
 def test_shutdown_F_of_guest_without_pv_control(tiny: str) -> None:
@@ -230,12 +243,3 @@ def test_shutdown_usage_errors() -> None:
     r = xentool("shutdown", "no-such-domain-xyz", check=False)
     assert r.returncode == 1 and "does not exist" in r.stderr
     assert re.fullmatch(r"xentool: [^\n]*\n", r.stderr)
-
-
-def test_busybox_balloon_follows_mem_set(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
-    try:
-        start_busybox(kit, tmp_path, guest_name, memory=128, more="maxmem = 160\n")
-        xentool("mem-set", guest_name, "100m")
-        wait_state(guest_name, lambda i: i["current_memory_kb"] <= 101 * 1024, timeout=300)
-    finally:
-        xl("destroy", guest_name, check=False, timeout=600)

@@ -1,16 +1,18 @@
 """Fair-share proof: the weights and caps the controller sets give the CPU shares they promise.
 
-Three CPU-bound busybox guests share one pCPU (a private cpupool on pCPU 1, so dom0 does not
-compete) under credit and under credit2.  The controller gives them weights 256/512/1024
-through its policy file; over 30 s the shares must be 1:2:4 within +-10 % (relative).  Then
-a weight changes at runtime (policy edit + SIGHUP): the new weight must be in force and the
-shares measured in the window ending 2 s after the change must follow it.  Then a cap of
-25 % must hold within +-5 points.  Every measurement is printed (run pytest with -s).
+Three CPU-bound guests share one pCPU (a private cpupool on pCPU 1, so dom0 does not compete)
+under credit and under credit2.  The guests are the kit's tiny kernel spinning in a GRUB
+``sleep``: 100 % of a vCPU from its first second, where a busybox guest needs minutes to boot
+under emulation.  ``xentool create`` makes them; the controller finds them and gives them
+weights 256/512/1024 through its policy file; over 30 s the shares must be 1:2:4 within
++-10 % (relative).  Then a weight changes at runtime (policy edit + SIGHUP): the new weight
+must be in force and the shares measured in the window ending 2 s after the change must
+follow it.  Then a cap of 25 % must hold within +-5 points.  Every measurement is printed
+(run pytest with -s).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,12 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, private_cpupool, wait_for_console, xentool, xl
+from .helpers import GuestKit, private_cpupool, xentool, xl
 
 pytestmark = pytest.mark.xen
 
 WINDOW = 30.0  # seconds of the 1:2:4 measurement (the issue's window)
 CAP_WINDOW = 15.0
+# credit2 starts every new vCPU with the same credit: the first seconds after the creates
+# are not yet the steady state the weights promise.
+WARMUP = 5.0
 
 
 @pytest.fixture(params=["credit", "credit2"])
@@ -138,16 +143,15 @@ def test_fair_share_weights_runtime_change_and_cap(
     try:
         for n in names:
             cfg = tmp_path / f"{n}.cfg"
-            cfg.write_text(kit.busybox_cfg(n, memory=96, mode="spin",
-                                           more=f'pool = "{pool}"\ncpus = "1"\n'))
-            xl("create", str(cfg))
-        for n in names:
-            wait_for_console(n, "XENTOOL-GUEST-READY", timeout=600)
+            cfg.write_text(kit.tiny_cfg(n, wait=True,
+                                        more=f'pool = "{pool}"\ncpus = "1"\n'))
+            xentool("create", "-e", str(cfg), timeout=300)
         # The controller set the weights on introduction (xl is the oracle).
         for n in names:
-            assert sched_weight(sched, n) == weights[n], controller.text()
+            wait_weight(sched, n, weights[n], timeout=10)
         domids = {n: int(xl("domid", n).stdout) for n in names}
         with XenCtrl() as xc:
+            measure(xc, domids, WARMUP)
             # 1:2:4 over the issue's 30 s window.
             shares, pct = measure(xc, domids, WINDOW)
             expected = {a: 1 / 7, b: 2 / 7, c: 4 / 7}
@@ -193,9 +197,4 @@ def test_fair_share_weights_runtime_change_and_cap(
         assert float(rows[c][9]) == pytest.approx(25.0, abs=0.1)  # expected share
     finally:
         for n in names:
-            xl("destroy", n, check=False)
-        for n in names:
-            try:
-                os.unlink(f"/var/log/xen/console/guest-{n}.log")
-            except OSError:
-                pass
+            xentool("destroy", n, check=False)

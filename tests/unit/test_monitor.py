@@ -145,6 +145,7 @@ class FakeOps:
         self.next_domid = 10
         self.gone_before_destroy: set[int] = set()
         self.locked: list[int] = []
+        self.dump_fails = False
 
     def add(self, uuid: str, reason: int | None = None) -> Dom:
         d = Dom(self.next_domid, uuid, reason is not None, False, reason)
@@ -166,6 +167,11 @@ class FakeOps:
             return False
         del self.doms[domid]
         return True
+
+    def core_dump(self, domid: int, path: str) -> None:
+        self.calls.append(("core_dump", domid, path))
+        if self.dump_fails:
+            raise OSError(28, "No space left on device")
 
     def preserve(self, domid: int, new_name: str, new_uuid: str) -> None:
         self.calls.append(("preserve", domid, new_name))
@@ -198,6 +204,8 @@ def test_poweroff_destroys(world) -> None:
     mon.scan()
     assert ops.calls == [("destroy", d.domid)]
     assert ops.locked == [d.domid]
+    # destroyed for good by the monitor: its record goes at once, not after a grace time
+    assert records.load_domain_config(U1) is None
     mon.scan()
     assert ops.calls == [("destroy", d.domid)]
 
@@ -283,7 +291,18 @@ def test_coredump_restart_destroys_and_restarts(world) -> None:
     records.write_record(rec(on_crash="coredump-restart", started_at=clock.t - 1000))
     ops.add(U1, reason=3)
     mon.scan()
-    assert [c[0] for c in ops.calls] == ["destroy", "create"]
+    assert [c[0] for c in ops.calls] == ["core_dump", "destroy", "create"]
+    assert ops.calls[0][2] == "/var/lib/xen/dump/g"  # libxl's name for the core
+
+
+def test_coredump_destroy_goes_on_when_the_dump_fails(world) -> None:
+    ops, _clock, mon = world
+    records.write_record(rec(on_crash="coredump-destroy"))
+    d = ops.add(U1, reason=3)
+    ops.dump_fails = True
+    mon.scan()
+    assert ops.calls == [("core_dump", d.domid, "/var/lib/xen/dump/g"),
+                         ("destroy", d.domid)]
 
 
 def test_domain_destroyed_by_someone_else_is_not_restarted(world) -> None:
