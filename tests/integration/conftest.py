@@ -20,23 +20,11 @@ UNPROVEN: set[str] = set()
 # Single tests of those suites that have passed, as "file.py::test_name" (all parameters).
 PROVEN: set[str] = set()
 
-# Suites that pass but take many minutes under emulation (busybox guests rebooting, 20-round
-# races, 30 s CPU-share windows per scheduler): left out of `contrib/check` so CI stays well
-# inside its time limit; XENTOOL_ALL_TESTS=1 runs them too.
-LONG = {
-    "test_monitor.py",          # on_* actions, busybox round trip, 20 destroy/restart races
-    "test_domain_ops.py",       # busybox shutdown/reboot/balloon against xl
-    "test_sched_fairshare.py",  # 2 schedulers x (30 + 2 + 10 + 15) s windows, busybox guests
-}
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         test = f"{item.path.name}::{item.originalname}"  # type: ignore[attr-defined]
         if item.path.name in UNPROVEN and test not in PROVEN:
             item.add_marker(pytest.mark.unproven)
-        if item.path.name in LONG:
-            item.add_marker(pytest.mark.long)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 A guest with two disks and two vifs is created once with ``XENTOOL_FAULT_TRACE`` to learn
 the steps of the create journal; then for every step K, ``XENTOOL_FAULT_INJECT=step:K``
 must make the create fail with that cause and leave no trace: no extra domain, free memory
-back where it was, no XenStore node of the domain or its backends, no loop device, no vif.
+back where it was, no XenStore node of the domain, its backends, ``/vm`` or ``/libxl``, no
+stored libxl configuration, no xentool domain or journal record, no loop device, no vif.
 ``kill:K`` kills the create at step K; ``xentool destroy`` of what it left must then get
 back to the same clean state.  The test prints how many points it walked and how many
 leaks it found (the bar is 0).
@@ -33,6 +34,9 @@ class Snapshot:
     backends: frozenset[str]
     loops: frozenset[str]
     vifs: frozenset[str]
+    vm: frozenset[str]
+    libxl: frozenset[str]
+    files: frozenset[str]  # stored configurations, domain records, journal records
 
     def leaks(self, after: Snapshot) -> list[str]:
         out = []
@@ -40,7 +44,7 @@ class Snapshot:
             out.append(f"domains {sorted(after.domids - self.domids)}")
         if after.free_mb < self.free_mb - 2:  # rounding of xl's MiB and scrubbing lag
             out.append(f"free memory {self.free_mb} -> {after.free_mb} MiB")
-        for what in ("xs_domains", "backends", "loops", "vifs"):
+        for what in ("xs_domains", "backends", "loops", "vifs", "vm", "libxl", "files"):
             extra = getattr(after, what) - getattr(self, what)
             if extra:
                 out.append(f"{what} {sorted(extra)}")
@@ -62,8 +66,16 @@ def snapshot() -> Snapshot:
     loops = frozenset(line.split(":")[0] for line in
                       run("losetup", "-a", check=False).stdout.splitlines())
     vifs = frozenset(n for n in _lines("ls", "/sys/class/net") if n.startswith("vif"))
+    files = frozenset(str(p) for d, pattern in RECORD_FILES for p in Path(d).glob(pattern))
     return Snapshot(domids, free, frozenset(_lines("xenstore-list", "/local/domain")),
-                    frozenset(backends), loops, vifs)
+                    frozenset(backends), loops, vifs,
+                    frozenset(_lines("xenstore-list", "/vm")),
+                    frozenset(_lines("xenstore-list", "/libxl")), files)
+
+
+# Where a create leaves files behind it (default state and run directories).
+RECORD_FILES = (("/var/lib/xen", "userdata-d.*"), ("/var/lib/xentool/domains", "*"),
+                ("/run/xentool/journal", "*"))
 
 
 def settle(before: Snapshot, timeout: float = 30.0) -> list[str]:
@@ -114,8 +126,7 @@ def test_every_injection_point_of_create_leaves_nothing(disk_and_vif_cfg: Path,
     if r.returncode != 0:
         pytest.fail(f"create without faults failed: {r.stderr}")
     steps = list(traced_steps(trace, op="create")) if trace.exists() else []
-    if not steps:
-        pytest.skip("the create path does not run its steps through xentool.journal yet")
+    assert steps, f"the create traced no journal steps into {trace}"
     assert not settle(before), "a successful create + destroy leaked"
 
     leaks_found, walked = [], 0
@@ -167,7 +178,9 @@ def test_eight_parallel_creates_then_eight_parallel_destroys(kit: GuestKit, tmp_
         return [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
 
     try:
-        created = all_of([["create", "-q", str(c)] for c in cfgs])
+        # Paused: eight spinning guests on two pCPUs would starve dom0, and with it the
+        # very creates under test, for minutes under emulation.
+        created = all_of([["create", "-q", "-p", str(c)] for c in cfgs])
         assert [r for r in created if r[0] != 0] == []
         listed = {line.split()[0]: int(line.split()[1])
                   for line in xl("list").stdout.splitlines()[1:]}

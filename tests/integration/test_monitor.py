@@ -29,7 +29,7 @@ pytestmark = pytest.mark.xen
 
 ROOT = Path(__file__).resolve().parents[2]
 # Destroy-vs-restart rounds: a few in CI, the full 20 with XENTOOL_RACE_ROUNDS=20.
-RACE_ROUNDS = int(os.environ.get("XENTOOL_RACE_ROUNDS", "6"))
+RACE_ROUNDS = int(os.environ.get("XENTOOL_RACE_ROUNDS", "4"))
 
 
 def domains() -> dict[str, dict]:
@@ -171,27 +171,26 @@ def test_monitor_applies_the_configured_actions(kit: GuestKit, tmp_path: Path,
     assert "Traceback" not in log
 
 
-def test_busybox_round_trip_with_the_monitor(kit: GuestKit, tmp_path: Path,
-                                             monitor: MonitorProc, guest_name: str) -> None:
-    """The busybox guest that reboots by itself is restarted; the one that powers off is
-    destroyed (slow under TCG: a few minutes)."""
-    names = {m: f"{guest_name}-{m[0]}" for m in ("poweroff", "reboot")}
-    monitor.created.extend(names.values())
+def test_busybox_reboot_round_trip_with_the_monitor(kit: GuestKit, tmp_path: Path,
+                                                    monitor: MonitorProc,
+                                                    guest_name: str) -> None:
+    """A Linux guest that reboots by itself is restarted (a guest that halts by itself is
+    the tiny one above: one busybox boot is minutes under emulation, two side by side
+    more than twice that)."""
+    monitor.created.append(guest_name)
     monitor.start()
-    for mode, name in names.items():
-        cfg = tmp_path / f"{name}.cfg"
-        cfg.write_text(kit.busybox_cfg(name, mode=mode, memory=112))
-        monitor.create(cfg, "-p")
-    first = {mode: domains()[name]["domid"] for mode, name in names.items()}
-    for name in names.values():
-        monitor.xentool("unpause", name)
+    cfg = tmp_path / f"{guest_name}.cfg"
+    cfg.write_text(kit.busybox_cfg(guest_name, mode="reboot", memory=112))
+    monitor.create(cfg)
+    first = domains()[guest_name]
     try:
-        wait_for(lambda: names["poweroff"] not in domains(), "poweroff guest destroyed",
-                 timeout=1200)
-        wait_for(lambda: domains().get(names["reboot"], {}).get("domid", first["reboot"])
-                 != first["reboot"], "reboot guest restarted", timeout=1200)
+        again = wait_for(lambda: (d := domains().get(guest_name)) and
+                         d["domid"] != first["domid"] and d, "reboot guest restarted",
+                         timeout=1200)
+        assert again["uuid"] == first["uuid"]
     finally:
         monitor.stop()
+    assert "shut down (reboot): action restart" in monitor.text(), monitor.text()
 
 
 def test_destroy_racing_an_on_reboot_restart_ends_clean(kit: GuestKit, tmp_path: Path,
