@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from xentool.config.model import DomainConfig
     from xentool.cpupool import PoolConfig, PoolPlan
     from xentool.results import HostInfo, UptimeRow, VcpuRow
+    from xentool.retrieve import Retrieved
     from xentool.scheduler.stats import StatRow
 
     #: A config: a DomainConfig, a path to an xl.cfg file, or (``text=True``) its text.
@@ -175,6 +176,31 @@ class Host:
                 infos = s.xc.domains()
             names = s.names(d.domid for d in infos)
         return [(names[d.domid], d) for d in infos]
+
+    def domain_configs(self, qualifiers: Iterable[str] = ()
+                       ) -> tuple[list[Retrieved], list[str]]:
+        """The configuration of the given domains (or of all, dom0 included) as libxl
+        retrieves it: the stored one updated with the runtime state (``list -l``).
+        Returns them and the errors and warnings for the domains left out, as libxl
+        reports them."""
+        from xentool.retrieve import RetrieveError, retrieve
+
+        s = self._session
+        out: list[Retrieved] = []
+        problems: list[str] = []
+        with translating():
+            qualifiers = list(qualifiers)
+            domids = ([s.resolve(q) for q in qualifiers] if qualifiers
+                      else [d.domid for d in s.xc.domains()])
+            for domid in domids:
+                try:
+                    r = retrieve(s, domid)
+                except (RetrieveError, DomainNotFound) as e:
+                    problems.append(f"error: {e}")
+                    continue
+                problems.extend(f"warning: {w}" for w in r.warnings)
+                out.append(r)
+        return out, problems
 
     def domid(self, name: str) -> int:
         """The domid of the domain called ``name`` (XenStore and the hypervisor agree)."""
@@ -655,6 +681,31 @@ class Domain:
 
         with translating():
             return devices(self._s.xs, self.domid, kind)
+
+    # -- stored configuration ----------------------------------------------------------------
+
+    def retrieve_config(self) -> dict[str, object]:
+        """The domain's configuration as libxl retrieves it (one entry of ``list -l``):
+        the stored libxl_domain_config brought up to date with the running domain."""
+        from xentool.retrieve import retrieve
+
+        with translating():
+            return retrieve(self._s, self.domid).config
+
+    def update_config(self, text: str, source: str = "<updated>") -> DomainConfig:
+        """``config-update``: keep the xl.cfg ``text`` as the configuration the domain is
+        created from when it next restarts (on_reboot and the other restart actions),
+        where xl keeps it (the domain's ``xl`` userdata), so xl and xentool both use it.
+        The text must be a valid configuration (``ConfigError`` otherwise); it is
+        returned parsed."""
+        from xentool.config import loads
+        from xentool.retrieve import store_userdata
+
+        cfg = loads(text, source)
+        uuid = self.info().uuid
+        with translating():
+            store_userdata(self.domid, uuid, "xl", text.encode("utf-8", "surrogateescape"))
+        return cfg
 
     # -- on_* actions ------------------------------------------------------------------------
 

@@ -183,11 +183,14 @@ def load_domain_config(uuid: str | uuidlib.UUID) -> DomainRecord | None:
 
 
 def remove_domain_config(uuid: str | uuidlib.UUID) -> None:
-    """Forget domain ``uuid`` (e.g. after an explicit destroy)."""
-    try:
-        record_path(uuid).unlink()
-    except FileNotFoundError:
-        pass
+    """Forget domain ``uuid`` (e.g. after an explicit destroy): its record and the config
+    file a restart wrote next to it."""
+    path = record_path(uuid)
+    for p in (path, path.with_suffix(".cfg")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def all_records(on_error: Callable[[RecordError], object] | None = None

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from xentool.config.errors import ConfigError
 from xentool.config.limits import MAX_CONFIG_BYTES
@@ -50,6 +49,7 @@ from xentool.config.model import (
     VifSpec,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from pathlib import Path
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from xentool.config.model import (
@@ -183,3 +184,211 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
 def dumps(obj: dict[str, object]) -> str:
     """Formatted like libxl's yajl generator in beautify mode (4-space indent)."""
     return json.dumps(obj, indent=4, ensure_ascii=False, separators=(",", ": ")) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The document libxl_retrieve_domain_configuration builds (``xl list -l``)
+
+#: Field order of the libxl IDL structs the runtime view touches (libxl_types.idl, 4.17):
+#: libxl's JSON generator prints fields in this order, whatever order the file had.
+_ORDER: dict[str, tuple[str, ...]] = {
+    "config": (
+        "c_info", "b_info", "disks", "nics", "pcidevs", "rdms", "dtdevs", "vfbs", "vkbs",
+        "vtpms", "p9s", "pvcallsifs", "vdispls", "vsnds", "channels", "usbctrls", "usbdevs",
+        "on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset"),
+    "c_info": (
+        "type", "hap", "oos", "ssidref", "ssid_label", "name", "domid", "uuid", "xsdata",
+        "platformdata", "poolid", "pool_name", "run_hotplug_scripts", "driver_domain",
+        "passthrough", "xend_suspend_evtchn_compat"),
+    "b_info": (
+        "max_vcpus", "avail_vcpus", "cpumap", "nodemap", "vcpu_hard_affinity",
+        "vcpu_soft_affinity", "numa_placement", "tsc_mode", "max_memkb", "target_memkb",
+        "video_memkb", "shadow_memkb", "iommu_memkb", "rtc_timeoffset", "exec_ssidref",
+        "exec_ssid_label", "localtime", "disable_migrate", "cpuid", "blkdev_start",
+        "vnuma_nodes", "max_grant_frames", "max_maptrack_frames", "max_grant_version",
+        "device_model_version", "device_model_stubdomain", "stubdomain_memkb",
+        "stubdomain_kernel", "stubdomain_cmdline", "stubdomain_ramdisk", "device_model",
+        "device_model_ssidref", "device_model_ssid_label", "device_model_user", "extra",
+        "extra_pv", "extra_hvm", "sched_params", "ioports", "irqs", "iomem", "claim_mode",
+        "event_channels", "kernel", "cmdline", "ramdisk", "device_tree", "acpi",
+        "bootloader", "bootloader_args", "timer_mode", "nested_hvm", "apic", "dm_restrict",
+        "tee", "type.hvm", "type.pv", "type.pvh", "arch_arm", "arch_x86", "altp2m",
+        "vmtrace_buf_kb", "vpmu"),
+    "sched_params": ("sched", "weight", "cap", "period", "budget", "extratime", "slice",
+                     "latency"),
+}
+
+#: LIBXL_MEMKB_DEFAULT: a MemKB libxl has not settled (an unsigned -1).
+MEMKB_DEFAULT = (1 << 64) - 1
+#: LIBXL_MAXMEM_CONSTANT (kB): the slack libxl gives an HVM guest over its target.
+MAXMEM_CONSTANT = 1024
+
+
+def _ordered(obj: dict[str, object], order: tuple[str, ...]) -> dict[str, object]:
+    rank = {k: i for i, k in enumerate(order)}
+    return dict(sorted(obj.items(), key=lambda kv: rank.get(kv[0], len(order))))
+
+
+def _struct(doc: dict[str, object], key: str) -> dict[str, object]:
+    value = doc.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class RuntimeView:
+    """What libxl_retrieve_domain_configuration reads of a live domain, next to its stored
+    configuration: name and uuid (XenStore, hypervisor), the vCPUs XenStore marks online,
+    the memory target and static maximum in XenStore, the scheduler parameters and the
+    devices of the domain's ``/libxl/<domid>/device`` tree."""
+
+    name: str
+    uuid: str
+    vcpus_online: frozenset[int]
+    target_memkb: int
+    max_memkb: int
+    #: libxl_domain_sched_params as libxl_domain_sched_params_get fills it.
+    sched_params: dict[str, object]
+    #: vdev -> (backend domid, medium path) of every vbd; None: no vbd directory.
+    disks: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: devids of the vifs.
+    nic_devids: frozenset[int] = frozenset()
+
+
+def merge_runtime(stored: dict[str, object], rt: RuntimeView
+                  ) -> tuple[dict[str, object], list[str]]:
+    """The stored libxl_domain_config updated with ``rt`` as libxl 4.17 does for
+    ``xl list -l`` (retrieve_domain_configuration_end), in the IDL's field order.
+    Also returns libxl's warnings (a device in the stored config that XenStore no longer
+    has is left out)."""
+    warnings: list[str] = []
+    c_info = _struct(stored, "c_info")
+    b_info = _struct(stored, "b_info")
+    c_info["name"] = rt.name
+    if rt.uuid.strip("0-"):
+        c_info["uuid"] = rt.uuid
+    else:
+        c_info.pop("uuid", None)  # the nil uuid (dom0) is libxl's default: not printed
+    max_vcpus = _int(b_info.get("max_vcpus"))
+    online = sorted(v for v in rt.vcpus_online if 0 <= v < max_vcpus)
+    if online:
+        b_info["avail_vcpus"] = online
+    else:
+        b_info.pop("avail_vcpus", None)
+    # libxl__get_targetmem_fudge: the video RAM (unset reads as -1) and, for an HVM guest
+    # with room above its target, LIBXL_MAXMEM_CONSTANT.
+    video = b_info.get("video_memkb", MEMKB_DEFAULT)
+    fudge = _int(video) if isinstance(video, int) else MEMKB_DEFAULT
+    if c_info.get("type") == "hvm" and \
+            _int(b_info.get("max_memkb", MEMKB_DEFAULT)) > \
+            _int(b_info.get("target_memkb", MEMKB_DEFAULT)):
+        fudge += MAXMEM_CONSTANT
+    target = (rt.target_memkb + fudge) % (1 << 64)
+    for key, value in (("target_memkb", target), ("max_memkb", rt.max_memkb)):
+        if value == MEMKB_DEFAULT:
+            b_info.pop(key, None)
+        else:
+            b_info[key] = value
+    b_info["sched_params"] = _ordered(dict(rt.sched_params), _ORDER["sched_params"])
+    # Every nested struct and the type's union member are always printed.
+    for key in (f"type.{c_info.get('type', 'pv')}", "arch_arm", "arch_x86"):
+        b_info.setdefault(key, {})
+    out: dict[str, object] = dict(stored)
+    out["c_info"] = _ordered(c_info, _ORDER["c_info"])
+    out["b_info"] = _ordered(b_info, _ORDER["b_info"])
+    disks = [d for d in _dicts(stored.get("disks")) if _disk_present(d, rt, warnings)]
+    nics = [n for n in _dicts(stored.get("nics")) if _nic_present(n, rt, warnings)]
+    for key, devs in (("disks", disks), ("nics", nics)):
+        if devs:
+            out[key] = devs
+        else:
+            out.pop(key, None)
+    return _ordered(out, _ORDER["config"]), warnings
+
+
+_GONE = "Device present in JSON but not in xenstore, ignored"
+
+
+def _int(v: object) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def _dicts(v: object) -> list[dict[str, object]]:
+    return [dict(d) for d in v if isinstance(d, dict)] if isinstance(v, list) else []
+
+
+def _disk_present(d: dict[str, object], rt: RuntimeView, warnings: list[str]) -> bool:
+    """libxl_device_disk_compare (same vdev and backend) and _merge (a removable disk
+    whose drive XenStore says is empty is printed empty)."""
+    seen = rt.disks.get(str(d.get("vdev")))
+    if seen is None or seen[0] != _int(d.get("backend_domid")):
+        warnings.append(_GONE)
+        return False
+    if d.get("removable") and not seen[1]:
+        d["pdev_path"] = ""
+        d["format"] = "empty"
+    return True
+
+
+def _nic_present(n: dict[str, object], rt: RuntimeView, warnings: list[str]) -> bool:
+    """libxl_device_nic_compare: the same devid."""
+    if _int(n.get("devid")) in rt.nic_devids:
+        return True
+    warnings.append(_GONE)
+    return False
+
+
+def _yajl_string(s: str) -> str:
+    """A JSON string escaped as yajl escapes it (upper-case hex, '/' left alone)."""
+    out = ['"']
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in "\b\f\n\r\t":
+            out.append({"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _yajl(obj: object, depth: int, out: list[str]) -> None:
+    pad = "    "
+    if isinstance(obj, dict):
+        out.append("{\n")
+        for i, (k, v) in enumerate(obj.items()):
+            if i:
+                out.append(",\n")
+            out.append(pad * (depth + 1) + _yajl_string(str(k)) + ": ")
+            _yajl(v, depth + 1, out)
+        out.append("\n" + pad * depth + "}")
+    elif isinstance(obj, list):
+        out.append("[\n")
+        for i, v in enumerate(obj):
+            if i:
+                out.append(",\n")
+            out.append(pad * (depth + 1))
+            _yajl(v, depth + 1, out)
+        out.append("\n" + pad * depth + "]")
+    elif obj is None:
+        out.append("null")
+    elif isinstance(obj, bool):
+        out.append("true" if obj else "false")
+    elif isinstance(obj, int):
+        out.append(str(obj))
+    elif isinstance(obj, float):
+        out.append(repr(obj))
+    else:
+        out.append(_yajl_string(str(obj)))
+
+
+def yajl_dumps(obj: object) -> str:
+    """``obj`` as libxl's yajl generator prints it in beautify mode: 4-space indent, an
+    empty object or array as an opening line, an empty line and its closing line, and a
+    newline after the document."""
+    out: list[str] = []
+    _yajl(obj, 0, out)
+    return "".join(out) + "\n"
