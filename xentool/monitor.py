@@ -17,7 +17,8 @@ watches its one domain in the foreground instead; ``create -e`` records nothing)
 3. applies it under the domain's lock: ``destroy``; ``restart`` (destroy, then create again
    from the saved configuration with the same uuid); ``rename-restart`` (keep the dead
    domain under ``<name>-<UTC time>`` with a new uuid, then create again); ``preserve``
-   (leave it); ``coredump-*`` (no core dump support yet: logged, then destroy/restart);
+   (leave it); ``coredump-*`` (an ELF core to ``/var/lib/xen/dump/<name>`` as libxl
+   writes it, then destroy/restart; a failed dump is logged and the action goes on);
    ``soft-reset`` (libxl cannot soft-reset a PV guest, and xl then destroys it: so do we).
 4. Restarts back off against crash loops: a domain that dies less than ``stable_after``
    seconds after it was (re)started waits 1, 2, 4, ... (at most ``max_delay``) seconds
@@ -175,6 +176,8 @@ class Ops(Protocol):
 
     def preserve(self, domid: int, new_name: str, new_uuid: str) -> None: ...
 
+    def core_dump(self, domid: int, path: str) -> None: ...
+
     def create(self, rec: DomainRecord) -> None: ...
 
     def lock(self, domid: int) -> AbstractContextManager[object]: ...
@@ -304,8 +307,14 @@ class Monitor:
         log.info("domain %d (%s) shut down (%s): action %s", info.domid, rec.name, rname,
                  action)
         if plan.coredump:
-            log.warning("domain %d (%s): core dumps are not supported yet; continuing with "
-                        "%s", info.domid, rec.name, plan.then)
+            from xentool.hostops import core_dump_path
+
+            path = core_dump_path(rec.name, info.domid)
+            log.info("dumping core to %s", path)
+            try:
+                self.ops.core_dump(info.domid, path)
+            except Exception as e:  # as xl: a failed dump does not stop the action
+                log.error("core dump failed: %s", e)
         if plan.then == "preserve":
             return
         if plan.then != "destroy":
@@ -323,6 +332,7 @@ class Monitor:
                          "restart" if plan.then != "destroy" else "destroy")
                 return
         if plan.then == "destroy":
+            self._forget(rec)  # gone for good, by our hand: nothing left to act on
             return
         delay, fast = self.backoff.next(now - rec.started_at, rec.fast_restarts)
         if delay is None:
@@ -373,14 +383,20 @@ class Monitor:
             if (rec.uuid not in live_uuids and rec.restart_at is None and self._mine(rec.uuid)
                     and (rec.uuid in self.seen_alive
                          or now - max(rec.saved_at, rec.started_at) > RECORD_GRACE)):
-                log.debug("forgetting domain %s (%s): gone", rec.name, rec.uuid)
-                try:
-                    remove_domain_config(rec.uuid)
+                if self._forget(rec):
                     continue
-                except OSError as e:
-                    log.error("forgetting domain %s (%s): %s", rec.name, rec.uuid, e)
             kept.add(rec.uuid)
         self.seen_alive &= kept
+
+    def _forget(self, rec: DomainRecord) -> bool:
+        """Remove the record of a domain that is gone; False if it could not be."""
+        log.debug("forgetting domain %s (%s): gone", rec.name, rec.uuid)
+        try:
+            remove_domain_config(rec.uuid)
+            return True
+        except OSError as e:
+            log.error("forgetting domain %s (%s): %s", rec.name, rec.uuid, e)
+            return False
 
     def next_wakeup(self) -> float:
         """Seconds until the earliest pending restart (or POLL_S)."""
@@ -421,6 +437,14 @@ class XenOps:
         except DomainNotFound:
             return False
         return True
+
+    def core_dump(self, domid: int, path: str) -> None:
+        """Write the domain's core where libxl would; the directory is made if missing
+        (private: a core holds the guest's memory)."""
+        from xentool.hostops import dump_core
+
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        dump_core(self.s, domid, path)
 
     def preserve(self, domid: int, new_name: str, new_uuid: str) -> None:
         """libxl_domain_preserve: new uuid and /vm path, renamed, left shut down."""
