@@ -7,6 +7,18 @@ on changes of the node or below, on removal of a parent), the special @introduce
 @releaseDomain watches, and transactions that conflict like cxenstored's (a node the
 transaction touched was changed by someone else since it started).
 
+Permissions are enforced as cxenstored 4.17 does (xenstored_core.c: perm_for_conn,
+errno_from_parents, construct_node, do_rm, do_set_perms): dom0 may do anything; the owner
+(first entry) may do anything; otherwise the ACL entry for the domain, else the first
+entry's letter, decides. A missing node reports ENOENT only when its nearest existing
+ancestor grants the access asked for, EACCES otherwise; creating needs write on that
+ancestor; new nodes copy their parent's permissions and an unprivileged creator becomes
+their owner; removal needs write on the node itself (not on its parent) and takes the whole
+subtree; SET_PERMS needs ownership, and an unprivileged owner cannot give the node away.
+A connection acts as domain N after the fake-only control request ``fake-domid N`` (sent
+by a privileged connection, see ``act_as``): the real daemon learns a connection's domain
+from the ring it arrives on, which a socket test cannot provide.
+
 Also holds its own tests, so the fake is known to behave before it judges the client.
 Other test modules import ``fake_xenstored`` from here.
 """
@@ -23,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+
+from xenstore.client import Store
 
 HDR = struct.Struct("<IIII")
 (DEBUG, DIRECTORY, READ, GET_PERMS, WATCH, UNWATCH, TX_START, TX_END, INTRODUCE, RELEASE,
@@ -50,6 +64,26 @@ def parent(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
 
 
+_LETTERS = {ord("n"): "", ord("r"): "r", ord("w"): "w", ord("b"): "rw"}
+EACCES, ENOENT, EINVAL, EPERM = b"EACCES\0", b"ENOENT\0", b"EINVAL\0", b"EPERM\0"
+PRIVILEGED_OPS = {DEBUG, INTRODUCE, RELEASE, IS_INTRODUCED, RESUME, 20}  # 20: SET_TARGET
+
+
+def _domid(conn: Handler | None) -> int:
+    return 0 if conn is None else conn.domid
+
+
+def parse_perms(strings: list[bytes]) -> list[bytes] | None:
+    """xenstore_strings_to_perms: a letter of nrwb then a number; normalised like
+    xenstored prints them back (``r007`` -> ``r7``). None when malformed."""
+    out = []
+    for p in strings:
+        if p[:1] not in (b"n", b"r", b"w", b"b") or not p[1:].isdigit():
+            return None
+        out.append(p[:1] + str(int(p[1:])).encode())
+    return out
+
+
 class Fake:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -63,16 +97,70 @@ class Fake:
         self.force_conflicts = 0  # commits to refuse with EAGAIN regardless
         self.requests: list[tuple[int, int]] = []  # (op, tx_id) as received
         self.commits = 0
+        # Domains the hypervisor knows (xenstored asks it when permissions name a domain);
+        # None: every domid exists, as the fake has no hypervisor to ask.
+        self.domains: set[int] | None = None
+
+    # -- permissions (cxenstored 4.17) ------------------------------------------------------
+
+    def domain_exists(self, domid: int) -> bool:
+        return domid == 0 or self.domains is None or domid in self.domains
+
+    def access(self, domid: int, perms: list[bytes]) -> str:
+        """perm_for_conn: the letters (r, w, o for owner) ``domid`` has on a node."""
+        if domid == 0 or int(perms[0][1:]) == domid:
+            return "rwo"
+        for p in perms[1:]:
+            # An entry for a domain that does not exist is ignored (XS_PERM_IGNORE).
+            if int(p[1:]) == domid and self.domain_exists(domid):
+                return p[:1].decode().translate(_LETTERS)
+        return perms[0][:1].decode().translate(_LETTERS)
+
+    def _get(self, nodes: dict[str, Node], conn: Handler | None, path: str,
+             need: str) -> tuple[Node | None, bytes]:
+        """get_node: the node if ``conn`` has every access in ``need``, else the error,
+        hidden behind EACCES unless the nearest existing ancestor grants some of ``need``."""
+        node = nodes.get(path)
+        if node is not None:
+            if set(need) <= set(self.access(_domid(conn), node.perms)):
+                return node, b""
+            err = EACCES
+        else:
+            err = ENOENT
+        anc = path
+        while anc != "/":
+            anc = parent(anc)
+            if anc in nodes:
+                break
+        if not set(need) & set(self.access(_domid(conn), nodes[anc].perms)):
+            err = EACCES
+        return None, err
+
+    def may_read(self, domid: int, path: str, perms: list[bytes] | None) -> bool:
+        """watch_permitted: a watch event goes to an unprivileged watcher only if it may read
+        the node (before or after the change) or its parent."""
+        if perms is not None and "r" in self.access(domid, perms):
+            return True
+        node = self.nodes.get(path)
+        if node is None:
+            return False
+        if "r" in self.access(domid, node.perms):
+            return True
+        par = self.nodes.get(parent(path))
+        return par is not None and "r" in self.access(domid, par.perms)
 
     # -- tree helpers on a given node map ---------------------------------------------------
 
     def _create(self, nodes: dict[str, Node], path: str, tx: Tx | None,
-                changed: list[str]) -> None:
+                changed: list[str], owner: int = 0) -> None:
         if path in nodes:
             return
         par = parent(path)
-        self._create(nodes, par, tx, changed)
-        nodes[path] = Node(b"", list(nodes[par].perms), self.gen)
+        self._create(nodes, par, tx, changed, owner)
+        perms = list(nodes[par].perms)
+        if owner:  # unprivileged domains own what they create
+            perms[0] = perms[0][:1] + str(owner).encode()
+        nodes[path] = Node(b"", perms, self.gen)
         nodes[par].gen = self.gen  # the parent's child list changed
         if tx is not None:
             tx.touched.update({path, par})
@@ -85,57 +173,64 @@ class Fake:
 
     # -- requests -------------------------------------------------------------------------
 
-    def handle(self, conn: Handler, op: int, tx_id: int, payload: bytes) -> tuple[int, bytes]:
+    def handle(self, conn: Handler | None, op: int, tx_id: int,
+               payload: bytes) -> tuple[int, bytes]:
         with self.lock:
             self.requests.append((op, tx_id))
+            domid = _domid(conn)
+            if op in PRIVILEGED_OPS and domid != 0:
+                return ERROR, EACCES
+            if op == DEBUG:
+                return self._control(conn, payload)
             args = payload.split(b"\0")
             tx = self.txs.get(tx_id) if tx_id else None
-            if tx_id and tx is None:
-                return ERROR, b"ENOENT\0"
+            if tx_id and (tx is None or tx.conn is not conn):
+                return ERROR, ENOENT  # transactions belong to their connection
             nodes = tx.nodes if tx else self.nodes
             changed: list[str] = []
+            old: dict[str, list[bytes]] = {}  # permissions before the change
             path = args[0].decode() if args and args[0] else ""
             if path and not path.startswith("/") and not path.startswith("@"):
-                path = "/local/domain/0/" + path
+                path = f"/local/domain/{domid}/" + path
             if tx is not None and path:
                 tx.touched.add(path)
-            if op == READ:
-                if path not in nodes:
-                    return ERROR, b"ENOENT\0"
-                return op, nodes[path].value
-            if op == DIRECTORY:
-                if path not in nodes:
-                    return ERROR, b"ENOENT\0"
+            if op in (READ, DIRECTORY, GET_PERMS):
+                node, err = self._get(nodes, conn, path, "r")
+                if node is None:
+                    return ERROR, err
+                if op == READ:
+                    return op, node.value
+                if op == GET_PERMS:
+                    return op, b"".join(p + b"\0" for p in node.perms)
                 pre = path.rstrip("/") + "/"
                 kids = sorted(p[len(pre):] for p in nodes
                               if p.startswith(pre) and "/" not in p[len(pre):] and p != "/")
                 return op, b"".join(k.encode() + b"\0" for k in kids)
-            if op == GET_PERMS:
-                if path not in nodes:
-                    return ERROR, b"ENOENT\0"
-                return op, b"".join(p + b"\0" for p in nodes[path].perms)
-            if op == WRITE:
+            if op in (WRITE, MKDIR):
+                node, err = self._get(nodes, conn, path, "w")
+                if node is None and err != ENOENT:
+                    return ERROR, err
+                if op == MKDIR and node is not None:
+                    return op, b"OK\0"  # already there: nothing changes, nothing fires
                 self.gen += 1
-                value = payload[len(args[0]) + 1:]
-                self._create(nodes, path, tx, [])  # xenstored fires for the target only
-                nodes[path].value = value
-                nodes[path].gen = self.gen
+                self._create(nodes, path, tx, [], domid)  # xenstored fires for the target only
                 changed.append(path)
-                if tx is not None:
-                    tx.dirty.add(path)
-            elif op == MKDIR:
-                self.gen += 1
-                self._create(nodes, path, tx, [])
-                changed.append(path)
+                if op == WRITE:
+                    nodes[path].value = payload[len(args[0]) + 1:]
+                    nodes[path].gen = self.gen
+                    if tx is not None:
+                        tx.dirty.add(path)
             elif op == RM:
-                if path not in nodes:
-                    if parent(path) in nodes:
+                node, err = self._get(nodes, conn, path, "w")
+                if node is None:
+                    if err == ENOENT and parent(path) in nodes:
                         return op, b"OK\0"
-                    return ERROR, b"ENOENT\0"
+                    return ERROR, err
                 if path == "/":
-                    return ERROR, b"EINVAL\0"
+                    return ERROR, EINVAL
                 self.gen += 1
-                for p in self._subtree(nodes, path):
+                gone = {p: list(nodes[p].perms) for p in self._subtree(nodes, path)}
+                for p in gone:
                     del nodes[p]
                     if tx is not None:
                         tx.touched.add(p)
@@ -147,15 +242,24 @@ class Fake:
                     tx.touched.add(parent(path))
                     tx.dirty.add(parent(path))
                 changed.append(path)
+                old = gone  # watchers may see what they could read before it went
             elif op == SET_PERMS:
-                if path not in nodes:
-                    return ERROR, b"ENOENT\0"
-                perms = [a for a in args[1:] if a]
-                if not perms or any(p[:1] not in b"nrwb" or not p[1:].isdigit() for p in perms):
-                    return ERROR, b"EINVAL\0"
+                if not payload.endswith(b"\0") or len(args) < 3:
+                    return ERROR, EINVAL
+                perms = parse_perms(args[1:-1])
+                if perms is None:
+                    return ERROR, EINVAL
+                if not self.domain_exists(int(perms[0][1:])):
+                    return ERROR, ENOENT
+                node, err = self._get(nodes, conn, path, "wo")
+                if node is None:
+                    return ERROR, err
+                if domid != 0 and perms[0][1:] != node.perms[0][1:]:
+                    return ERROR, EPERM
                 self.gen += 1
-                nodes[path].perms = perms
-                nodes[path].gen = self.gen
+                old = {path: node.perms}
+                node.perms = perms
+                node.gen = self.gen
                 changed.append(path)
                 if tx is not None:
                     tx.dirty.add(path)
@@ -218,17 +322,33 @@ class Fake:
             else:
                 return ERROR, b"ENOSYS\0"
             if tx is None:
-                self._fire(changed)
+                self._fire(changed, old)
             return op, b"OK\0"
 
-    def _fire(self, changed: list[str]) -> None:
+    def _control(self, conn: Handler | None, payload: bytes) -> tuple[int, bytes]:
+        """XS_CONTROL (privileged). Only the fake's own ``fake-domid N``: from now on the
+        connection is domain N's (the real xenstored answers EINVAL to unknown commands)."""
+        args = payload.split(b"\0")
+        if conn is not None and len(args) >= 2 and args[0] == b"fake-domid" \
+                and args[1].isdigit():
+            conn.domid = int(args[1])
+            return DEBUG, b"OK\0"
+        return ERROR, EINVAL
+
+    def _fire(self, changed: list[str], old: dict[str, list[bytes]] | None = None) -> None:
+        old = old or {}
         for path in dict.fromkeys(changed):
             for conn, wpath, token in list(self.watches):
                 if path.startswith("@") or wpath.startswith("@"):
-                    hit = path == wpath
+                    # Special events only reach privileged watchers here (xenstored
+                    # also tells a domain about itself and its target).
+                    hit = path == wpath and _domid(conn) == 0
                 else:
                     hit = (path == wpath or path.startswith(wpath.rstrip("/") + "/")
                            or wpath.startswith(path.rstrip("/") + "/"))
+                    where = wpath if wpath.startswith(path + "/") else path
+                    if hit and _domid(conn) != 0:
+                        hit = self.may_read(_domid(conn), where, old.get(where))
                 if hit:
                     conn.event(wpath if wpath.startswith(path + "/") else path, token)
 
@@ -250,6 +370,7 @@ class Handler(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         self.send_lock = threading.Lock()
+        self.domid = 0  # the domain this connection speaks for; 0 is privileged
 
     def _recv(self, n: int) -> bytes:
         buf = b""
@@ -294,6 +415,11 @@ class Server(socketserver.ThreadingUnixStreamServer):
         self.fake = Fake()
         self.hang = False
         super().__init__(path, Handler)
+
+
+def act_as(store: Store, domid: int) -> None:
+    """Make ``store``'s connection to the fake speak for domain ``domid`` from now on."""
+    store._call(DEBUG, f"fake-domid\0{domid}\0".encode(), 0, "<control>")
 
 
 @pytest.fixture
