@@ -36,6 +36,8 @@ Contract:
   ``half_built_domains()`` maps the domids noted by killed creates to their records.
   Recommended: ``Journal("create", record_dir=default_record_dir())`` and
   ``j.note("domid", domid)`` right after the domain exists.
+* ``resume=True`` is for operations that cannot be undone, only finished (``destroy``):
+  the record is kept after a failure too, so that a later run finds what is left to do.
 
 Fault injection (for tests; see ``FaultPlan.parse``): ``XENTOOL_FAULT_INJECT=step:K``
 makes step K raise ``InjectedFault``, ``kill:K`` makes the process SIGKILL itself at step
@@ -218,6 +220,7 @@ class Journal:
     faults: FaultPlan | None = None  # None: from the environment
     record_dir: Path | str | None = None
     handle_signals: bool = True
+    resume: bool = False  # keep the record after a failure: a later run finishes the job
     steps_done: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     notes: dict[str, object] = field(default_factory=dict)
@@ -367,7 +370,7 @@ class Journal:
                 self.leftovers.append(u.name)
                 log.warning("%s: rollback could not undo '%s': %s", self.op, u.name, e)
                 cause.add_note(f"rollback could not undo '{u.name}': {e}")
-        if self.leftovers:
+        if self.leftovers or self.resume:
             self._write_record()
         else:
             self._drop_record()

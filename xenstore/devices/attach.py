@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol, TypeVar
 
 from xenstore import paths
 from xenstore.client import Store
@@ -30,6 +31,8 @@ from xenstore.devices.xenbus import XenbusState, read_state, wait_for_state
 from xenstore.errors import XenStoreError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 INIT_TIMEOUT = 10.0     # LIBXL_INIT_TIMEOUT
 DESTROY_TIMEOUT = 10.0  # LIBXL_DESTROY_TIMEOUT
@@ -110,29 +113,79 @@ def _runs_script(kind: str, backend_domid: int, has_script: bool | None) -> bool
     return runs and backend_domid == TOOLSTACK_DOMID
 
 
+class Steps(Protocol):
+    """Runs the steps of an attach or detach: a rollback journal (``xentool.journal``)
+    that gives each a fault point and undoes the done ones if a later one fails."""
+
+    def do(self, name: str, action: Callable[[], T],
+           undo: Callable[[T], object] | None = None) -> T: ...
+
+
+class LocalSteps:
+    """Steps run as they come; the caller rolls back with :meth:`rollback`."""
+
+    def __init__(self) -> None:
+        self._undos: list[Callable[[], object]] = []
+
+    def do(self, name: str, action: Callable[[], T],
+           undo: Callable[[T], object] | None = None) -> T:
+        result = action()
+        if undo is not None:
+            self._undos.append(lambda: undo(result))
+        return result
+
+    def rollback(self) -> None:
+        """Run the undos newest first; a failing one is logged and the rest still run."""
+        while self._undos:
+            try:
+                self._undos.pop()()
+            except (OSError, XenStoreError) as e:
+                log.warning("rolling back a device step: %s", e)
+
+
 def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts(), *,
-           has_script: bool | None = None) -> None:
+           has_script: bool | None = None, steps: Steps | None = None) -> None:
     """Plug ``dev`` in; on any failure it is unplugged again before the error propagates.
 
-    ``has_script``: whether its kind has a hotplug script (default: vbd and vif do)."""
-    add_nodes(store, dev)
+    ``has_script``: whether its kind has a hotplug script (default: vbd and vif do).
+    ``steps``: a journal to run the steps in (it then owns the rollback): ``write device
+    nodes``, and with a script ``backend ready`` and ``hotplug script add``."""
+    local = LocalSteps()
+    run: Steps = local if steps is None else steps
     ref = ref_of(dev)
-    script_started = False
-    try:
-        if _runs_script(dev.kind, dev.backend_domid, has_script):
-            wait_for_state(store, f"{dev.backend}/state", [XenbusState.INIT_WAIT],
-                           timeouts.init)
-            script_started = True
-            _run_script(store, ref, hotplug.Action.ADD, timeouts.hotplug)
-    except BaseException as exc:
-        log.debug("attach of %s failed (%s), rolling back", dev.backend, exc)
+    quick = Timeouts(init=timeouts.init, destroy=min(timeouts.destroy, 5.0),
+                     hotplug=timeouts.hotplug)
+
+    def unplug(scripts: bool) -> None:
+        # The guest is not asked: it never saw the device complete.  Idempotent, so the
+        # undo of the nodes may follow the script's without harm.
+        detach(store, ref, Force.ON, quick, scripts=scripts, has_script=has_script)
+
+    def script_add() -> None:
         try:
-            detach(store, ref, Force.ON, Timeouts(init=timeouts.init,
-                                                  destroy=min(timeouts.destroy, 5.0),
-                                                  hotplug=timeouts.hotplug),
-                   scripts=script_started, has_script=has_script)
-        except (OSError, XenStoreError) as e:
-            log.warning("cleaning up %s after a failed attach: %s", dev.backend, e)
+            _run_script(store, ref, hotplug.Action.ADD, timeouts.hotplug)
+        except BaseException:
+            # Half-run: the script may have made a loop device or a vif; its remove, after
+            # the backend closed, is what frees them.
+            try:
+                unplug(True)
+            except (OSError, XenStoreError) as e:
+                log.warning("cleaning up %s after a failed hotplug script: %s",
+                            dev.backend, e)
+            raise
+
+    try:
+        run.do("write device nodes", lambda: add_nodes(store, dev),
+               undo=lambda _: unplug(False))
+        if _runs_script(dev.kind, dev.backend_domid, has_script):
+            run.do("backend ready",
+                   lambda: wait_for_state(store, f"{dev.backend}/state",
+                                          [XenbusState.INIT_WAIT], timeouts.init))
+            run.do("hotplug script add", script_add, undo=lambda _: unplug(True))
+    except BaseException as exc:
+        if steps is None:
+            log.debug("attach of %s failed (%s), rolling back", dev.backend, exc)
+            local.rollback()
         raise
 
 
@@ -155,26 +208,61 @@ def _run_script(store: Store, ref: DeviceRef, action: hotplug.Action, timeout: f
 
 def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
            timeouts: Timeouts = Timeouts(), *, scripts: bool = True,
-           has_script: bool | None = None) -> None:
+           has_script: bool | None = None, steps: Steps | None = None) -> None:
     """Unplug a device (libxl__initiate_device_generic_remove and what follows it).
 
     ``scripts=False`` skips the hotplug script's remove (its add never ran);
-    ``has_script`` as for :func:`attach`."""
+    ``has_script`` as for :func:`attach`.  ``steps``: a journal to run the steps in
+    (``close backend``, ``hotplug script remove``, ``remove device nodes``).  Once the
+    backend was asked to close the device is lost to the guest, so the "undo" of that step
+    finishes the removal instead: a failed detach leaves the device fully gone, never
+    half-closed."""
+    run: Steps = steps if steps is not None else LocalSteps()
+    runs_script = scripts and _runs_script(ref.kind, ref.backend_domid, has_script)
+    done = {"script": not runs_script, "nodes": False}
+
+    def script_remove() -> None:
+        done["script"] = True
+        if store.exists(ref.backend):
+            try:
+                _run_script(store, ref, hotplug.Action.REMOVE, timeouts.hotplug)
+            except (OSError, XenStoreError) as e:
+                # libxl too goes on removing: the device is gone from the guest either way.
+                log.warning("%s", e)
+
+    def remove_nodes() -> None:
+        destroy_nodes(store, ref.frontend, ref.backend, ref.libxl)
+        done["nodes"] = True
+
+    def finish(_: object) -> None:
+        if not done["script"]:
+            script_remove()
+        if not done["nodes"]:
+            remove_nodes()
+
+    run.do("close backend", lambda: _close(store, ref, force, timeouts), undo=finish)
+    if runs_script:
+        run.do("hotplug script remove", script_remove)
+    run.do("remove device nodes", remove_nodes)
+
+
+def _close(store: Store, ref: DeviceRef, force: Force, timeouts: Timeouts) -> None:
+    """Ask the backend to close and wait until it did (forcing as ``force`` says)."""
     state_path = f"{ref.backend}/state"
     forced = force is Force.ON
     while True:
         present = _request_close(store, ref, forced)
         if not present:
-            break
+            return
         try:
             wait_for_state(store, state_path, [XenbusState.CLOSED], timeouts.destroy,
                            missing_ok=True)
-            break
+            return
         except XenStoreError as e:
             if e.errno != errno.ETIMEDOUT or forced:
                 if forced:
                     log.warning("%s did not close, removing it anyway: %s", ref.backend, e)
-                    break
+                    return
                 raise
             if force is Force.OFF:
                 raise XenStoreError(errno.EBUSY, ref.backend,
@@ -182,14 +270,6 @@ def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
                                     f"{timeouts.destroy:g}s (use --force)") from None
             log.info("%s: guest did not release the device, forcing", ref.backend)
             forced = True
-    if scripts and _runs_script(ref.kind, ref.backend_domid, has_script) \
-            and store.exists(ref.backend):
-        try:
-            _run_script(store, ref, hotplug.Action.REMOVE, timeouts.hotplug)
-        except (OSError, XenStoreError) as e:
-            # libxl too goes on removing: the device is gone from the guest either way.
-            log.warning("%s", e)
-    destroy_nodes(store, ref.frontend, ref.backend, ref.libxl)
 
 
 def _request_close(store: Store, ref: DeviceRef, forced: bool) -> bool:

@@ -95,9 +95,19 @@ def timeouts(seconds: float | None = None) -> Timeouts:
     return replace(t, init=seconds, destroy=seconds, hotplug=max(t.hotplug, seconds))
 
 
+#: The journal (operation) names of the device verbs, by kind: their fault points.
+_VERB = {vbd.KIND: "block", vif.KIND: "network", console.KIND: "console"}
+
+
 def attach_nodes(xs: Store, dev: DeviceNodes, wait: Timeouts | None = None) -> None:
-    """Plug one device (written, backend ready, hotplug script run)."""
-    attach(xs, dev, wait or Timeouts(), has_script=device_type(dev.kind).hotplug)
+    """Plug one device (written, backend ready, hotplug script run) as the verb
+    ``<block|network>-attach``: its steps run in a journal of that name, which unplugs
+    what a failure left half-done."""
+    from xentool.journal import Journal
+
+    with Journal(f"{_VERB[dev.kind]}-attach") as j:
+        attach(xs, dev, wait or Timeouts(), has_script=device_type(dev.kind).hotplug,
+               steps=j)
 
 
 def attach_vif(xs: Store, domid: int, options: Sequence[str],
@@ -127,8 +137,12 @@ def detach_device(xs: Store, domid: int, kind: str, devid: int, *, force: Force 
     ref = find_device(xs, domid, row.kind, devid)
     if ref is None:
         raise NotFoundError(missing or f"Error: Device {label or devid} not connected.")
-    detach(xs, ref, row.detach_force if force is None else force, wait or Timeouts(),
-           has_script=row.hotplug)
+    from xentool.journal import Journal
+
+    # A failure once the backend was asked to close finishes the removal (see detach).
+    with Journal(f"{_VERB[row.kind]}-detach") as j:
+        detach(xs, ref, row.detach_force if force is None else force, wait or Timeouts(),
+               has_script=row.hotplug, steps=j)
 
 
 def devices(xs: Store, domid: int, kind: str) -> list[DeviceInfo]:
