@@ -235,19 +235,35 @@ def rename_domain(s: Session, domid: int, new_name: str, old_name: str | None = 
         other = name_to_domid(s.xc, s.xs, new_name)
         if other is not None and other != domid:
             raise XentoolError(f'domain with name "{new_name}" already exists')
+        _rename_steps(s, domid, new_name, old_name)
 
-        def write(t: Transaction) -> None:
-            dom = domain_path(domid)
-            current = t.get(f"{dom}/name")
-            if old_name is not None and current != old_name:
-                raise XentoolError(f"domain {domid} is now named '{current}', not "
-                                   f"'{old_name}': renamed meanwhile?")
-            t.write(f"{dom}/name", new_name)
-            vm = t.get(f"{dom}/vm")
-            if vm:
-                t.write(f"{vm}/name", new_name)
 
-        s.xs.transact(write)
+def _rename_steps(s: Session, domid: int, new_name: str, old_name: str | None) -> None:
+    """The two name nodes, each a journal step whose undo writes the old name back.
+    ``/vm`` goes first: names are looked up under ``/local/domain``, so a rename killed
+    half-way is still found by its old name, and running it again completes it."""
+    from xentool.journal import Journal
+
+    dom = domain_path(domid)
+    current = s.xs.get(f"{dom}/name")
+    if old_name is not None and current != old_name:
+        raise XentoolError(f"domain {domid} is now named '{current}', not "
+                           f"'{old_name}': renamed meanwhile?")
+    vm = s.xs.get(f"{dom}/vm")
+
+    def set_node(path: str, value: str | None) -> None:
+        if value is None:
+            s.xs.rm(path, missing_ok=True)
+        else:
+            s.xs.write(path, value)
+
+    with Journal("rename") as j:
+        if vm:
+            vm_name = s.xs.get(f"{vm}/name")
+            j.do("vm name", lambda: set_node(f"{vm}/name", new_name),
+                 undo=lambda _: set_node(f"{vm}/name", vm_name))
+        j.do("domain name", lambda: set_node(f"{dom}/name", new_name),
+             undo=lambda _: set_node(f"{dom}/name", current))
 
 
 def _read_kb(t: Transaction, path: str) -> int:
@@ -277,25 +293,47 @@ def _fill_dom0_memory(s: Session) -> None:
 
 
 def set_memory_target(s: Session, domid: int, request_kb: int) -> MemTarget:
+    """mem-set: two journal steps, the hypervisor's maximum then the XenStore target;
+    a failure between them puts the old maximum back."""
+    from xentool.journal import Journal
+
     info = s.xc.domain_info(domid)
     if info is None:
         raise XentoolError(f"domain {domid} does not exist")
     if domid == 0:
         _fill_dom0_memory(s)
     dom = domain_path(domid)
+    target_path, vm_path = f"{dom}/memory/target", f"/vm/{info.uuid}/memory"
 
-    def apply(t: Transaction) -> MemTarget:
-        _read_kb(t, f"{dom}/memory/target")
+    def read(t: Transaction) -> tuple[MemTarget, str, str | None]:
+        old_target = _read_kb(t, target_path)
         static_max = _read_kb(t, f"{dom}/memory/static-max")
         videoram = int(t.get(f"{dom}/memory/videoram") or 0)
-        plan = plan_mem_set(request_kb, static_max, videoram, domid)
-        s.xc.set_max_mem(domid, plan.hypervisor_max_kb)
-        t.write(f"{dom}/memory/target", str(plan.target_kb))
-        t.write(f"/vm/{info.uuid}/memory", str(plan.vm_memory_mib))
-        return plan
+        return (plan_mem_set(request_kb, static_max, videoram, domid), str(old_target),
+                t.get(vm_path))
+
+    def write(target: str, vm_mib: str | None) -> None:
+        def apply(t: Transaction) -> None:
+            t.write(target_path, target)
+            if vm_mib is None:
+                t.rm(vm_path, missing_ok=True)
+            else:
+                t.write(vm_path, vm_mib)
+        s.xs.transact(apply)
 
     with domain_lock(domid):
-        return s.xs.transact(apply)
+        plan, old_target, old_vm = s.xs.transact(read)
+        fresh = s.xc.domain_info(domid)
+        if fresh is None:
+            raise XentoolError(f"domain {domid} does not exist")
+        old_max = fresh.max_memkb
+        with Journal("mem-set") as j:
+            j.do("hypervisor max memory",
+                 lambda: s.xc.set_max_mem(domid, plan.hypervisor_max_kb),
+                 undo=lambda _: s.xc.set_max_mem(domid, old_max))
+            j.do("memory target", lambda: write(str(plan.target_kb), str(plan.vm_memory_mib)),
+                 undo=lambda _: write(old_target, old_vm))
+        return plan
 
 
 def set_memory_max(s: Session, domid: int, max_kb: int) -> None:
