@@ -154,6 +154,14 @@ class Host:
         with translating():
             return Domain(self, self._session.resolve(str(qualifier)), str(qualifier))
 
+    def finish_destroy(self, qualifier: str) -> bool:
+        """Finish what a killed or failed ``destroy`` of ``qualifier`` (name, id or uuid)
+        left once the domain itself is gone; False if no such destroy is on record."""
+        from xentool.destroy import finish_destroy
+
+        with translating():
+            return finish_destroy(self._session, qualifier)
+
     def domains(self) -> list[Domain]:
         """Every live domain, dom0 included, by domid."""
         with translating():

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from xentool import Host
-from xentool.errors import UsageError
+from xentool.errors import DomainNotFound, UsageError
 
 
 def _domain_arg(p: argparse.ArgumentParser) -> None:
@@ -41,7 +41,15 @@ def configure_destroy(p: argparse.ArgumentParser) -> None:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     with Host() as host:
-        host.domain(args.domain).destroy(force=args.force)
+        try:
+            dom = host.domain(args.domain)
+        except DomainNotFound:
+            # Gone from the hypervisor, maybe by a destroy that was killed half-way: its
+            # record lets this run finish the job.
+            if host.finish_destroy(args.domain):
+                return 0
+            raise
+        dom.destroy(force=args.force)
     return 0
 
 
