@@ -755,15 +755,12 @@ class XenCtrl:
         out = bytearray()
         while True:  # incremental reads: each returns the next up to ``size`` bytes
             n = _ffi.new("unsigned int *", size)
+            # Xen clears up to where a read got, so each read carries the clear flag.
             self._check("xc_readconsolering",
-                        _lib.xc_readconsolering(self._h, buf, n, 0, 1, index))
+                        _lib.xc_readconsolering(self._h, buf, n, int(clear), 1, index))
             out += _ffi.buffer(buf, n[0])
             if n[0] < size:
                 break
-        if clear:
-            n = _ffi.new("unsigned int *", 0)
-            self._check("xc_readconsolering",
-                        _lib.xc_readconsolering(self._h, buf, n, 1, 0, _ffi.NULL))
         return bytes(out)
 
     def send_debug_keys(self, keys: str) -> None:

@@ -402,11 +402,13 @@ def parse_cpu_list(text: str, max_cpus: int) -> frozenset[int]:
 
 
 def set_vcpu_affinity(s: Session, domid: int, vcpu: int | None, hard: str | None,
-                      soft: str | None) -> list[tuple[int, frozenset[int]]]:
+                      soft: str | None, force: bool = False
+                      ) -> list[tuple[int, frozenset[int]]]:
     """Pin vCPU ``vcpu`` (every vCPU if None) to the cpus of ``hard``/``soft`` in xl's cpu
     list syntax (None leaves that affinity alone).  Returns, for each vCPU whose effective
     hard affinity differs from the one asked for, the affinity Xen applied (restricted to
-    the domain's cpupool, as libxl allows)."""
+    the domain's cpupool, as libxl allows).  ``force`` (``vcpu-pin -f``) also overrides
+    a temporary pinning the guest made (XEN_VCPUAFFINITY_FORCE)."""
     max_cpus = s.xc.max_cpus()
     try:
         hard_set = None if hard is None else parse_cpu_list(hard, max_cpus)
@@ -423,7 +425,7 @@ def set_vcpu_affinity(s: Session, domid: int, vcpu: int | None, hard: str | None
     restricted = []
     with domain_lock(domid):
         for v in range(info.max_vcpu_id + 1) if vcpu is None else [vcpu]:
-            eff_hard, _ = s.xc.set_vcpu_affinity(domid, v, hard_set, soft_set)
+            eff_hard, _ = s.xc.set_vcpu_affinity(domid, v, hard_set, soft_set, force=force)
             if hard_set is not None and eff_hard != hard_set:
                 restricted.append((v, frozenset(eff_hard)))
     return restricted
