@@ -294,6 +294,50 @@ class Host:
                       else [d.domid for d in s.xc.domains()])
             return [r for domid in domids for r in _vcpu_rows(s, domid)]
 
+    def console_ring(self, *, clear: bool = False) -> bytes:
+        """Xen's console ring, oldest first (``dmesg``); ``clear`` empties it after."""
+        with translating():
+            return self._session.xc.read_console_ring(clear=clear)
+
+    def send_debug_keys(self, keys: str) -> None:
+        """Press Xen's debug ``keys`` (``debug-keys``); what they print goes to ``dmesg``."""
+        with translating():
+            self._session.xc.send_debug_keys(keys)
+
+    def set_parameters(self, params: str) -> None:
+        """Set Xen runtime parameters, ``"name=value noname ..."`` (``set-parameters``)."""
+        from xentool.hostops import set_parameters
+
+        with translating():
+            set_parameters(self._session, params)
+
+    def numa_info(self) -> tuple[list[tuple[int, int]], list[list[int]]]:
+        """Per node (memory size, free memory) in bytes, and the node distances."""
+        with translating():
+            return self._session.xc.numa_info()
+
+    def cpu_topology(self) -> list[tuple[int, int, int] | None]:
+        """Per CPU (core, socket, node); None for a CPU that is not present."""
+        with translating():
+            return self._session.xc.cpu_topology()
+
+    def pci_topology(self) -> list[tuple[int, int, int, int | None]]:
+        """(segment, bus, devfn, NUMA node or None) of each PCI device of the host."""
+        from xentool.hostops import pci_topology
+
+        with translating():
+            return pci_topology()
+
+    def vms(self) -> list[tuple[str, int, str | None]]:
+        """(uuid, domid, name) of every domain but stub domains (``vm-list``)."""
+        from xentool.hostops import is_stubdom
+
+        s = self._session
+        with translating():
+            infos = [d for d in s.xc.domains() if not is_stubdom(s, d.domid)]
+            names = s.names(d.domid for d in infos)
+        return [(d.uuid, d.domid, names[d.domid]) for d in infos]
+
     def cpupools(self) -> list[tuple[str | None, CpupoolInfo]]:
         """(name, record) of every cpupool."""
         from xentool.scheduler.params import pool_name
@@ -562,13 +606,15 @@ class Domain:
             set_vcpus(self._s, self.domid, n, check_host=check_host)
 
     def pin_vcpu(self, vcpu: int | None, hard: str | None,
-                 soft: str | None = None) -> list[tuple[int, frozenset[int]]]:
+                 soft: str | None = None, *,
+                 force: bool = False) -> list[tuple[int, frozenset[int]]]:
         """Set vCPU affinity in xl's cpu list syntax (``vcpu-pin``); ``vcpu`` None for all.
+        ``force`` also overrides a temporary pinning the guest made (``vcpu-pin -f``).
         Returns the vCPUs whose effective hard affinity the cpupool restricted."""
         from xentool.control import set_vcpu_affinity
 
         with translating():
-            return set_vcpu_affinity(self._s, self.domid, vcpu, hard, soft)
+            return set_vcpu_affinity(self._s, self.domid, vcpu, hard, soft, force=force)
 
     def sched(self, scheduler: str | None = None) -> SchedCredit:
         """Weight and cap; ``scheduler`` ("credit"/"credit2") must be the pool's if given,
@@ -627,6 +673,46 @@ class Domain:
 
         pool = self._s.xc.cpupool_info(self.info().cpupool)
         return SCHEDULER_NAMES.get(pool.sched_id, str(pool.sched_id))
+
+    def node_affinity(self) -> frozenset[int]:
+        """The NUMA nodes the domain's memory comes from (``list -n``)."""
+        with translating():
+            return self._s.xc.node_affinity(self.domid)
+
+    # -- triggers, sysrq, core dumps ---------------------------------------------------------
+
+    def send_trigger(self, trigger: str, vcpu: int = 0) -> None:
+        """Send a libxl trigger (``nmi``, ``reset``, ``init``, ``power``, ``sleep``,
+        ``s3resume``; any case) to ``vcpu``.  Xen refuses most of them for a PV guest:
+        :class:`xentool.hostops.TriggerFailed` (exit code 0, as xl) says so."""
+        from xentool.hostops import parse_trigger, send_trigger
+
+        name = parse_trigger(trigger)
+        if name is None:
+            raise UsageError(f'Invalid trigger "{trigger}"')
+        with translating():
+            send_trigger(self._s, self.domid, name, vcpu)
+
+    def send_sysrq(self, letter: str) -> None:
+        """Ask the guest's kernel to act on the magic SysRq ``letter`` (``sysrq``)."""
+        from xentool.hostops import send_sysrq
+
+        with translating():
+            send_sysrq(self._s, self.domid, letter)
+
+    def dump_core(self, path: str | os.PathLike[str]) -> None:
+        """Write an ELF core of the domain's memory and vCPUs to ``path`` (``dump-core``)."""
+        from xentool.hostops import dump_core
+
+        with translating():
+            dump_core(self._s, self.domid, os.fspath(path))
+
+    def channels(self) -> list[int]:
+        """The devids of the domain's channels (``channel-list``)."""
+        from xentool.hostops import channel_devids
+
+        with translating():
+            return channel_devids(self._s, self.domid)
 
     # -- devices ---------------------------------------------------------------------------
 

@@ -132,14 +132,23 @@ def state_flags(d: DomainInfo) -> str:
 
 
 def format_list(entries: Sequence[tuple[str | None, DomainInfo]], verbose: bool = False,
+                *, context: bool = False, claim: bool = False,
+                nodes: Sequence[str] | None = None,
                 pools: Sequence[str | None] | None = None) -> str:
-    """``xl list [-v] [-c]``; entries are (XenStore name, DomainInfo) in domid order,
-    ``pools`` each domain's cpupool name."""
+    """``xl list [-v] [-Z] [-c] [-n]`` and ``xl claims`` (``claim``); entries are (XenStore
+    name, DomainInfo) in domid order, ``nodes`` each domain's NODE Affinity text, ``pools``
+    each domain's cpupool name."""
     out = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
     if verbose:
         out[0] += "   UUID                            Reason-Code\tSecurity Label"
+    if context and not verbose:
+        out[0] += "   Security Label"
+    if claim:
+        out[0] += "  Claimed"
     if pools is not None:
         out[0] += "         Cpupool"
+    if nodes is not None:
+        out[0] += " NODE Affinity"
     for i, (name, d) in enumerate(entries):
         mem_mib = (d.current_memkb + d.outstanding_memkb) // 1024
         line = (f"{c_str(name):<40} {d.domid:5d} {mem_mib:5d} {d.nr_online_vcpus:5d}"
@@ -148,9 +157,14 @@ def format_list(entries: Sequence[tuple[str | None, DomainInfo]], verbose: bool 
             reason = d.shutdown_reason if d.shutdown else 0
             line += f" {d.uuid}"
             line += f" {reason:8x}" if d.shutdown else f" {'-':>8}"
-            line += f" {'-':>16}"  # security label: XSM/FLASK is not supported
+        if claim:
+            line += f" {d.outstanding_memkb // 1024:5d}"
+        if verbose or context:
+            line += f" {'-':>16}"  # security label: Xen here has no XSM/FLASK policy
         if pools is not None:
             line += f"{c_str(pools[i]):>16}"
+        if nodes is not None:
+            line += f" {nodes[i]}"
         out.append(line)
     return "\n".join(out) + "\n"
 

@@ -6,9 +6,8 @@ import argparse
 import sys
 import time
 
-from xentool import Host
+from xentool import Domain, Host
 from xentool.cli import format as output
-from xentool.errors import UsageError
 from xentool.session import parse_domid
 
 
@@ -28,17 +27,24 @@ def _emit(text: str) -> int:
 
 def configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--numa", action="store_true",
-                   help="also print NUMA and topology information (not supported yet)")
+                   help="also print the CPU, device and NUMA topology (NAME is then ignored)")
     p.add_argument("name", nargs="?", help="print only the values of keys starting with NAME")
     _json_flag(p)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if args.numa:
-        raise UsageError("info --numa is not supported yet")
     with Host() as host:
         h = host.info()
+        topology = (host.cpu_topology(), host.pci_topology(), host.numa_info()) \
+            if args.numa else None
     items = output.info_items(h.uname, h.physinfo, h.version, h.sched_id, h.free_cpus)
+    if topology is not None:
+        from xentool.cli.commands.hostops import numa_items
+
+        # xl prints them between the host's and Xen's lines, and ignores NAME then.
+        at = next(i for i, (key, _, _) in enumerate(items) if key == "xen_major")
+        items[at:at] = numa_items(*topology)
+        args.name = None
     if args.json:
         return _emit(output.to_json(output.info_json(items)))
     return _emit(output.format_info(items, args.name))
@@ -52,8 +58,12 @@ def configure_list(p: argparse.ArgumentParser) -> None:
                    help="print the domains' state as JSON (same document as --json)")
     p.add_argument("-v", "--verbose", dest="list_verbose", action="store_true",
                    help="also print UUID, shutdown reason code and security label")
+    p.add_argument("-Z", "--context", action="store_true",
+                   help="also print the security label")
     p.add_argument("-c", "--cpupool", action="store_true",
                    help="also print each domain's cpupool")
+    p.add_argument("-n", "--numa", action="store_true",
+                   help="also print the NUMA nodes of each domain's memory")
     p.add_argument("domains", nargs="*", metavar="DOMAIN", help="name or id (default: all)")
     _json_flag(p)
 
@@ -61,13 +71,19 @@ def configure_list(p: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     with Host() as host:
         entries = host.domain_infos(args.domains)
+        nodes = None
+        if args.numa and not (args.json or args.long):
+            nr_nodes = host.physinfo().nr_nodes
+            nodes = [output.print_bitmap(Domain(host, d.domid).node_affinity(), nr_nodes)
+                     for _, d in entries]
         pools = None
         if args.cpupool and not (args.json or args.long):
             names = {p.poolid: n for n, p in host.cpupools()}
             pools = [names.get(d.cpupool) for _, d in entries]
     if args.json or args.long:
         return _emit(output.to_json(output.list_json(entries)))
-    return _emit(output.format_list(entries, verbose=args.list_verbose, pools=pools))
+    return _emit(output.format_list(entries, verbose=args.list_verbose,
+                                    context=args.context, nodes=nodes, pools=pools))
 
 
 # -- domid / domname -----------------------------------------------------------------------
