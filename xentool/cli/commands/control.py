@@ -55,7 +55,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 def configure_vcpu_pin(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true",
-                   help="accepted for xl compatibility (affinity is always set directly)")
+                   help="also override a temporary pinning the guest made")
     p.add_argument("-i", "--ignore-global-affinity-masks", action="store_true",
                    help="accepted for xl compatibility (xentool has no global masks)")
     _domain_arg(p)
@@ -78,7 +78,8 @@ def cmd_vcpu_pin(args: argparse.Namespace) -> int:
     with Host() as host:
         dom = host.domain(args.domain)
         restricted = dom.pin_vcpu(vcpu, None if args.hard == "-" else args.hard,
-                                  None if args.soft == "-" else args.soft)
+                                  None if args.soft == "-" else args.soft,
+                                  force=args.force)
     for v, eff_hard in restricted:
         # Like libxl: the request succeeded, but Xen restricts it to the pool's cpus.
         print(f"xentool: vcpu {v}: effective hard affinity is "
