@@ -73,14 +73,28 @@ def _domid(conn: Handler | None) -> int:
     return 0 if conn is None else conn.domid
 
 
+def _strtol0(text: bytes) -> int | None:
+    """strtol(text, &end, 0) that must consume all of ``text``: 0x hex, 0 octal, decimal."""
+    t = text.lower()
+    try:
+        if t.startswith(b"0x"):
+            return int(t[2:], 16) if t[2:].isalnum() else None
+        if t.startswith(b"0") and len(t) > 1:
+            return int(t[1:], 8) if t[1:].isdigit() else None
+        return int(t) if t.isdigit() else None
+    except ValueError:
+        return None
+
+
 def parse_perms(strings: list[bytes]) -> list[bytes] | None:
-    """xenstore_strings_to_perms: a letter of nrwb then a number; normalised like
-    xenstored prints them back (``r007`` -> ``r7``). None when malformed."""
+    """xenstore_strings_to_perms: a letter of nrwb then a number as strtol(, 0) reads it;
+    kept the way xenstored prints them back (``r007`` -> ``r7``). None when malformed."""
     out = []
     for p in strings:
-        if p[:1] not in (b"n", b"r", b"w", b"b") or not p[1:].isdigit():
+        domid = _strtol0(p[1:])
+        if p[:1] not in (b"n", b"r", b"w", b"b") or domid is None:
             return None
-        out.append(p[:1] + str(int(p[1:])).encode())
+        out.append(p[:1] + str(domid).encode())
     return out
 
 

@@ -104,8 +104,11 @@ def run(store: Store, guest: int, tag: str) -> Transcript:
     step("set_perms missing node", ok(lambda xs: xs.set_perms(f"{g}/nothere", nobody)))
     step("set_perms bad letter", ok(lambda xs: raw_set_perms(xs, f"{g}/a", "x0")))
     step("set_perms no entries", ok(lambda xs: raw_set_perms(xs, f"{g}/a")))
+    # Numbers are read like strtol(, 0): a leading 0 means octal.
     step("set_perms padded domid", ok(lambda xs: raw_set_perms(xs, f"{g}/b", f"n{guest:04d}",
                                                                "r000")))
+    step("set_perms hex domid", ok(lambda xs: raw_set_perms(xs, f"{g}/b", "n0",
+                                                            f"r{hex(guest)}", "w0X0")))
     step("read g/a", lambda xs: xs.read(f"{g}/a"))
     step("read dir value", lambda xs: xs.read(f"{g}/dir"))
     step("read missing", lambda xs: xs.read(f"{g}/nothere"))
