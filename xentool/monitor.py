@@ -380,11 +380,12 @@ class Monitor:
         now = self.clock()
         kept = set(live_uuids)
         for rec in self._records():
-            if (rec.uuid not in live_uuids and rec.restart_at is None and self._mine(rec.uuid)
+            gone = (rec.uuid not in live_uuids and rec.restart_at is None
+                    and self._mine(rec.uuid)
                     and (rec.uuid in self.seen_alive
-                         or now - max(rec.saved_at, rec.started_at) > RECORD_GRACE)):
-                if self._forget(rec):
-                    continue
+                         or now - max(rec.saved_at, rec.started_at) > RECORD_GRACE))
+            if gone and self._forget(rec):
+                continue
             kept.add(rec.uuid)
         self.seen_alive &= kept
 

@@ -244,6 +244,7 @@ def test_xl_list_l_knows_a_xentool_guest_like_its_own(kit: GuestKit, cfg_file,
         (xl if tool == "xl" else xentool)("create", "-p", "-e", str(cfg))
         try:
             r = xl("list", "-l", guest_name)
+            assert xentool("list", "-l", guest_name).stdout == r.stdout  # one view
             (entry,) = json.loads(r.stdout)
             docs[tool] = _flat(entry["config"])
         finally:

@@ -92,6 +92,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("shutdown", "domain_ops", "Issue a shutdown signal to a domain"),
     Verb("reboot", "domain_ops", "Issue a reboot signal to a domain"),
     Verb("rename", "domain_ops", "Rename a domain"),
+    Verb("config-update", "stored", "Update a running domain's saved configuration, used "
+         "when rebuilding the domain after reboot"),
     Verb("mem-set", "domain_ops", "Set the current memory usage for a domain"),
     Verb("mem-max", "domain_ops", "Set the maximum amount reservation for a domain"),
     Verb("vcpu-set", "domain_ops", "Set the number of active VCPUs allowed for the domain"),

@@ -55,7 +55,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def configure_list(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--long", action="store_true",
-                   help="print the domains' state as JSON (same document as --json)")
+                   help="print each domain's configuration as xl does (libxl's JSON)")
     p.add_argument("-v", "--verbose", dest="list_verbose", action="store_true",
                    help="also print UUID, shutdown reason code and security label")
     p.add_argument("-Z", "--context", action="store_true",
@@ -69,6 +69,8 @@ def configure_list(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.long and not args.json:
+        return _list_long(args.domains)
     with Host() as host:
         entries = host.domain_infos(args.domains)
         nodes = None
@@ -80,10 +82,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.cpupool and not (args.json or args.long):
             names = {p.poolid: n for n, p in host.cpupools()}
             pools = [names.get(d.cpupool) for _, d in entries]
-    if args.json or args.long:
+    if args.json:
         return _emit(output.to_json(output.list_json(entries)))
     return _emit(output.format_list(entries, verbose=args.list_verbose,
                                     context=args.context, nodes=nodes, pools=pools))
+
+
+def _list_long(domains: list[str]) -> int:
+    """``list -l``: what libxl retrieves of each domain's configuration, printed as xl's
+    list_domains_details prints it (the domains libxl cannot retrieve are left out)."""
+    from xentool.config.libxl_json import yajl_dumps
+
+    with Host() as host:
+        found, problems = host.domain_configs(domains)
+    for line in problems:
+        print(f"libxl: {line}", file=sys.stderr)
+    # xl adds a newline to the generator's output (puts).
+    return _emit(yajl_dumps([{"domid": r.domid, "config": r.config} for r in found]) + "\n")
 
 
 # -- domid / domname -----------------------------------------------------------------------
