@@ -14,7 +14,7 @@ everything this module gave it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -151,8 +151,13 @@ def vcpu0_context(plan: BuildPlan, l4_mfn: int) -> VcpuContext:
 
 
 def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: bytes | None,
-          *, console_domid: int = 0, xenstore_domid: int = 0) -> BuiltPv:
-    """Build the PV guest ``domid`` (created, paused, no memory yet) according to ``plan``."""
+          *, console_domid: int = 0, xenstore_domid: int = 0,
+          claim: Callable[[int], None] | None = None) -> BuiltPv:
+    """Build the PV guest ``domid`` (created, paused, no memory yet) according to ``plan``.
+
+    ``claim(n)`` claims ``n`` pages for the domain (0 releases the claim): given, the
+    guest's memory is claimed before it is populated, as libxl does with claim_mode.
+    """
     if (ramdisk is None) != (plan.ramdisk is None) or (
             ramdisk is not None and len(ramdisk) != plan.ramdisk_size):
         raise ValueError("ramdisk does not match the plan")
@@ -166,7 +171,11 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
     store_evtchn = xc.evtchn_alloc_unbound(domid, xenstore_domid)
     console_evtchn = xc.evtchn_alloc_unbound(domid, console_domid)
 
+    if claim is not None:
+        claim(plan.nr_pages)  # Xen refuses a claim above max_pages: it comes after
     p2m = populate(xc, domid, plan.nr_pages)
+    if claim is not None:
+        claim(0)
     info = xc.domain_info(domid)
     if info is None:
         raise XenError("xc_domain_getinfo", 3, f"domain {domid} vanished while building")

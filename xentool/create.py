@@ -14,6 +14,7 @@ the guest, the guest owns the few nodes it must write (control/shutdown, data, .
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store, Transaction
     from xenstore.devices.common import DeviceNodes
+    from xentool.config.xlconf import GlobalConfig
     from xentool.journal import Journal
     from xentool.settings import VcpuAffinity
 
@@ -163,35 +165,53 @@ class Source:
 
 
 def create(config: DomainConfig, *, paused: bool = False, source: Source | None = None,
-           handle_signals: bool = False) -> int:
+           handle_signals: bool = False, gconf: GlobalConfig | None = None,
+           ignore_masks: bool = False) -> int:
     """Create the PV guest described by ``config`` and return its domid.
 
     The guest runs unless ``paused``.  With ``source`` the domain gets a record
     (:mod:`xentool.records`), so its on_* actions can be applied.  ``handle_signals``
     makes SIGINT/SIGTERM/SIGHUP roll the create back (for command-line front ends; a
     library caller keeps its own handlers).  On any failure nothing is left behind.
+
+    ``gconf`` is xl.conf (:mod:`xentool.config.xlconf`, xl's defaults if None): its
+    defaults fill in what ``config`` leaves out; with autoballoon the create runs under
+    its global lock after dom0 made room (:mod:`xentool.balloon`); its affinity masks
+    restrict the vCPUs unless ``ignore_masks`` (``create -i``).
     """
+    from xentool.config.xlconf import GlobalConfig, apply_global_defaults
     from xentool.devices import preflight
 
+    gconf = gconf or GlobalConfig()
+    gconf.check_applicable()
+    config = apply_global_defaults(config, gconf)
     prep = prepare(config)
     preflight(config)  # a bad disk or vif spec fails before anything exists
 
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store
+    from xentool.balloon import freemem, global_lock, need_memkb
     from xentool.journal import Journal, default_record_dir
 
     with XenCtrl() as xc, Store.connect() as xs:
-        with Journal("create", record_dir=default_record_dir(),
-                     handle_signals=handle_signals) as j:
-            return _create_steps(j, xc, xs, config, prep, paused, source)
+        balloon = gconf.autoballoon_enabled(xc.version().commandline)
+        with global_lock(gconf.lockfile) if balloon else contextlib.nullcontext():
+            if balloon:
+                freemem(xc, xs, need_memkb(prep.plan.nr_pages * 4))
+            with Journal("create", record_dir=default_record_dir(),
+                         handle_signals=handle_signals) as j:
+                return _create_steps(j, xc, xs, config, prep, paused, source, gconf,
+                                     ignore_masks)
 
 
 def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep: Prepared,
-                  paused: bool, source: Source | None) -> int:
+                  paused: bool, source: Source | None, gconf: GlobalConfig,
+                  ignore_masks: bool) -> int:
     from domain_builder import pv
     from domain_builder.xenctrl import CreateConfig
     from xenstore.devices.attach import Force, attach, detach, ref_of
     from xenstore.devices.common import write_nodes as write_device
+    from xentool.config.xlconf import global_mask
     from xentool.devices import config_devices, device_type
     from xentool.devices.console import built_nodes as console_nodes
     from xentool.locks import create_lock
@@ -210,9 +230,12 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
         # Refused before anything exists: a weight for a scheduler without one, a cpus
         # set that names no pcpu of this host.
         sched = sched_scheduler(config, xc.cpupool_info(poolid).sched_id)
-        affinities = vcpu_affinities(config, bp.max_vcpus, xc.max_cpus())
+        max_cpus = xc.max_cpus()
+        mask = None if ignore_masks else global_mask(gconf, max_cpus)
+        affinities = vcpu_affinities(config, bp.max_vcpus, max_cpus, mask)
         cc = CreateConfig(
-            max_vcpus=bp.max_vcpus, handle=uuid.bytes, grant_version=2,
+            max_vcpus=bp.max_vcpus, handle=uuid.bytes,
+            grant_version=gconf.max_grant_version or 2,
             max_grant_frames=config.max_grant_frames or -1,
             max_maptrack_frames=config.max_maptrack_frames or -1,
             max_evtchn_port=config.max_event_channels or 1023, cpupool_id=poolid,
@@ -235,7 +258,11 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
         j.push("xenstore nodes", lambda: _rm_nodes(xs, domid, uuid_s))
         j.do("xenstore nodes", make_nodes)
 
-    built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp, prep.ramdisk))
+    # claim_mode (xl.conf, on by default): as libxl, the guest's memory is claimed before
+    # it is populated, so a parallel create cannot take it half-way through the build.
+    claim = (lambda n: xc.claim_pages(domid, n)) if gconf.claim_mode else None
+    built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp, prep.ramdisk,
+                                           claim=claim))
     # After the build: the vCPUs exist only once it has set max_vcpus (libxl too sets
     # affinity after xc_domain_max_vcpus and the scheduler parameters in build_post).
     _sched_steps(j, xc, config, domid, sched, affinities)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from xenstore.devices.attach import DeviceInfo
     from xentool.config.model import DomainConfig
+    from xentool.config.xlconf import GlobalConfig
     from xentool.cpupool import PoolConfig, PoolPlan
     from xentool.results import HostInfo, UptimeRow, VcpuRow
     from xentool.retrieve import Retrieved
@@ -108,6 +109,15 @@ class Host:
                     cache_dir=config_cache_dir() if cached else None)
 
     @staticmethod
+    def global_config(path: str | None = None) -> GlobalConfig:
+        """xl's global configuration, xl.conf (``XENTOOL_XL_CONF`` or /etc/xen/xl.conf
+        unless ``path``): its defaults where the file says nothing; ``ConfigError`` for a
+        bad file.  ``output_format`` there is what ``list -l`` and ``create -n`` print."""
+        from xentool.config.xlconf import load_global_config
+
+        return load_global_config(path)
+
+    @staticmethod
     def image_info(kernel: str, max_size: int | None = None) -> dict[str, object]:
         """What the PV builder finds in a kernel image (container, compression, ELF
         layout, Xen notes), decompressing at most ``max_size`` bytes (default 256 MiB)."""
@@ -128,12 +138,16 @@ class Host:
     # -- domains ---------------------------------------------------------------------------
 
     def create(self, config: ConfigLike, overrides: Sequence[str] = (), *,
-               paused: bool = False, record: bool = True, cached: bool = False) -> Domain:
+               paused: bool = False, record: bool = True, cached: bool = False,
+               ignore_global_masks: bool = False,
+               xl_conf: GlobalConfig | None = None) -> Domain:
         """Create and start (unless ``paused``) the PV guest ``config`` describes.
 
         ``record`` keeps how it was created (:mod:`xentool.records`), so its on_* actions
         are applied by the host's monitor.  ``cached``: see :meth:`load_config`.  On any
-        failure nothing is left behind.
+        failure nothing is left behind.  xl.conf (``xl_conf``, else
+        :meth:`global_config`) is honoured as xl honours it; ``ignore_global_masks`` leaves
+        out its vCPU affinity masks (``create -i``).
         """
         from xentool.create import Source, create
 
@@ -146,7 +160,9 @@ class Host:
                 source = Source(cfg.source, (), _restartable_text(cfg))
         with translating():
             domid = create(cfg, paused=paused, source=source,
-                           handle_signals=self.handle_signals)
+                           handle_signals=self.handle_signals,
+                           gconf=xl_conf or self.global_config(),
+                           ignore_masks=ignore_global_masks)
         return Domain(self, domid)
 
     def domain(self, qualifier: str | int) -> Domain:
@@ -747,13 +763,17 @@ class Domain:
                           force=Force.ON if force else Force.OFF, wait=timeouts(timeout),
                           label=str(vdev))
 
-    def attach_nic(self, *options: str, timeout: float | None = None) -> int:
-        """Plug a vif given as xl's ``KEY=VALUE`` options; returns its devid."""
+    def attach_nic(self, *options: str, timeout: float | None = None,
+                   xl_conf: GlobalConfig | None = None) -> int:
+        """Plug a vif given as xl's ``KEY=VALUE`` options; returns its devid.  The vif
+        defaults of xl.conf (``xl_conf``, else :meth:`Host.global_config`) apply."""
         from xentool.devices import attach_vif, timeouts
         from xentool.locks import domain_lock
 
+        gconf = xl_conf or Host.global_config()
+        gconf.check_applicable()
         with translating(), domain_lock(self.domid):
-            return attach_vif(self._s.xs, self.domid, options, timeouts(timeout))
+            return attach_vif(self._s.xs, self.domid, options, timeouts(timeout), gconf)
 
     def detach_nic(self, device: str | int, *, timeout: float | None = None) -> None:
         """Unplug a vif by devid or MAC."""

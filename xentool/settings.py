@@ -37,10 +37,15 @@ def _per_vcpu(aff: CpuAffinity | None, vcpu: int, host_cpus: int) -> frozenset[i
     return aff.per_vcpu[vcpu].resolve(host_cpus)
 
 
-def vcpu_affinities(config: DomainConfig, max_vcpus: int,
-                    host_cpus: int) -> list[VcpuAffinity]:
-    """The affinity of every vCPU that ``cpus``/``cpus_soft`` set, in vCPU order."""
-    if config.cpus is None and config.cpus_soft is None:
+def vcpu_affinities(config: DomainConfig, max_vcpus: int, host_cpus: int,
+                    mask: frozenset[int] | None = None) -> list[VcpuAffinity]:
+    """The affinity of every vCPU that ``cpus``/``cpus_soft`` set, in vCPU order.
+
+    ``mask`` is xl.conf's global hard affinity mask (``vm.cpumask`` and ``vm.pv.cpumask``),
+    applied as xl applies it: it restricts every hard affinity the config gives, and with
+    no ``cpus`` at all it becomes every vCPU's hard affinity.
+    """
+    if config.cpus is None and config.cpus_soft is None and mask is None:
         return []
     out = []
     for v in range(max_vcpus):
@@ -49,6 +54,10 @@ def vcpu_affinities(config: DomainConfig, max_vcpus: int,
         if hard is not None and not hard:
             raise XentoolError(f"{config.source}: cpus selects no pcpu of this host for "
                                f"vcpu {v} (it has {host_cpus})")
+        if mask is not None and (hard is not None or config.cpus is None):
+            hard = (frozenset(range(host_cpus)) if hard is None else hard) & mask
+            if not hard:
+                raise XentoolError("vcpu hard affinity map is empty")  # xl's message
         if hard is not None or soft is not None:
             out.append(VcpuAffinity(v, hard, soft))
     return out

@@ -14,6 +14,7 @@ domain records (on_*)      ``/var/lib/xentool``         ``XENTOOL_STATE_DIR``
 decompressed kernels       ``/var/cache/xentool/...``   ``XENTOOL_KERNEL_CACHE`` (empty: off)
 built configs              ``/var/cache/xentool/...``   ``XENTOOL_CONFIG_CACHE`` (empty: off)
 libxl's domain userdata    ``/var/lib/xen``             (fixed: xl reads it there)
+xl's global config         ``/etc/xen/xl.conf``         ``XENTOOL_XL_CONF``
 =========================  ===========================  =====================================
 
 Both caches must be private to the user (root on dom0), or they are not used.  The kernel
@@ -37,6 +38,11 @@ KERNEL_CACHE = "/var/cache/xentool/kernels"
 KERNEL_CACHE_ENV = "XENTOOL_KERNEL_CACHE"
 CONFIG_CACHE = "/var/cache/xentool/configs"
 CONFIG_CACHE_ENV = "XENTOOL_CONFIG_CACHE"
+#: xl's global configuration (xl.conf(5)), shared with xl.
+XL_CONF = "/etc/xen/xl.conf"
+XL_CONF_ENV = "XENTOOL_XL_CONF"
+#: The lock xl takes around a create when it may balloon dom0 (xl.conf ``lockfile``).
+XL_LOCK_FILE = "/var/lock/xl"
 #: Where libxl keeps per-domain files (``userdata-d.<domid>.<uuid>.<key>``).
 LIBXL_USERDATA_DIR = "/var/lib/xen"
 
@@ -124,6 +130,11 @@ def kernel_cache_dir() -> str | None:
 def config_cache_dir() -> str | None:
     """The built-config cache, or None when turned off."""
     return os.environ.get(CONFIG_CACHE_ENV, CONFIG_CACHE) or None
+
+
+def xl_conf_path() -> str:
+    """xl.conf: ``/etc/xen/xl.conf`` unless ``XENTOOL_XL_CONF`` names another file."""
+    return os.environ.get(XL_CONF_ENV) or XL_CONF
 
 
 def libxl_userdata_path(domid: int, uuid: str, key: str,

@@ -122,6 +122,66 @@ VERBS: tuple[Verb, ...] = (
 
 _BY_NAME = {v.name: v for v in VERBS}
 
+#: xl 4.17's command table (xl_cmdtable.c), in its order: a verb prefix means what it
+#: means to xl's ``cmdtable_lookup``, whatever verbs xentool adds.
+XL_VERBS = (
+    "create", "config-update", "list", "destroy", "shutdown", "reboot", "pci-attach",
+    "pci-detach", "pci-list", "pci-assignable-add", "pci-assignable-remove",
+    "pci-assignable-list", "pause", "unpause", "console", "vncviewer", "save", "migrate",
+    "restore", "migrate-receive", "dump-core", "cd-insert", "cd-eject", "mem-max", "mem-set",
+    "button-press", "vcpu-list", "vcpu-pin", "vcpu-set", "vm-list", "info", "sharing",
+    "sched-credit", "sched-credit2", "sched-rtds", "domid", "domname", "rename", "trigger",
+    "sysrq", "debug-keys", "set-parameters", "dmesg", "top", "network-attach", "network-list",
+    "network-detach", "channel-list", "block-attach", "block-list", "block-detach",
+    "vtpm-attach", "vtpm-list", "vtpm-detach", "vkb-attach", "vkb-list", "vkb-detach",
+    "vdispl-attach", "vdispl-list", "vdispl-detach", "vsnd-attach", "vsnd-list", "vsnd-detach",
+    "uptime", "claims", "cpupool-create", "cpupool-list", "cpupool-destroy", "cpupool-rename",
+    "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate", "cpupool-numa-split",
+    "getenforce", "setenforce", "loadpolicy", "remus", "devd", "psr-hwinfo", "psr-cmt-attach",
+    "psr-cmt-detach", "psr-cmt-show", "psr-cat-set", "psr-cat-show", "psr-mba-set",
+    "psr-mba-show", "usbctrl-attach", "usbctrl-detach", "usbdev-attach", "usbdev-detach",
+    "usb-list", "qemu-monitor-command",
+)
+
+#: The verbs of xl's table that implement the global -N (dry run) option ("can_dryrun").
+XL_DRYRUN_VERBS = frozenset((
+    "create", "config-update", "vcpu-pin", "cd-insert", "cd-eject", "network-attach",
+    "block-attach", "vtpm-attach", "vkb-attach", "vdispl-attach", "vsnd-attach",
+    "cpupool-create",
+))
+
+
+class AmbiguousVerb(Exception):
+    """A verb prefix that matches more than one verb."""
+
+
+def _prefix_lookup(word: str, names: Sequence[str]) -> str | None:
+    """xl's cmdtable_lookup: an exact name, else the one name ``word`` is a prefix of.
+    None if none; AmbiguousVerb if several."""
+    found = [n for n in names if n.startswith(word)]
+    if word in found:
+        return word
+    if len(found) > 1:
+        raise AmbiguousVerb(word)
+    return found[0] if found else None
+
+
+def resolve_verb(word: str) -> str | None:
+    """The verb ``word`` names, exactly or as an unambiguous prefix (``li`` is ``list``).
+
+    xl's table decides first, so a prefix means the same verb as for xl (where xl knows
+    the verb; xentool may lack it); xentool's own verbs are matched by prefix only where
+    xl's table matches nothing.  None if nothing matches; AmbiguousVerb as for xl.
+    """
+    if word in _BY_NAME:
+        return word
+    if not word:
+        return None
+    name = _prefix_lookup(word, XL_VERBS)
+    if name is not None:
+        return name
+    return _prefix_lookup(word, [v.name for v in VERBS if v.name not in XL_VERBS])
+
 
 def _terminal_columns() -> int:
     """``shutil.get_terminal_size().columns``, computed the same way without shutil."""
@@ -167,6 +227,17 @@ def _top_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"xentool {__version__}")
     p.add_argument("-v", dest="verbose", action="count", default=0,
                    help="verbose: repeat for more detail (like xl -v)")
+    p.add_argument("-N", dest="dryrun_only", action="store_true",
+                   help="dry run: the verbs that can show what they would do, do only that")
+    # xl 4.17 sets a flag for -f that no verb reads: accepted, with the same (no) effect.
+    p.add_argument("-f", dest="force_execution", action="store_true",
+                   help="force execution (as in xl 4.17, no verb is affected)")
+    # -t: xl redraws progress lines with a carriage return; no xentool verb shows progress
+    # (xl's progress comes from save/restore/migrate), so there is nothing to redraw.
+    p.add_argument("-t", dest="progress_use_cr", action="store_true",
+                   help="progress output with carriage returns (like xl -t)")
+    p.add_argument("-T", dest="timestamps", action="store_true",
+                   help="date and process id before each log line (like xl -T)")
     p.add_argument("verb", nargs="?", help="the verb to run (see below)")
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -200,10 +271,12 @@ def _user_error(exc: BaseException) -> XentoolError | None:
     return translated(exc)
 
 
-def _configure_logging(logging: ModuleType, verbose: int) -> None:
+def _configure_logging(logging: ModuleType, verbose: int, timestamps: bool = False) -> None:
+    # -T: xl's logger shows the local date, time zone and pid first.
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2),
-        format="xentool: %(message)s",
+        format=("%(asctime)s [%(process)d] " if timestamps else "") + "xentool: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S %Z",
     )
 
 
@@ -218,12 +291,13 @@ class _LoggingOnImport:
     anyone can log through it.
     """
 
-    def __init__(self, verbose: int) -> None:
+    def __init__(self, verbose: int, timestamps: bool = False) -> None:
         self.verbose = verbose
+        self.timestamps = timestamps
 
     def install(self) -> None:
         if "logging" in sys.modules:  # already imported (embedding program, tests)
-            _configure_logging(sys.modules["logging"], self.verbose)
+            _configure_logging(sys.modules["logging"], self.verbose, self.timestamps)
         else:
             sys.meta_path.insert(0, self)
 
@@ -246,7 +320,7 @@ class _LoggingOnImport:
 
         def exec_and_configure(module: ModuleType) -> None:
             exec_module(module)
-            _configure_logging(module, self.verbose)
+            _configure_logging(module, self.verbose, self.timestamps)
 
         loader.exec_module = exec_and_configure  # type: ignore[method-assign]  # wrapped on purpose
         return spec
@@ -255,7 +329,7 @@ class _LoggingOnImport:
 def main(argv: Sequence[str] | None = None) -> int:
     top = _top_parser()
     ns = top.parse_args(argv)
-    logging_hook = _LoggingOnImport(ns.verbose)
+    logging_hook = _LoggingOnImport(ns.verbose, ns.timestamps)
     logging_hook.install()
     try:
         if ns.verb is None:
@@ -265,16 +339,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not ns.args:
                 top.print_help()
                 return 0
-            if ns.args[0] in _BY_NAME:
-                _verb_parser(_BY_NAME[ns.args[0]]).print_help()
+            try:
+                name = resolve_verb(ns.args[0])
+            except AmbiguousVerb:
+                name = None
+            if name in _BY_NAME:
+                _verb_parser(_BY_NAME[name]).print_help()
                 return 0
             return _fail(f"unknown verb '{ns.args[0]}'{_nearest(ns.args[0])}", 2)
-        verb = _BY_NAME.get(ns.verb)
+        try:
+            name = resolve_verb(ns.verb)
+        except AmbiguousVerb:
+            print("command not implemented", file=sys.stderr)  # xl's words and status
+            return 1
+        verb = _BY_NAME.get(name or ns.verb)
         if verb is None:
-            return _fail(f"unknown verb '{ns.verb}'{_nearest(ns.verb)} (see 'xentool help')",
-                         2)
+            return _fail(f"unknown verb '{name or ns.verb}'{_nearest(name or ns.verb)} "
+                         "(see 'xentool help')", 2)
+        if ns.dryrun_only and verb.name not in XL_DRYRUN_VERBS:
+            print("command does not implement -N (dryrun) option", file=sys.stderr)
+            return 1
         args = _verb_parser(verb).parse_args(ns.args)
         args.verbose = ns.verbose
+        args.dryrun_only = ns.dryrun_only
+        args.force_execution = ns.force_execution
+        args.progress_use_cr = ns.progress_use_cr
+        args.timestamps = ns.timestamps
         try:
             return verb.handler()(args)
         except KeyboardInterrupt:

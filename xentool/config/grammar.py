@@ -11,7 +11,9 @@ What libxlu accepts (``libxlu_cfg_l.l`` / ``libxlu_cfg_y.y``), and so what we ac
 * an atom is a number ``[0-9][0-9a-fx]*`` or a single or double quoted string on one line
   with backslash escapes.  Numbers are kept as text: xl converts them with ``strtol(, 0)``
   only when a key wants a number (so ``"512"`` is as good a memory size as ``512``);
-* whitespace is space and tab only: a carriage return is an error (xl rejects CRLF files);
+* whitespace is space and tab only.  xl rejects a carriage return; here a file with CRLF
+  line endings is read as if it had LF ones, with one warning naming the file (a lone
+  carriage return is still an error);
 * ``#`` starts a comment that runs to the end of the line and needs that newline;
 * the last assignment of a key wins; ``+=`` appends to the previous string or list.
 
@@ -318,7 +320,7 @@ def _diagnose(text: str, loc: int, expected: str) -> str:
         return f"unexpected end of file (expected {expected})"
     c = text[loc]
     if c == "\r":
-        return "carriage return (CRLF line ending): xl accepts only LF line endings"
+        return "carriage return without a line feed (lines end with LF or CRLF)"
     if c == "\n":
         return f"unexpected end of line (expected {expected})"
     if c in "\"'":
@@ -421,6 +423,12 @@ def parse(text: str, source: str = "<config>", extra: str | None = None, *,
     ``extra`` are ``KEY=VALUE`` overrides from the command line: like xl, they are appended
     to the file (after a newline) and parsed with it, but reported as ``<command line>``.
     """
+    crlf_warning = []
+    if "\r\n" in text:
+        # Configs edited on Windows: xl refuses them for no good reason.
+        text = text.replace("\r\n", "\n")
+        crlf_warning.append(f"{source}: warning: CRLF line endings read as LF (xl refuses "
+                            "this file)")
     extra_start = None
     if extra:
         extra_start = len(text)
@@ -447,7 +455,7 @@ def parse(text: str, source: str = "<config>", extra: str | None = None, *,
     except RecursionError:
         raise ConfigError("config nests too deeply to parse", source) from None
 
-    warnings: list[str] = []
+    warnings: list[str] = crlf_warning
     statements: list[Statement] = []
     settings: dict[str, Setting] = {}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from xenstore import paths
 from xenstore.client import Store
@@ -36,6 +37,9 @@ from xenstore.devices.vif import vif_nodes
 from xentool.config.model import DomainConfig
 from xentool.devices import console, vbd, vif
 from xentool.errors import DeviceError, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from xentool.config.xlconf import GlobalConfig
 
 
 @dataclass(frozen=True)
@@ -111,13 +115,13 @@ def attach_nodes(xs: Store, dev: DeviceNodes, wait: Timeouts | None = None) -> N
 
 
 def attach_vif(xs: Store, domid: int, options: Sequence[str],
-               wait: Timeouts | None = None) -> int:
+               wait: Timeouts | None = None, gconf: GlobalConfig | None = None) -> int:
     """``network-attach``: the next free devid, retried if a concurrent attach took it.
-    Returns the devid."""
-    vif.parse_vif_args(options, devid=0)  # reject bad input before touching anything
+    Returns the devid.  ``gconf``: xl.conf, whose vif defaults apply."""
+    vif.parse_vif_args(options, 0, gconf)  # reject bad input before touching anything
     for _ in range(8):
         devid = vif.next_devid(list_devids(xs, domid, vif.KIND))
-        nic = vif.parse_vif_args(options, devid)
+        nic = vif.parse_vif_args(options, devid, gconf)
         try:
             attach_nodes(xs, vif_nodes(domid, nic), wait)
             return devid

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from xenstore import paths
 from xenstore.devices.common import DeviceNodes
@@ -13,6 +14,9 @@ from xenstore.devices.vif import MTU_DEFAULT, Vif, random_mac, vif_nodes
 from xentool.config.model import DomainConfig, NicType, VifSpec
 from xentool.config.vif import parse_vif_spec
 from xentool.errors import DeviceError, UsageError
+
+if TYPE_CHECKING:
+    from xentool.config.xlconf import GlobalConfig
 
 KIND = paths.VIF
 
@@ -33,9 +37,11 @@ def vif_from_spec(v: VifSpec) -> Vif:
                mtu=v.mtu or MTU_DEFAULT, trusted=True if v.trusted is None else v.trusted)
 
 
-def parse_vif_args(tokens: Sequence[str], devid: int) -> Vif:
+def parse_vif_args(tokens: Sequence[str], devid: int,
+                   gconf: GlobalConfig | None = None) -> Vif:
     """network-attach's ``key=value`` arguments to a ``Vif``; without ``mac=`` a random
-    Xen MAC is drawn, as libxl does on attach."""
+    Xen MAC is drawn, as libxl does on attach.  xl.conf's vif defaults (``gconf``) apply
+    to what the arguments leave out."""
     for tok in tokens:
         if "," in tok:
             raise UsageError(f"network-attach: one setting per argument, got '{tok}'")
@@ -45,6 +51,10 @@ def parse_vif_args(tokens: Sequence[str], devid: int) -> Vif:
         raise DeviceError(f"network-attach: {e}") from None
     if spec.mac_generated:
         spec = replace(spec, mac=random_mac())
+    if gconf is not None:
+        from xentool.config.xlconf import apply_nic_defaults
+
+        spec = apply_nic_defaults(spec, gconf)
     return vif_from_spec(spec)
 
 

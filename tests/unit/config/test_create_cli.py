@@ -12,6 +12,7 @@ import pytest
 
 from xentool.cli import main
 from xentool.cli.commands.create import split_create_args
+from xentool.config.xlconf import GlobalConfig
 from xentool.errors import UsageError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "xlcfg"
@@ -135,6 +136,11 @@ def test_create_hands_the_config_to_the_library(monkeypatch: pytest.MonkeyPatch,
     # -c the domain is created paused and the console lets it go (here: -p, so it does not);
     # --plan computes the plan and creates nothing.  Without -e a watcher is started for
     # the domain's on_* actions, as xl forks one.
+    for c in calls:
+        if c[0] == "create":  # xl.conf goes along (none on this host: xl's defaults)
+            gconf = c[3].pop("gconf")
+            assert gconf == GlobalConfig(source=gconf.source)
+            assert c[3].pop("ignore_masks") is False
     assert calls == [("create", "full-guest", True,
                       {"source": (FULL, ("memory=512",)), "handle_signals": True}),
                      ("watch", 7, True),
@@ -158,15 +164,15 @@ def test_create_hands_the_config_to_the_library(monkeypatch: pytest.MonkeyPatch,
 
 def test_config_check_reports_every_file() -> None:
     good = str(DATA / "pv-minimal.cfg")
-    bad1 = str(DATA / "bad" / "xl-rejects-crlf.cfg")
+    bad1 = str(DATA / "bad" / "xl-rejects-lone-cr.cfg")
     bad2 = str(DATA / "bad" / "xentool-rejects-hvm.cfg")
     r = run("config-check", good, bad1, bad2)
     assert r.returncode == 1
     assert r.stdout == f"{good}: ok (minimal)\n1 of 3 config files ok\n"
     errors = [line for line in r.stderr.splitlines() if line.startswith("xentool:")]
     assert errors == [
-        f"xentool: {bad1}:1:14: carriage return (CRLF line ending): xl accepts only LF line "
-        "endings",
+        f"xentool: {bad1}:1:12: carriage return without a line feed (lines end with LF or "
+        "CRLF)",
         f"xentool: {bad2}:2:8: type 'hvm' is not supported: xentool builds PV guests only "
         "(for now)",
     ]

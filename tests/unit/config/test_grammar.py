@@ -126,8 +126,8 @@ def test_overrides_are_appended_and_located_on_the_command_line() -> None:
 
 
 BAD = {
-    "xl-rejects-crlf.cfg": "1:14: carriage return (CRLF line ending): xl accepts only LF "
-                           "line endings",
+    "xl-rejects-lone-cr.cfg": "1:12: carriage return without a line feed (lines end with "
+                              "LF or CRLF)",
     "xl-rejects-final-comment.cfg": "3:1: comment at end of file needs a final newline (xl "
                                     "rejects it otherwise)",
     "xl-rejects-uppercase-key.cfg": "2:1: key 'Kernel' is not valid: keys are lower case "

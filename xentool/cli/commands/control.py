@@ -57,7 +57,8 @@ def configure_vcpu_pin(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true",
                    help="also override a temporary pinning the guest made")
     p.add_argument("-i", "--ignore-global-affinity-masks", action="store_true",
-                   help="accepted for xl compatibility (xentool has no global masks)")
+                   help="ignore the global affinity masks of xl.conf (vm.cpumask, "
+                        "vm.pv.cpumask)")
     _domain_arg(p)
     p.add_argument("vcpu", metavar="VCPU", help="vcpu number or 'all'")
     p.add_argument("hard", metavar="CPUS", help="hard affinity: 'all', '0-3,^2', or '-'")
@@ -73,13 +74,56 @@ def _parse_vcpu(text: str) -> int | None:
     return int(text)
 
 
+def _masked_hard(host: Host, hard: str) -> str:
+    """``hard`` restricted by xl.conf's global masks (vm.cpumask, vm.pv.cpumask), as xl's
+    vcpu-pin does without -i."""
+    from xentool.config.xlconf import global_mask
+    from xentool.control import parse_cpu_list
+
+    gconf = Host.global_config()
+    for w in gconf.warnings:
+        print(f"xentool: {w}", file=sys.stderr)
+    max_cpus = host.max_cpus()
+    mask = global_mask(gconf, max_cpus)
+    if mask is None:
+        return hard
+    try:
+        cpus = parse_cpu_list(hard, max_cpus) & mask
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not cpus:
+        raise UsageError("vcpu hard affinity map is empty")  # xl's words
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def _dry_run_pin(host: Host, hard: str | None, soft: str | None) -> int:
+    """xl -N vcpu-pin: the maps it would set (before the global masks), nothing set."""
+    from xentool.cli.format import print_bitmap
+    from xentool.control import parse_cpu_list
+
+    max_cpus = host.max_cpus()
+    try:
+        line = "cpumap: " + ("-" if hard is None else
+                             print_bitmap(parse_cpu_list(hard, max_cpus), max_cpus))
+        if soft is not None:
+            line += " " + print_bitmap(parse_cpu_list(soft, max_cpus), max_cpus)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(line)
+    return 0
+
+
 def cmd_vcpu_pin(args: argparse.Namespace) -> int:
     vcpu = _parse_vcpu(args.vcpu)
+    hard = None if args.hard == "-" else args.hard
+    soft = None if args.soft == "-" else args.soft
     with Host() as host:
         dom = host.domain(args.domain)
-        restricted = dom.pin_vcpu(vcpu, None if args.hard == "-" else args.hard,
-                                  None if args.soft == "-" else args.soft,
-                                  force=args.force)
+        if getattr(args, "dryrun_only", False):
+            return _dry_run_pin(host, hard, soft)
+        if hard is not None and not args.ignore_global_affinity_masks:
+            hard = _masked_hard(host, hard)
+        restricted = dom.pin_vcpu(vcpu, hard, soft, force=args.force)
     for v, eff_hard in restricted:
         # Like libxl: the request succeeded, but Xen restricts it to the pool's cpus.
         print(f"xentool: vcpu {v}: effective hard affinity is "

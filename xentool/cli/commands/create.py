@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from xentool import DomainConfig, Host
 from xentool.config import ConfigError
+from xentool.config.xlconf import GlobalConfig, apply_global_defaults
 from xentool.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ def configure_create(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", dest="debug", action="store_true",
                    help="print the resolved configuration as JSON on stderr while creating")
     p.add_argument("-i", "--ignore-global-affinity-masks", dest="ignore_masks",
-                   action="store_true", help="ignore the global affinity masks")
+                   action="store_true",
+                   help="ignore the global affinity masks of xl.conf (vm.cpumask, "
+                        "vm.pv.cpumask)")
     p.add_argument("--plan", dest="plan", action="store_true",
                    help="print the domain build plan instead of building")
     p.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE",
@@ -99,16 +102,38 @@ def _json(cfg: DomainConfig) -> str:
     return dumps(to_libxl(cfg, uuid=None if cfg.uuid else uuid.uuid4()))
 
 
+def _global_config() -> GlobalConfig | None:
+    """xl.conf, its warnings printed; None (reported) if it is bad or asks for what
+    xentool cannot do."""
+    try:
+        gconf = Host.global_config()
+        gconf.check_applicable()
+    except ConfigError as exc:
+        _report(exc)
+        return None
+    for w in gconf.warnings:
+        print(f"xentool: {w}", file=sys.stderr)
+    return gconf
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     path, overrides = split_create_args(args.config_file, args.args)
+    gconf = _global_config()
+    if gconf is None:
+        return 1
     cfg = _load(path, overrides, args.quiet)
     if cfg is None:
         return 1
-    if args.dryrun:
-        sys.stdout.write(_json(cfg))
+    dryrun = args.dryrun or getattr(args, "dryrun_only", False)  # create -n, or xl -N
+    if (dryrun or args.debug) and gconf.output_format != "json":
+        print(f"xentool: {gconf.source}: output_format = \"{gconf.output_format}\" is not "
+              "supported by create's dry run and -d yet", file=sys.stderr)
+        return 1
+    if dryrun:
+        sys.stdout.write(_json(apply_global_defaults(cfg, gconf)))
         return 0
     if args.debug:
-        sys.stderr.write(_json(cfg))
+        sys.stderr.write(_json(apply_global_defaults(cfg, gconf)))
     if args.vncviewer or args.vncviewer_autopass:
         log.warning("-V/-A: PV guests built by xentool have no VNC display; ignored")
     if args.plan:
@@ -128,7 +153,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     with Host(handle_signals=True) as host:
         # With a console the guest starts only once the client is attached.
         dom = host.create(path, overrides, paused=args.paused or args.console or background,
-                          cached=True, record=not args.no_monitor)
+                          cached=True, record=not args.no_monitor,
+                          ignore_global_masks=args.ignore_masks, xl_conf=gconf)
         if not args.quiet:
             log.info("created domain %s with id %d", cfg.name, dom.domid)
         if background:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from xentool import Host
-from xentool.errors import NotFoundError
+from xentool.errors import NotFoundError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,9 +60,16 @@ def configure_block_attach(p: argparse.ArgumentParser) -> None:
     _timeouts_arg(p)
 
 
+def _no_dry_run(args: argparse.Namespace, verb: str) -> None:
+    """xl -N prints the device as libxl JSON; not done here yet, so refused by name."""
+    if getattr(args, "dryrun_only", False):
+        raise UsageError(f"{verb}: -N (dry run) is not supported yet")
+
+
 def cmd_block_attach(args: argparse.Namespace) -> int:
     from xentool.devices.vbd import parse_disk_args
 
+    _no_dry_run(args, "block-attach")
     parse_disk_args(args.spec)  # a bad spec is reported before the domain is looked up
     with Host() as host:
         host.domain(args.domain).attach_disk(args.spec, timeout=args.timeout)
@@ -122,9 +129,15 @@ def configure_network_attach(p: argparse.ArgumentParser) -> None:
 def cmd_network_attach(args: argparse.Namespace) -> int:
     from xentool.devices.vif import parse_vif_args
 
-    parse_vif_args(args.options, devid=0)  # reject bad input before touching anything
+    _no_dry_run(args, "network-attach")
+    gconf = Host.global_config()
+    gconf.check_applicable()
+    for w in gconf.warnings:
+        print(f"xentool: {w}", file=sys.stderr)
+    parse_vif_args(args.options, 0, gconf)  # reject bad input before touching anything
     with Host() as host:
-        host.domain(args.domain).attach_nic(*args.options, timeout=args.timeout)
+        host.domain(args.domain).attach_nic(*args.options, timeout=args.timeout,
+                                            xl_conf=gconf)
     return 0
 
 
