@@ -42,8 +42,8 @@ class FakeXc:
     def max_cpus(self) -> int:
         return 4
 
-    def set_vcpu_affinity(self, domid, vcpu, hard, soft):
-        self.log.append(("affinity", domid, vcpu, hard, soft))
+    def set_vcpu_affinity(self, domid, vcpu, hard, soft, force=False):
+        self.log.append(("affinity", domid, vcpu, hard, soft) + (("force",) if force else ()))
         return (hard if hard is not None else frozenset(range(4)), frozenset())
 
 
@@ -182,6 +182,12 @@ def test_vcpu_pin_one_vcpu_hard(session) -> None:
     control.cmd_vcpu_pin(_pin(vcpu="1", hard="0,^0,3"))
     assert [e for e in session.log if e[0] == "affinity"] == [
         ("affinity", 7, 1, frozenset({3}), None)]
+
+
+def test_vcpu_pin_force_reaches_xen(session) -> None:
+    control.cmd_vcpu_pin(_pin(vcpu="1", hard="3", force=True))
+    assert [e for e in session.log if e[0] == "affinity"] == [
+        ("affinity", 7, 1, frozenset({3}), None, "force")]
 
 
 @pytest.mark.parametrize("kw,exc,msg", [
