@@ -55,7 +55,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def configure_list(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--long", action="store_true",
-                   help="print each domain's configuration as xl does (libxl's JSON)")
+                   help="print each domain's configuration as xl does (libxl's JSON, or "
+                        "sxp when xl.conf says output_format=\"sxp\")")
     p.add_argument("-v", "--verbose", dest="list_verbose", action="store_true",
                    help="also print UUID, shutdown reason code and security label")
     p.add_argument("-Z", "--context", action="store_true",
@@ -92,11 +93,18 @@ def _list_long(domains: list[str]) -> int:
     """``list -l``: what libxl retrieves of each domain's configuration, printed as xl's
     list_domains_details prints it (the domains libxl cannot retrieve are left out)."""
     from xentool.config.libxl_json import yajl_dumps
+    from xentool.config.xlconf import load_global_config
 
+    sxp = load_global_config().output_format == "sxp"
     with Host() as host:
         found, problems = host.domain_configs(domains)
+        uuids = {r.domid: host.domain(r.domid).info().uuid for r in found} if sxp else {}
     for line in problems:
         print(f"libxl: {line}", file=sys.stderr)
+    if sxp:
+        from xentool.cli.sxp import format_sxp
+
+        return _emit("".join(format_sxp(r.domid, r.config, uuids[r.domid]) for r in found))
     # xl adds a newline to the generator's output (puts).
     return _emit(yajl_dumps([{"domid": r.domid, "config": r.config} for r in found]) + "\n")
 

@@ -93,7 +93,14 @@ def _print_config(cfg: DomainConfig) -> None:
     """What xl's -d prints: the parsed configuration, with no domid."""
     import uuid
 
+    from xentool.cli.sxp import format_sxp
     from xentool.config.libxl_json import to_libxl, yajl_dumps
+    from xentool.config.xlconf import apply_global_defaults
 
+    gconf = Host.global_config()
+    cfg = apply_global_defaults(cfg, gconf)
     doc = to_libxl(cfg, uuid=None if cfg.uuid else uuid.uuid4())
-    sys.stdout.write(yajl_dumps({"domid": None, "config": doc}))
+    if gconf.output_format == "sxp":
+        sys.stdout.write(format_sxp(-1, doc, "<unknown>"))
+    else:
+        sys.stdout.write(yajl_dumps({"domid": None, "config": doc}))
