@@ -15,7 +15,9 @@ from .helpers import GuestKit, domain_names, xl
 # Suites written against the real hypervisor that have not yet passed end to end in the testbed.
 # `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
 # they are being finished; their status is tracked in the issues, not hidden here.
-UNPROVEN: set[str] = set()
+UNPROVEN: set[str] = {
+    "test_op_faults.py",  # fault walk of destroy/attach/detach/rename/mem-set: first run timed out
+}
 
 # Single tests of those suites that have passed, as "file.py::test_name" (all parameters).
 PROVEN: set[str] = set()
