@@ -17,6 +17,7 @@ from .helpers import GuestKit, domain_names, xl
 # they are being finished; their status is tracked in the issues, not hidden here.
 UNPROVEN: set[str] = {
     "test_op_faults.py",  # fault walk of destroy/attach/detach/rename/mem-set: first run timed out
+    "test_storm.py",      # 4 clients x random operations, mixed xl/xentool: not yet run
 }
 
 # Single tests of those suites that have passed, as "file.py::test_name" (all parameters).
