@@ -900,9 +900,13 @@ class XenCtrl:
                     f"domain {domid}")
 
     def dump_core(self, domid: int, path: str) -> None:
-        """Write an ELF core of the domain's memory and vCPU state to ``path``."""
-        self._check("xc_domain_dumpcore",
-                    _lib.xc_domain_dumpcore(self._h, domid, path.encode()), f"domain {domid}")
+        """Write an ELF core of the domain's memory and vCPU state to ``path``.
+
+        libxenguest fails some dumps (a guest that never published its p2m) without
+        setting errno: that stays errno 0, which libxl reports as "Success"."""
+        _ffi.errno = 0  # not whatever an earlier call left
+        if _lib.xc_domain_dumpcore(self._h, domid, path.encode()) < 0:
+            raise XenError("xc_domain_dumpcore", _ffi.errno, f"domain {domid}")
 
     def pause(self, domid: int) -> None:
         self._check("xc_domain_pause", _lib.xc_domain_pause(self._h, domid), f"domain {domid}")
