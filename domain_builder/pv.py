@@ -164,7 +164,9 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: byt
     xc.set_max_vcpus(domid, plan.max_vcpus)
     xc.set_address_size(domid, 64)
     max_kb = plan.max_pages * (PAGE_SIZE // 1024)
-    xc.set_max_mem(domid, max_kb + MAXMEM_SLACK_KB)
+    # Xen's limit starts at the target (libxl__build_pre): raising the target later
+    # (mem-set) raises it too; the memory map reaches to maxmem for the balloon.
+    xc.set_max_mem(domid, plan.nr_pages * (PAGE_SIZE // 1024) + MAXMEM_SLACK_KB)
     xc.set_memmap_limit(domid, max_kb)
 
     # Store first, then console: the order libxl allocates them in.

@@ -59,6 +59,7 @@ def domain_make_nodes(domid: int, name: str, uuid: str) -> list[Node]:
         (lx, "", no),
         (f"{lx}/device", "", no),
         (f"{lx}/type", "pv", None),
+        (f"{lx}/dm-version", "qemu_xen", None),  # libxl's default, written for PV too
         (f"{dom}/vm", vm, None),
         (f"{dom}/name", name, None),
         (f"{vm}/name", name, None),
@@ -84,8 +85,10 @@ def domain_make_nodes(domid: int, name: str, uuid: str) -> list[Node]:
 
 def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int,
                      vcpus: int, max_vcpus: int, store_port: int, store_mfn: int,
-                     start_time: float) -> list[Node]:
-    """What libxl__build_post writes once the guest is built (then it introduces it)."""
+                     start_time: float, kernel: str, ramdisk: str | None = None,
+                     cmdline: str | None = None) -> list[Node]:
+    """What libxl__build_post writes once the guest is built (then it introduces it),
+    with the ``/vm/<uuid>/image`` entries libxl__build_pv hands it."""
     dom = domain_path(domid)
     nodes: list[Node] = [
         (f"{dom}/memory/static-max", str(max_memkb), None),
@@ -98,7 +101,13 @@ def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int
     for i in range(max_vcpus):
         nodes.append((f"{dom}/cpu/{i}/availability", "online" if i < vcpus else "offline",
                       None))
-    nodes.append((f"/vm/{uuid}/start_time", f"{start_time:.2f}", None))
+    vm = f"/vm/{uuid}"
+    nodes += [(f"{vm}/image/ostype", "linux", None), (f"{vm}/image/kernel", kernel, None)]
+    if ramdisk is not None:
+        nodes.append((f"{vm}/image/ramdisk", ramdisk, None))
+    if cmdline:
+        nodes.append((f"{vm}/image/cmdline", cmdline, None))
+    nodes.append((f"{vm}/start_time", f"{start_time:.2f}", None))
     return nodes
 
 
@@ -272,7 +281,8 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
             write_nodes(t, build_post_nodes(
                 domid, uuid_s, max_memkb=bp.max_pages * 4, target_memkb=bp.nr_pages * 4,
                 vcpus=bp.vcpus, max_vcpus=bp.max_vcpus, store_port=built.store_evtchn,
-                store_mfn=built.store_mfn, start_time=time.time()))
+                store_mfn=built.store_mfn, start_time=time.time(), kernel=config.kernel or "",
+                ramdisk=config.ramdisk, cmdline=config.cmdline))
             write_device(t, console_nodes(domid, built.console_evtchn, built.console_mfn))
 
     j.do("post-build nodes", post_nodes)

@@ -232,10 +232,19 @@ def test_domain_nodes_have_libxl_permissions() -> None:
     assert str(Perms.private(0, 7)) == "n0,r7"
 
 
+def test_xen_limit_starts_at_the_target_and_the_memory_map_at_maxmem() -> None:
+    """As libxl__build_pre: maxmem only bounds what mem-set may give later."""
+    plan = compute(image(), memory_mib=32, maxmem_mib=48)
+    xc = FakeXc(True)
+    pv.build(xc, 5, image(), plan, None)
+    assert xc.calls[2] == ("max_mem", 32 * 1024 + 1024)
+    assert xc.calls[3] == ("memmap_limit", 48 * 1024)
+
+
 def test_build_post_nodes() -> None:
     nodes = {p: v for p, v, _ in build_post_nodes(
         3, "u", max_memkb=262144, target_memkb=131072, vcpus=2, max_vcpus=3, store_port=4,
-        store_mfn=0x1234, start_time=100.5)}
+        store_mfn=0x1234, start_time=100.5, kernel="/k", cmdline="quiet")}
     assert nodes["/local/domain/3/memory/static-max"] == "262144"
     assert nodes["/local/domain/3/memory/target"] == "131072"
     assert nodes["/local/domain/3/store/ring-ref"] == str(0x1234)
@@ -243,6 +252,10 @@ def test_build_post_nodes() -> None:
     assert [nodes[f"/local/domain/3/cpu/{i}/availability"] for i in range(3)] == \
         ["online", "online", "offline"]
     assert nodes["/vm/u/start_time"] == "100.50"
+    # libxl__build_pv's /vm entries: no ramdisk given, none written
+    assert {p: v for p, v in nodes.items() if "/image/" in p} == {
+        "/vm/u/image/ostype": "linux", "/vm/u/image/kernel": "/k",
+        "/vm/u/image/cmdline": "quiet"}
 
 
 def test_hypercall_page_outside_kernel_is_refused() -> None:
