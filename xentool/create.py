@@ -301,7 +301,8 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
 
     for dev in config_devices(domid, config):
         attach_step(dev)
-    j.do("stored config", lambda: _store_libxl_config(xc, config, domid, uuid),
+    j.do("stored config",
+         lambda: _store_libxl_config(xc, config, domid, uuid, claim_mode=gconf.claim_mode),
          undo=lambda path: _unlink(path))
     if source is not None:
         from xentool.records import remove_domain_config, save_domain_config
@@ -316,19 +317,20 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
 
 
 def _store_libxl_config(xc: XenCtrl, config: DomainConfig, domid: int,
-                        uuid: uuidlib.UUID) -> str:
+                        uuid: uuidlib.UUID, *, claim_mode: bool) -> str:
     """Keep the domain's configuration where libxl keeps it (``libxl-json`` userdata), so
     ``xl list -l`` and the other xl verbs know a xentool guest like one of their own.
     Written under a temporary name and renamed, as libxl__userdata_store does."""
     import os
 
-    from xentool.config.libxl_json import dumps, to_libxl
+    from xentool.config.libxl_json import stored_dumps, to_libxl
     from xentool.state import LIBXL_USERDATA_DIR, libxl_userdata_path
 
     path = libxl_userdata_path(domid, str(uuid), "libxl-json")
     tmp = os.path.join(LIBXL_USERDATA_DIR, f"userdata-n.{domid}.{uuid}.libxl-json")
     os.makedirs(LIBXL_USERDATA_DIR, mode=0o755, exist_ok=True)
-    text = dumps(to_libxl(config, uuid, xc.max_cpus(), stored=True))
+    text = stored_dumps(to_libxl(config, uuid, xc.max_cpus(), stored=True,
+                                 claim_mode=claim_mode))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:

@@ -109,13 +109,15 @@ def _nic(v: VifSpec, with_mac: bool = False) -> dict[str, object]:
 
 
 def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
-             host_cpus: int | None = None, *, stored: bool = False) -> dict[str, object]:
+             host_cpus: int | None = None, *, stored: bool = False,
+             claim_mode: bool = True) -> dict[str, object]:
     """The libxl_domain_config object for ``cfg`` (keys in libxl's order).
 
     ``uuid`` is printed when the config has none (xl prints the random one it drew);
     ``host_cpus`` is needed only to print affinities that say "all".  ``stored``: the
     document libxl keeps for a created domain (its ``libxl-json`` userdata, which
-    ``xl list -l`` and every other xl verb read), which also names each vif's MAC.
+    ``xl list -l`` and every other xl verb read): also each vif's MAC, and what xl and
+    libxl add to the parsed config before they store it (xl.conf's ``claim_mode``).
     """
     c_info: dict[str, object] = {"type": cfg.type.value, "name": cfg.name}
     u = cfg.uuid or uuid
@@ -169,6 +171,16 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         pv["e820_host"] = _defbool(cfg.e820_host)
     b_info["type.pv"] = pv
 
+    if stored:
+        # Set by xl (from xl.conf) and libxl's defaults before libxl copies the config it
+        # keeps; the domid is not known yet when the copy is made.
+        c_info["domid"] = INVALID_DOMID
+        c_info["run_hotplug_scripts"] = "True"  # xentool refuses xl.conf's "0"
+        b_info["claim_mode"] = _defbool(claim_mode)
+        b_info["arch_arm"] = {}
+        b_info["arch_x86"] = {"msr_relaxed": "False"}
+        c_info = _ordered(c_info, _ORDER["c_info"])
+        b_info = _ordered(b_info, _ORDER["b_info"])
     out: dict[str, object] = {"c_info": c_info, "b_info": b_info}
     if cfg.disks:
         out["disks"] = [_disk(d) for d in cfg.disks]
@@ -218,6 +230,8 @@ _ORDER: dict[str, tuple[str, ...]] = {
                      "latency"),
 }
 
+#: INVALID_DOMID as libxl's JSON prints a uint32 domid that is not set yet.
+INVALID_DOMID = 0xFFFFFFFF
 #: LIBXL_MEMKB_DEFAULT: a MemKB libxl has not settled (an unsigned -1).
 MEMKB_DEFAULT = (1 << 64) - 1
 #: LIBXL_MAXMEM_CONSTANT (kB): the slack libxl gives an HVM guest over its target.
@@ -383,6 +397,12 @@ def _yajl(obj: object, depth: int, out: list[str]) -> None:
         out.append(repr(obj))
     else:
         out.append(_yajl_string(str(obj)))
+
+
+def stored_dumps(doc: dict[str, object]) -> str:
+    """The text of a ``libxl-json`` userdata file: libxl stores its JSON string with the
+    terminating NUL."""
+    return yajl_dumps(doc) + "\0"
 
 
 def yajl_dumps(obj: object) -> str:
