@@ -123,16 +123,17 @@ def _disk(tmp: Path) -> str:
     return f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]\n"
 
 
+# Several keys per config: each pair of creates is seconds under emulation.
 CONFIGS = {
-    "minimal": "",
-    "memory": "memory = 32\nmaxmem = 48\nvcpus = 1\nmaxvcpus = 2\n",
-    "sched": 'vcpus = 2\ncpus = "1"\ncpus_soft = "0-1,^1"\ncpu_weight = 512\ncap = 30\n',
+    "memory-limits": ('memory = 32\nmaxmem = 48\nvcpus = 1\nmaxvcpus = 2\n'
+                      'tsc_mode = "native"\nmax_grant_frames = 16\n'
+                      "max_maptrack_frames = 512\nmax_event_channels = 2047\n"),
+    "sched-actions": ('vcpus = 2\ncpus = "1"\ncpus_soft = "0-1,^1"\ncpu_weight = 512\n'
+                      'cap = 30\non_poweroff = "preserve"\non_reboot = "destroy"\n'
+                      'on_crash = "restart"\non_watchdog = "destroy"\n'
+                      'extra = "console=hvc0 quiet"\ne820_host = 0\nnomigrate = 0\n'
+                      "vfb = []\n"),
     "cpus-list": 'vcpus = 2\ncpus = ["1", "0"]\ncpus_soft = "all"\n',
-    "limits": ('tsc_mode = "native"\nmax_grant_frames = 16\nmax_maptrack_frames = 512\n'
-               "max_event_channels = 2047\n"),
-    "actions": ('on_poweroff = "preserve"\non_reboot = "destroy"\non_crash = "restart"\n'
-                'on_watchdog = "destroy"\nextra = "console=hvc0 quiet"\n'
-                "e820_host = 0\nnomigrate = 0\nvfb = []\n"),
     "devices": ("DISK"
                 "vif = [ 'mac=00:16:3e:01:02:03, bridge=xenbr0',"
                 " 'mac=00:16:3e:01:02:04, bridge=xenbr0, mtu=1400' ]\n"),
