@@ -70,6 +70,22 @@ def cfg_file(tmp_path: Path):
 
 _SUITE_SECONDS: dict[str, float] = {}
 
+# Seconds each suite may take in CI (TCG, 2 cores): the sum stays near 75 minutes with the
+# rest of contrib/check.  A suite over its budget is flagged in the summary: make it
+# cheaper (smaller guests, fewer rounds in CI, the full count behind an environment
+# variable) before raising its line.
+BUDGET: dict[str, float] = {
+    "test_config_xl.py": 150, "test_create_faults.py": 360, "test_devices.py": 600,
+    "test_domain_ops.py": 360, "test_fidelity.py": 240, "test_monitor.py": 420,
+    "test_provision.py": 60, "test_pv_builder.py": 420, "test_query_verbs.py": 300,
+    "test_sched_controller.py": 60, "test_sched_fairshare.py": 300, "test_testbed.py": 20,
+    "test_xenstore_live.py": 40, "test_cpupool_verbs.py": 240, "test_host_verbs.py": 300,
+    "test_xl_conf.py": 240, "test_mixed_use.py": 200, "test_state_parity.py": 160,
+    "test_hardening.py": 120, "test_xenstore_perms.py": 45,
+    # unproven, not in CI yet:
+    "test_op_faults.py": 420, "test_storm.py": 300,
+}
+
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     suite = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
@@ -79,7 +95,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _SUITE_SECONDS:
         return
-    terminalreporter.section("time per suite (setup + call + teardown)")
+    terminalreporter.section("time per suite (setup + call + teardown) / CI budget")
     for suite, seconds in sorted(_SUITE_SECONDS.items(), key=lambda kv: -kv[1]):
-        terminalreporter.write_line(f"{seconds:8.1f} s  {suite}")
-    terminalreporter.write_line(f"{sum(_SUITE_SECONDS.values()):8.1f} s  in all")
+        budget = BUDGET.get(suite)
+        mark = "no budget" if budget is None else (
+            f"/ {budget:6.0f} s" + ("  OVER BUDGET" if seconds > budget else ""))
+        terminalreporter.write_line(f"{seconds:8.1f} s  {mark}  {suite}")
+    terminalreporter.write_line(f"{sum(_SUITE_SECONDS.values()):8.1f} s  in all "
+                                f"(budget of these suites "
+                                f"{sum(BUDGET.get(x, 0) for x in _SUITE_SECONDS):.0f} s)")
