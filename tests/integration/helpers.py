@@ -51,13 +51,14 @@ def private_cpupool(name: str, sched: str, tmp: Path, cpu: int = 1) -> Iterator[
         try:
             yield name
         finally:
-            _wait_cpupool_empty(name)
+            wait_cpupool_empty(name)
             xl("cpupool-destroy", name, check=False)
     finally:
         xl("cpupool-cpu-add", "Pool-0", str(cpu), check=False)
 
 
-def _wait_cpupool_empty(name: str, timeout: float = 60.0) -> None:
+def wait_cpupool_empty(name: str, timeout: float = 60.0) -> None:
+    """Wait until the domains destroyed in pool ``name`` are gone from it."""
     # A destroyed domain stays in its pool until Xen has freed it: destroying the pool
     # before that fails, and would leave its pCPU out of Pool-0 for every later test.
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, run, xentool, xl
+from .helpers import GuestKit, run, wait_cpupool_empty, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -28,16 +28,6 @@ def _pools() -> dict[str, tuple[int, str]]:
     """name -> (cpu count, scheduler) as xl lists them."""
     rows = xl("cpupool-list").stdout.splitlines()[1:]
     return {r.split()[0]: (int(r.split()[1]), r.split()[2]) for r in rows}
-
-
-def _settle(name: str, timeout: float = 30.0) -> None:
-    """Wait until a pool's destroyed domains are gone from it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = xl("cpupool-list", name, check=False).stdout.splitlines()[1:]
-        if not rows or rows[0].split()[-1] == "0":
-            return
-        time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +43,7 @@ def pool0_whole() -> Iterator[None]:
         xl("cpupool-rename", "0", "Pool-0", check=False)
     for name in _pools():
         if name != "Pool-0":
-            _settle(name)
+            wait_cpupool_empty(name, timeout=30)
             xl("cpupool-destroy", name, check=False)
     xl("cpupool-cpu-add", "Pool-0", "1", check=False)
     assert xl("cpupool-list", "-c").stdout.splitlines()[1].split() == ["Pool-0", "0,1"]
@@ -133,7 +123,7 @@ def test_pool_made_by_xentool(kit: GuestKit, tmp_path: Path) -> None:
     assert _pools()[renamed][0] == 0
     xentool("cpupool-cpu-add", renamed, "node:0")  # cpu 0 is Pool-0's: only 1 moves
     assert _pools()[renamed][0] == 1
-    _settle(renamed)
+    wait_cpupool_empty(renamed, timeout=30)
     xentool("cpupool-destroy", renamed)
     assert set(_pools()) == {"Pool-0"}
     assert run("xenstore-ls", "/local/pool").stdout.count("name =") == 1
@@ -209,5 +199,5 @@ def test_sched_rtds(kit: GuestKit, tmp_path: Path) -> None:
     xentool("sched-rtds", "-d", guest, "-v", "all", "-p", "10000", "-b", "2000", "-e", "1")
     same("sched-rtds", "-d", guest, "-v", "all")
     xentool("destroy", guest)
-    _settle(pool)
+    wait_cpupool_empty(pool, timeout=30)
     xentool("cpupool-destroy", pool)
