@@ -11,7 +11,6 @@ name, at the end, whatever happens.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
