@@ -83,25 +83,6 @@ def c_strtol(text: str) -> tuple[int, bool]:
     return (value - (1 << 32) if value >= 1 << 31 else value), True
 
 
-def claim_mode(xl_conf: str) -> bool:
-    """xl.conf's ``claim_mode``: on unless the file sets it to 0 (xl's default is on)."""
-    import re
-
-    try:
-        with open(xl_conf) as f:
-            text = f.read()
-    except OSError:
-        return True
-    mode = True
-    for line in text.splitlines():
-        m = re.match(r"\s*claim_mode\s*=\s*\"?([^\"#;]*)\"?", line)
-        if m:
-            value, ok = c_strtol(m.group(1))
-            if ok:
-                mode = value != 0
-    return mode
-
-
 def core_dump_path(name: str | None, domid: int) -> str:
     """Where an on_* coredump action writes a domain's core (libxl's naming)."""
     return os.path.join(DUMP_DIR, name if name is not None else f"domain-{domid}")

@@ -18,7 +18,6 @@ from xentool.cli.commands import hostops as cli
 from xentool.errors import UsageError
 from xentool.hostops import (
     c_strtol,
-    claim_mode,
     core_dump_path,
     log_prefix,
     parse_parameters,
@@ -66,15 +65,15 @@ def test_c_strtol(text: str, expected: tuple[int, bool]) -> None:
     assert c_strtol(text) == expected
 
 
-def test_claim_mode_reads_xl_conf(tmp_path: Path) -> None:
+def test_claims_reads_claim_mode_from_xl_conf(tmp_path: Path) -> None:
+    from xentool import Host
+
     conf = tmp_path / "xl.conf"
-    assert claim_mode(str(conf))  # no file: xl's default, on
+    assert Host.global_config(str(conf)).claim_mode  # no file: xl's default, on
     conf.write_text("# claim_mode=0\nautoballoon=\"off\"\n")
-    assert claim_mode(str(conf))
+    assert Host.global_config(str(conf)).claim_mode
     conf.write_text("claim_mode = 0\n")
-    assert not claim_mode(str(conf))
-    conf.write_text('claim_mode="1"\n')
-    assert claim_mode(str(conf))
+    assert not Host.global_config(str(conf)).claim_mode
 
 
 def test_core_dump_path_and_log_prefix() -> None:

@@ -125,19 +125,12 @@ def cmd_set_parameters(args: argparse.Namespace) -> int:
 # -- claims, sharing, vm-list ------------------------------------------------------------------
 
 
-def _claim_mode() -> bool:
-    """xl.conf's ``claim_mode`` (on unless set to 0)."""
-    from xentool.hostops import claim_mode
-
-    return claim_mode(os.environ.get("XENTOOL_XL_CONF", "/etc/xen/xl.conf"))
-
-
 def configure_claims(p: argparse.ArgumentParser) -> None:
     del p  # no options
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    if not _claim_mode():
+    if not Host.global_config().claim_mode:
         _say("claim_mode not enabled (see man xl.conf).")
     with Host() as host:
         entries = host.domain_infos()
