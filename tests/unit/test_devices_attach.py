@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_xenstore_fake import Server, fake_xenstored  # noqa: F401 - fixture
 
-from xenstore.client import Store
+from xenstore.client import Store, Transaction
 from xenstore.devices import hotplug
 from xenstore.devices.attach import (
     Force,
@@ -228,6 +228,34 @@ def test_forced_detach_of_a_guest_that_keeps_writing_its_frontend(env, tmp_path:
         writer.join(5)
     assert not xs.exists(dev.backend)
     assert [c.split()[0] for c in calls(tmp_path)] == ["add", "remove"]
+
+
+def test_close_request_survives_the_backend_changing_its_state(
+        env, tmp_path: Path, fake_xenstored, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """netback moves its state on while a detach asks it to close: the request is made
+    again from a fresh read instead of failing with EAGAIN."""
+    from xenstore.devices.attach import _request_close
+
+    xs, _be, _fake = env
+    dev = vbd_nodes(5, Vbd(vdev="xvdj", target="/img", script=recording_script(tmp_path)))
+    attach(xs, dev, FAST)
+    state = f"{dev.backend}/state"
+    original = Transaction.get
+    moved: list[str] = []
+
+    def get(self: Transaction, path: str) -> str | None:
+        value = original(self, path)
+        if path == state and not moved:
+            with Store.connect(fake_xenstored[1], timeout=5) as backend:
+                backend.write(state, "3")  # the backend's own move, after our read
+            moved.append(value or "")
+        return value
+
+    monkeypatch.setattr(Transaction, "get", get)
+    assert _request_close(xs, ref_of(dev), forced=False)
+    assert moved and xs.get(f"{dev.backend}/online") == "0"
+    # Closing, or already Closed by the fake backend that reacts to it
+    assert xs.get(state) in (str(int(XenbusState.CLOSING)), str(int(XenbusState.CLOSED)))
 
 
 def test_destroy_all_removes_every_device(env, tmp_path: Path, fake_xenstored) -> None:  # noqa: F811

@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Protocol, TypeVar
 
 from xenstore import paths
-from xenstore.client import Store
+from xenstore.client import Store, Transaction
 from xenstore.devices import hotplug
 from xenstore.devices.common import DeviceNodes, add_nodes, destroy_nodes, path_cleanup
 from xenstore.devices.xenbus import XenbusState, read_state, wait_for_state
@@ -279,14 +279,19 @@ def _request_close(store: Store, ref: DeviceRef, forced: bool) -> bool:
         # every commit of a transaction that read it conflict (EAGAIN, 16 times over),
         # where a plain removal cannot conflict with anything.
         path_cleanup(store, ref.frontend)
-    with store.transaction() as t:
+
+    def close(t: Transaction) -> bool:
         raw = t.get(f"{ref.backend}/state")
         if raw is None:
             return False
         t.write(f"{ref.backend}/online", "0")
         if XenbusState.parse(raw) is not XenbusState.CLOSED:
             t.write(f"{ref.backend}/state", str(int(XenbusState.CLOSING)))
-    return True
+        return True
+
+    # Re-run from the read on a conflict: the backend changes its own state meanwhile
+    # (netback does on a detach), and what to write depends on what was read.
+    return store.transact(close)
 
 
 def destroy_all(store: Store, domid: int, timeouts: Timeouts = Timeouts(),
