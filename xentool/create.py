@@ -191,6 +191,8 @@ def create(config: DomainConfig, *, paused: bool = False, source: Source | None 
     from xentool.config.xlconf import GlobalConfig, apply_global_defaults
     from xentool.devices import preflight
 
+    if config.refusals:  # what xl would build and xentool cannot: before anything exists
+        raise XentoolError(config.refusals[0])
     gconf = gconf or GlobalConfig()
     gconf.check_applicable()
     config = apply_global_defaults(config, gconf)

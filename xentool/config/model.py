@@ -187,6 +187,10 @@ class DomainConfig:
     tsc_mode: int | None = None  # libxl_tsc_mode: 0 default, 1 always_emulate, 2 native
     nomigrate: bool | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: What xl would build but xentool cannot (a qcow2 disk, a driver-domain vif), one
+    #: ``file:line:col: message`` each: ``config-check`` and ``create`` refuse the config
+    #: before anything is built; ``create -n`` still prints what xl would.
+    refusals: tuple[str, ...] = field(default=(), compare=False)
     #: The xl.cfg text (with any overrides appended) this config was read from; None for
     #: one built in Python.  A record keeps it, to create the domain again on restart.
     text: str | None = field(default=None, compare=False, repr=False)

@@ -26,6 +26,7 @@ from xentool.config.model import (
     ShutdownAction,
     VifSpec,
 )
+from xentool.config.support import disk_unsupported, vif_unsupported
 from xentool.config.vif import VifSpecError, VifWarning, parse_vif_spec
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
@@ -62,6 +63,7 @@ class _Reader:
         self.p = parsed
         self.s = parsed.settings
         self.warnings: list[str] = list(parsed.warnings)
+        self.refusals: list[str] = []
 
     def err(self, msg: str, at: Setting | Atom | ListValue) -> ConfigError:
         return self.p.error(msg, at)
@@ -290,6 +292,9 @@ def _disks(r: _Reader) -> tuple[DiskSpec, ...]:
             raise r.p.error(f"disk {i}: {exc}", a, col) from None
     vdevs: dict[str, int] = {}
     for i, d in enumerate(disks):
+        why = disk_unsupported(d)
+        if why is not None:
+            r.refusals.append(str(r.err(f"disk {i}: {why}", items[i])))
         if d.vdev in vdevs:
             raise r.err(f"disk {i}: vdev '{d.vdev}' is already used by disk {vdevs[d.vdev]}",
                         items[i])
@@ -314,6 +319,9 @@ def _vifs(r: _Reader, mac_seed: str) -> tuple[VifSpec, ...]:
                               f"vif {i}: {w.message}")
     seen: dict[int, int] = {}
     for i, v in enumerate(vifs):
+        why = vif_unsupported(v)
+        if why is not None:
+            r.refusals.append(str(r.err(f"vif {i}: {why}", items[i])))
         if v.devid in seen:
             raise r.err(f"vif {i}: devid {v.devid} is already used by vif {seen[v.devid]}",
                         items[i])
@@ -425,5 +433,5 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
         tsc_mode=_tsc_mode(r),
         nomigrate=r.boolean("nomigrate"),
     )
-    return replace(cfg, warnings=tuple(r.warnings))
+    return replace(cfg, warnings=tuple(r.warnings), refusals=tuple(r.refusals))
 

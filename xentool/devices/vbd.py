@@ -11,7 +11,8 @@ from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vbd import Vbd, vbd_nodes
 from xentool.config.disk import parse_disk_spec
-from xentool.config.model import DiskBackend, DiskFormat, DiskSpec, DiskSpecification, DomainConfig
+from xentool.config.model import DiskSpec, DomainConfig
+from xentool.config.support import disk_unsupported
 from xentool.errors import DeviceError
 
 KIND = paths.VBD
@@ -22,14 +23,9 @@ def vbd_from_spec(d: DiskSpec) -> Vbd:
     driver domain (libxl would pick qdisk / another backend domain for those)."""
 
     where = f"disk {d.vdev}"
-    if d.format not in (DiskFormat.RAW, DiskFormat.EMPTY):
-        raise DeviceError(f"{where}: format {d.format.value} needs qemu (only raw is supported)")
-    if d.backend not in (DiskBackend.UNKNOWN, DiskBackend.PHY):
-        raise DeviceError(f"{where}: backendtype={d.backend.value} is not supported")
-    if d.specification is DiskSpecification.VIRTIO:
-        raise DeviceError(f"{where}: specification=virtio is not supported")
-    if d.backend_domname not in (None, "", "0", "Domain-0"):
-        raise DeviceError(f"{where}: driver domain '{d.backend_domname}' is not supported")
+    why = disk_unsupported(d)
+    if why is not None:
+        raise DeviceError(f"{where}: {why}")
     disk = Vbd(vdev=d.vdev, target=d.target or "", readwrite=d.readwrite, cdrom=d.is_cdrom,
                removable=d.removable, script=d.script, discard=d.discard_enable,
                trusted=True if d.trusted is None else d.trusted,

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vif import MTU_DEFAULT, Vif, random_mac, vif_nodes
-from xentool.config.model import DomainConfig, NicType, VifSpec
+from xentool.config.model import DomainConfig, VifSpec
+from xentool.config.support import vif_unsupported
 from xentool.config.vif import parse_vif_spec
 from xentool.errors import DeviceError, UsageError
 
@@ -24,11 +25,9 @@ KIND = paths.VIF
 def vif_from_spec(v: VifSpec) -> Vif:
     """Map a parsed xl vif spec onto what netback needs; refuse what needs qemu or a
     driver domain."""
-    if v.nictype is NicType.VIF_IOEMU:
-        raise DeviceError(f"vif {v.devid}: type=ioemu needs qemu; PV guests use type=vif")
-    if v.backend_domname not in (None, "", "0", "Domain-0"):
-        raise DeviceError(f"vif {v.devid}: driver domain '{v.backend_domname}' "
-                           "is not supported")
+    why = vif_unsupported(v)
+    if why is not None:
+        raise DeviceError(f"vif {v.devid}: {why}")
     rate = None
     if v.rate_bytes_per_interval is not None and v.rate_interval_usecs:
         rate = (v.rate_bytes_per_interval, v.rate_interval_usecs)

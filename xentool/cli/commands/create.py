@@ -187,6 +187,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         if not args.no_warnings:
             for w in cfg.warnings:
                 print(f"xentool: {w}", file=sys.stderr)
+        if cfg.refusals:
+            bad += 1
+            for refusal in cfg.refusals:
+                print(f"xentool: {refusal}", file=sys.stderr)
+            continue
         if not args.quiet:
             print(f"{path}: ok ({cfg.name})")
     if len(args.files) > 1 and not args.quiet:
