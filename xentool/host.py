@@ -226,6 +226,22 @@ class Host:
                 out.append(r)
         return out, problems
 
+    def half_built(self) -> dict[int, int]:
+        """Domains a create left half-built when it was killed: domid -> the dead
+        create's pid (``destroy`` removes such a domain and its crash record)."""
+        import os
+
+        from xentool.state import journal_dir_name
+
+        try:
+            if not os.listdir(journal_dir_name()):
+                return {}
+        except OSError:
+            return {}  # no journal directory: no create ever died here
+        from xentool.journal import half_built_domains
+
+        return {domid: rec.pid for domid, rec in half_built_domains().items()}
+
     def domid(self, name: str) -> int:
         """The domid of the domain called ``name`` (XenStore and the hypervisor agree)."""
         from xentool.session import name_to_domid

@@ -111,6 +111,11 @@ def journal_dir() -> Path:
     return run_dir() / "journal"
 
 
+def journal_dir_name() -> str:
+    """:func:`journal_dir` as a string, for the read verbs that must not import pathlib."""
+    return os.path.join(os.environ.get(RUN_DIR_ENV) or RUN_DIR, "journal")
+
+
 def state_dir() -> Path:
     from pathlib import Path
 

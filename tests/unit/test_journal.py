@@ -279,8 +279,12 @@ def test_half_built_domains_from_killed_creates(tmp_path: Path,
     assert r.returncode == -signal.SIGKILL
     found = half_built_domains()
     assert list(found) == [12] and found[12].steps == ("create domain",)
+    from xentool import Host  # what `xentool list` flags on stderr
+
+    assert Host().half_built() == {12: found[12].pid}
     forget_record(found[12])
     assert half_built_domains() == {}
+    assert Host().half_built() == {}
 
 
 def test_a_create_killed_before_its_first_step_leaves_no_record(

@@ -74,6 +74,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         return _list_long(args.domains)
     with Host() as host:
         entries = host.domain_infos(args.domains)
+        listed = {d.domid for _, d in entries}
+        for domid, pid in sorted(host.half_built().items()):
+            if domid in listed:  # stdout stays xl's; the flag goes to stderr
+                print(f"xentool: domain {domid} was left half-built by a create that was "
+                      f"killed (pid {pid}): 'xentool destroy {domid}' removes it",
+                      file=sys.stderr)
         nodes = None
         if args.numa and not (args.json or args.long):
             nr_nodes = host.physinfo().nr_nodes
