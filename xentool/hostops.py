@@ -94,7 +94,9 @@ def log_prefix(domid: int) -> str:
 
 
 def _errno_text(err: int) -> str:
-    return os.strerror(err) if err else "Unknown error"
+    # libxl logs strerror(errno) as it is: a call that failed without setting errno
+    # (libxenguest's dump of a guest without a p2m) reads "Success" there too.
+    return os.strerror(err)
 
 
 class TriggerFailed(HostError):
