@@ -42,7 +42,7 @@ def _affinity(aff: CpuAffinity, host_cpus: int | None) -> list[list[int]] | None
     return [_bitmap(s.resolve(n)) for s in aff.per_vcpu]
 
 
-def _disk(d: DiskSpec) -> dict[str, object]:
+def _disk(d: DiskSpec, stored: bool = False) -> dict[str, object]:
     out: dict[str, object] = {}
     if d.backend_domname is not None:
         out["backend_domname"] = d.backend_domname
@@ -68,6 +68,8 @@ def _disk(d: DiskSpec) -> dict[str, object]:
         out["specification"] = d.specification.value
     if d.colo_enable is not None:
         out["colo_enable"] = _defbool(d.colo_enable)
+    if stored:  # libxl's disk setdefault settles it before the config is kept
+        out["colo_restore_enable"] = "False"
     for key in ("colo_host", "colo_port", "colo_export", "active_disk", "hidden_disk"):
         if getattr(d, key) is not None:
             out[key] = getattr(d, key)
@@ -76,7 +78,7 @@ def _disk(d: DiskSpec) -> dict[str, object]:
     return out
 
 
-def _nic(v: VifSpec, with_mac: bool = False) -> dict[str, object]:
+def _nic(v: VifSpec, stored: bool = False) -> dict[str, object]:
     out: dict[str, object] = {}
     if v.backend_domname is not None:
         out["backend_domname"] = v.backend_domname
@@ -85,7 +87,7 @@ def _nic(v: VifSpec, with_mac: bool = False) -> dict[str, object]:
         out["mtu"] = v.mtu
     if v.model is not None:
         out["model"] = v.model
-    if with_mac or not v.mac_generated:
+    if stored or not v.mac_generated:
         out["mac"] = v.mac
     if v.ip is not None:
         out["ip"] = v.ip
@@ -97,6 +99,8 @@ def _nic(v: VifSpec, with_mac: bool = False) -> dict[str, object]:
         out["script"] = v.script
     if v.nictype is not NicType.UNKNOWN:
         out["nictype"] = v.nictype.value
+    elif stored:  # libxl's nic setdefault: a PV guest's NIC is a plain vif
+        out["nictype"] = NicType.VIF.value
     if v.rate_bytes_per_interval:
         out["rate_bytes_per_interval"] = v.rate_bytes_per_interval
     if v.rate_interval_usecs:
@@ -183,9 +187,9 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         b_info = _ordered(b_info, _ORDER["b_info"])
     out: dict[str, object] = {"c_info": c_info, "b_info": b_info}
     if cfg.disks:
-        out["disks"] = [_disk(d) for d in cfg.disks]
+        out["disks"] = [_disk(d, stored) for d in cfg.disks]
     if cfg.vifs:
-        out["nics"] = [_nic(v, with_mac=stored) for v in cfg.vifs]
+        out["nics"] = [_nic(v, stored) for v in cfg.vifs]
     for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset"):
         act: ShutdownAction = getattr(cfg, key)
         if act is not ShutdownAction.DESTROY:  # the IDL default, never printed
