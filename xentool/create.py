@@ -331,7 +331,8 @@ def _store_libxl_config(xc: XenCtrl, config: DomainConfig, domid: int,
     path = libxl_userdata_path(domid, str(uuid), "libxl-json")
     tmp = os.path.join(LIBXL_USERDATA_DIR, f"userdata-n.{domid}.{uuid}.libxl-json")
     os.makedirs(LIBXL_USERDATA_DIR, mode=0o755, exist_ok=True)
-    text = stored_dumps(to_libxl(config, uuid, xc.max_cpus(), stored=True,
+    # "all" is every bit of libxl's cpumap (whole bytes), not just the CPUs there are.
+    text = stored_dumps(to_libxl(config, uuid, xc.cpumap_size() * 8, stored=True,
                                  claim_mode=claim_mode))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
