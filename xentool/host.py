@@ -516,6 +516,11 @@ class Host:
             n += 1
 
 
+#: How long a device verb waits for the domain's lock: attaches to one domain queue on it
+#: for their whole plug (hotplug script included), seconds each under emulation.
+DEVICE_LOCK_WAIT = 300.0
+
+
 class Domain:
     """A live domain of a :class:`Host`, by domid.
 
@@ -756,7 +761,7 @@ class Domain:
         from xentool.locks import domain_lock
 
         disk = parse_disk_args([spec] if isinstance(spec, str) else spec)
-        with translating(), domain_lock(self.domid):
+        with translating(), domain_lock(self.domid, timeout=DEVICE_LOCK_WAIT):
             attach_nodes(self._s.xs, vbd_nodes(self.domid, disk), timeouts(timeout))
 
     def detach_disk(self, vdev: str | int, *, force: bool = False,
@@ -774,7 +779,7 @@ class Domain:
             devid = vdev_to_devid(str(vdev))
         except ValueError:
             raise NotFoundError(f"Error: Device {vdev} not connected.") from None
-        with translating(), domain_lock(self.domid):
+        with translating(), domain_lock(self.domid, timeout=DEVICE_LOCK_WAIT):
             detach_device(self._s.xs, self.domid, "vbd", devid,
                           force=Force.ON if force else Force.OFF, wait=timeouts(timeout),
                           label=str(vdev))
@@ -788,7 +793,7 @@ class Domain:
 
         gconf = xl_conf or Host.global_config()
         gconf.check_applicable()
-        with translating(), domain_lock(self.domid):
+        with translating(), domain_lock(self.domid, timeout=DEVICE_LOCK_WAIT):
             return attach_vif(self._s.xs, self.domid, options, timeouts(timeout), gconf)
 
     def detach_nic(self, device: str | int, *, timeout: float | None = None) -> None:
@@ -797,7 +802,7 @@ class Domain:
         from xentool.errors import NotFoundError
         from xentool.locks import domain_lock
 
-        with translating(), domain_lock(self.domid):
+        with translating(), domain_lock(self.domid, timeout=DEVICE_LOCK_WAIT):
             devid = vif_devid_of(self._s.xs, self.domid, str(device))
             if devid is None:
                 raise NotFoundError(f"Unknown device {device}.")
