@@ -249,8 +249,9 @@ class Journal:
         self._step = 0
         if self.record_dir is not None:
             d = private_dir(Path(self.record_dir))  # under the run dir: root's alone
+            # Written when the first step's action starts, not here: a process killed
+            # before it did anything leaves no record to clean up.
             self._record = d / f"{self.op}-{os.getpid()}.json"
-            self._write_record()
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in ABORT_SIGNALS:
                 self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -299,6 +300,8 @@ class Journal:
         self._step += 1
         self._check_pending()
         self._fault_point(name)
+        if self._step == 1:
+            self._write_record()
         # A signal during the action is acted on once its undo is registered: interrupting
         # between "done" and "undo known" is exactly how debris is left behind.
         self._deferring = True
