@@ -389,21 +389,20 @@ def rename(s: Session, poolid: int, new_name: str) -> None:
 
 def add_cpus(s: Session, poolid: int, cpus: Iterable[int]) -> list[tuple[int, OSError]]:
     """Move each pCPU into the pool; the ones that would not go, with the reason."""
-    failed = []
-    for cpu in sorted(cpus):
-        try:
-            s.xc.cpupool_add_cpu(poolid, cpu)
-        except OSError as e:
-            failed.append((cpu, e))
-    return failed
+    return _each_cpu(lambda cpu: s.xc.cpupool_add_cpu(poolid, cpu), cpus)
 
 
 def remove_cpus(s: Session, poolid: int, cpus: Iterable[int]) -> list[tuple[int, OSError]]:
     """Take each pCPU out of the pool; the ones that would not go, with the reason."""
+    return _each_cpu(lambda cpu: s.xc.cpupool_remove_cpu(poolid, cpu), cpus)
+
+
+def _each_cpu(move: Callable[[int], None], cpus: Iterable[int]) -> list[tuple[int, OSError]]:
+    # As libxl: every CPU is tried, a failure does not stop the others.
     failed = []
     for cpu in sorted(cpus):
         try:
-            s.xc.cpupool_remove_cpu(poolid, cpu)
+            move(cpu)
         except OSError as e:
             failed.append((cpu, e))
     return failed
