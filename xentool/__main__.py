@@ -1,5 +1,5 @@
 import sys
 
-from xentool.cli import main
+from xentool.client import main
 
 sys.exit(main())

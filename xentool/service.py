@@ -61,6 +61,14 @@ def stopping() -> None:
         send("STOPPING=1")
 
 
+def forget() -> None:
+    """Forget what was looked up: for a process forked from a daemon to run a command
+    with another environment (xentoold), which must not notify the daemon's systemd."""
+    global _notify, _last_ping
+    _notify = False
+    _last_ping = 0.0
+
+
 def stderr_is_journal() -> bool:
     """Whether stderr is the journal's stream: systemd.exec(5) puts its device and inode
     in ``JOURNAL_STREAM``."""

@@ -98,6 +98,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("mem-max", "domain_ops", "Set the maximum amount reservation for a domain"),
     Verb("vcpu-set", "domain_ops", "Set the number of active VCPUs allowed for the domain"),
     Verb("monitor", "monitor", "Apply on_poweroff/on_reboot/on_crash actions for all domains"),
+    Verb("daemon", "daemon", "Run xentoold, which runs xentool commands without start-up "
+         "cost"),
     Verb("sched-credit", "sched", "Get/set credit scheduler parameters"),
     Verb("sched-credit2", "sched", "Get/set credit2 scheduler parameters"),
     Verb("sched-rtds", "sched", "Get/set rtds scheduler parameters"),
