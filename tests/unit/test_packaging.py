@@ -22,6 +22,7 @@ from xentool.cli import VERBS
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "contrib/systemd").glob("*.service"))
+SOCKETS = sorted((ROOT / "contrib/systemd").glob("*.socket"))
 
 
 def _gendocs() -> ModuleType:
@@ -82,10 +83,11 @@ def test_units_verify(tmp_path: Path) -> None:
     stub = tmp_path / "xentool"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
-    for unit in UNITS:
+    units = [*UNITS, *SOCKETS]
+    for unit in units:
         text = re.sub(r"^(Exec\w+=)xentool ", rf"\g<1>{stub} ", unit.read_text(), flags=re.M)
         (tmp_path / unit.name).write_text(text)
-    r = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / u.name) for u in UNITS)],
+    r = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / u.name) for u in units)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr
 
