@@ -5,8 +5,16 @@ Stdlib only, so it runs before anything of the project is installed. Everything 
 cached under ``$XENTOOL_TESTBED_CACHE`` (default ``~/.cache/xentool-testbed``), keyed by a hash
 of its recipe: changing a package list or a baked-in file rebuilds, nothing else does.
 
+Two profiles of dom0. The default one boots with a shell script as PID 1 that starts
+xenstored and xenconsoled itself and runs xentool from the shared checkout (PYTHONPATH).
+`--production` boots the same Debian with systemd as PID 1, Debian's own Xen start-up
+(xen.service, from xen-utils-common's /etc/init.d/xen) and xentool installed from the package
+contrib/build-deb makes on the host, with apt, its units enabled: see PRODUCTION_PACKAGES and
+contrib/testbed/dom0/production.sh.
+
 Layout of the cache:
-  dom0-<hash>/   xen, vmlinuz, initrd.img, rootfs.img, guest-modules/   (built by `build`)
+  dom0-<hash>/   xen, vmlinuz, initrd.img, rootfs.img, guest-modules/   (built by `build`;
+                 one entry per profile)
   kits/<hash>/   the guest kit: vmlinuz, initrd.img, tiny.elf, tiny-wait.elf
   runs/<id>/     one booted testbed: spool/ (job exchange with dom0), serial.log, state.json
 """
@@ -47,6 +55,23 @@ DOM0_PACKAGES = (
     "python3-pytest-timeout",
     "python3-hypothesis", "python3-zstandard", "python3-lz4",
 )
+# The production profile: the same dom0 plus what a Debian 12 dom0 run by systemd has, and
+# what the xentool package and the README's install steps need.  dom0 has no network, so
+# every package `apt install ./xentool_*.deb` wants must be in the image already: the
+# package's own Depends are installed too (`apt-get satisfy`, see production_recipe), and
+# contrib/build-deb's build dependencies (its `deps`), so that the README's first step works
+# offline as it does on a dom0 with a mirror.
+PRODUCTION_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "man-db", "bash-completion", "git",
+)
+# Maintenance timers a throw-away offline VM never needs, which would compete with the tests
+# for the two emulated CPUs or hold the dpkg lock while the package is installed at boot.
+PRODUCTION_MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
+                     "e2scrub_all.timer", "fstrim.timer")
+# Where the production dom0 mounts the job spool and the guest kit: not under /run/xentool,
+# which is xentool's own runtime directory there (the units' RuntimeDirectory=).
+PRODUCTION_SHARES = "/run/xentool-testbed"
+DEV_SHARES = "/run/xentool"
 # Front-end drivers the busybox guest loads (bookworm builds them as modules).
 GUEST_MODULES = ("xen-blkfront", "xen-netfront")
 ROOTFS_SIZE = "3G"
@@ -99,16 +124,18 @@ def digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
-def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian mirror apt on this machine already uses (the only one we may reach)."""
+def debian_mirror(apt_dir: Path = Path("/etc/apt"), archive: str = "debian") -> str:
+    """The Debian mirror apt on this machine already uses (the only one we may reach), of
+    `archive`: "debian" or "debian-security"."""
+    a = re.escape(archive)
     for f in [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):
             text = f.read_text()
-            m = re.search(r"^\s*URIs:\s*(\S+/debian)/?\s*$", text, re.M) or \
-                re.search(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s+\w+", text, re.M)
+            m = re.search(rf"^\s*URIs:\s*(\S+/{a})/?\s*$", text, re.M) or \
+                re.search(rf"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+/{a})/?\s+\S+", text, re.M)
             if m:
                 return m.group(1)
-    return "http://deb.debian.org/debian"
+    return f"http://deb.debian.org/{archive}"
 
 
 def require_root(what: str) -> None:
@@ -153,6 +180,7 @@ def staging(final: Path):
 @dataclass(frozen=True)
 class Dom0Image:
     path: Path
+    production: bool = False
 
     @property
     def key(self) -> str:
@@ -171,31 +199,75 @@ def dom0_recipe() -> str:
                   if os.environ.get("XENTOOL_TESTBED_HASH_SELF") else b"v1")
 
 
-def build_dom0(force: bool = False) -> Dom0Image:
-    image = Dom0Image(cache_root() / f"dom0-{dom0_recipe()}")
+# Files baked into the production image (the set-up itself, production.sh, is read from the
+# checkout at boot, so changing it never rebuilds the image).
+PRODUCTION_FILES = {
+    "usr/local/sbin/xentool-testbed-setup": "xentool-testbed-setup",
+    "etc/systemd/system/xentool-testbed-setup.service": "xentool-testbed-setup.service",
+    "etc/systemd/system/xentool-testbed-agent.service": "xentool-testbed-agent.service",
+}
+
+
+def production_recipe(depends: str) -> str:
+    """The dev recipe plus the production packages, the xentool package's Depends (so the
+    image is rebuilt when they change, e.g. a newer libxen on the build host) and the files
+    baked in."""
+    return digest(dom0_recipe(), "production", PRODUCTION_PACKAGES, build_deb_deps(),
+                  depends, PRODUCTION_MASKED,
+                  [(dst, (HERE / "dom0" / src).read_bytes().hex())
+                   for dst, src in sorted(PRODUCTION_FILES.items())])
+
+
+def build_deb_deps(script: Path = CHECKOUT / "contrib" / "build-deb") -> tuple[str, ...]:
+    """The build dependencies contrib/build-deb checks for (its `deps="..."`)."""
+    m = re.search(r'^deps="([^"]*)"', script.read_text(), re.M)
+    if not m:
+        raise TestbedError(f"no deps=\"...\" list in {script}")
+    return tuple(m.group(1).split())
+
+
+def build_dom0(force: bool = False, depends: str | None = None) -> Dom0Image:
+    """The dev image, or with `depends` (the xentool package's Depends field) the production
+    one."""
+    if depends is None:
+        image = Dom0Image(cache_root() / f"dom0-{dom0_recipe()}")
+    else:
+        image = Dom0Image(cache_root() / f"dom0-{production_recipe(depends)}", production=True)
     if image.rootfs.exists() and not force:
         return image
     with build_lock():
         if image.rootfs.exists() and not force:
             return image  # built by a concurrent run while we waited
-        return _build_dom0(image, force)
+        return _build_dom0(image, force, depends or "")
 
 
-def _build_dom0(image: Dom0Image, force: bool) -> Dom0Image:
+def _build_dom0(image: Dom0Image, force: bool, depends: str) -> Dom0Image:
     require_root("building the dom0 image")
     require_tools("debootstrap", "mkfs.ext4", "depmod", "dpkg", "apt-get")
     if force and image.path.exists():
         shutil.rmtree(image.path)
     started = time.monotonic()
     mirror = debian_mirror()
-    log(f"building dom0 image {image.key} from {SUITE} at {mirror} (once; cached)")
+    what = "production dom0 image" if image.production else "dom0 image"
+    log(f"building {what} {image.key} from {SUITE} at {mirror} (once; cached)")
     with staging(image.path) as out:
         root = out / "root"
         sh("debootstrap", "--variant=minbase", SUITE, root, mirror)
         log(f"  debootstrap done in {time.monotonic() - started:.0f}s")
-        _chroot_install(root, DOM0_PACKAGES)
+        if image.production:
+            # As on an installed Debian 12: with its updates and security archives.  The
+            # package built on this host links the libxen of those, not of the release.
+            (root / "etc/apt/sources.list").write_text(
+                f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\n"
+                f"deb {debian_mirror(archive='debian-security')} {SUITE}-security main\n")
+            _chroot_install(root, DOM0_PACKAGES + PRODUCTION_PACKAGES + build_deb_deps(),
+                            update=True, satisfy=depends)
+        else:
+            _chroot_install(root, DOM0_PACKAGES)
         log(f"  packages installed in {time.monotonic() - started:.0f}s")
-        _configure_rootfs(root)
+        _configure_rootfs(root, image.production)
+        if image.production:
+            _configure_production(root)
         _extract_boot_files(root, out)
         _fetch_hypervisor(out)
         shutil.rmtree(root / "boot", ignore_errors=True)
@@ -205,7 +277,8 @@ def _build_dom0(image: Dom0Image, force: bool) -> Dom0Image:
     return image
 
 
-def _chroot_install(root: Path, packages: tuple[str, ...]) -> None:
+def _chroot_install(root: Path, packages: tuple[str, ...], update: bool = False,
+                    satisfy: str = "") -> None:
     # No daemon may start inside the build chroot.
     rc_d = root / "usr/sbin/policy-rc.d"
     rc_d.write_text("#!/bin/sh\nexit 101\n")
@@ -221,8 +294,14 @@ def _chroot_install(root: Path, packages: tuple[str, ...]) -> None:
             done.append(target)
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                "LC_ALL": "C"}
+        if update:
+            sh("chroot", root, "apt-get", "update", "-q", env=env)
+            sh("chroot", root, "apt-get", "dist-upgrade", "-y", "-q", env=env)
         sh("chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
            *packages, env=env)
+        if satisfy:
+            sh("chroot", root, "apt-get", "satisfy", "-y", "-q", "--no-install-recommends",
+               satisfy, env=env)
         sh("chroot", root, "apt-get", "clean", env=env)
     finally:
         for target in reversed(done):
@@ -230,20 +309,41 @@ def _chroot_install(root: Path, packages: tuple[str, ...]) -> None:
     rc_d.unlink()
 
 
-def _configure_rootfs(root: Path) -> None:
-    init = root / "sbin/xentool-init"
-    shutil.copy(HERE / "dom0" / "xentool-init", init)
-    init.chmod(0o755)
+def _configure_rootfs(root: Path, production: bool = False) -> None:
     (root / "etc/hostname").write_text("xentool-dom0\n")
     (root / "etc/fstab").write_text("/dev/vda / ext4 rw,noatime 0 1\n")
     (root / "etc/resolv.conf").write_text("")
     # Default xl settings; xl wants the file even if empty.
     (root / "etc/xen").mkdir(exist_ok=True)
     (root / "etc/xen/xl.conf").touch()
+    if production:
+        return  # systemd is PID 1, and xentool comes from its package
+    init = root / "sbin/xentool-init"
+    shutil.copy(HERE / "dom0" / "xentool-init", init)
+    init.chmod(0o755)
     # A `xentool` command in dom0 that runs the checkout of the host.
     wrapper = root / "usr/local/bin/xentool"
     wrapper.write_text('#!/bin/sh\nexec python3 -m xentool "$@"\n')
     wrapper.chmod(0o755)
+
+
+def _configure_production(root: Path) -> None:
+    """systemd boots it: the testbed's set-up and job agent are units of their own."""
+    for dst, src in PRODUCTION_FILES.items():
+        shutil.copy(HERE / "dom0" / src, root / dst)
+        (root / dst).chmod(0o755 if "/sbin/" in dst else 0o644)
+    units = root / "etc/systemd/system"
+    wants = units / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "xentool-testbed-setup.service").symlink_to("../xentool-testbed-setup.service")
+    for timer in PRODUCTION_MASKED:
+        (units / timer).unlink(missing_ok=True)
+        (units / timer).symlink_to("/dev/null")
+    # An empty machine-id means a first boot, where systemd applies the presets to every
+    # unit; a real dom0 has booted before.
+    machine_id = root / "etc/machine-id"
+    if not machine_id.exists() or not machine_id.read_text().strip():
+        machine_id.write_text(hashlib.sha256(b"xentool-testbed").hexdigest()[:32] + "\n")
 
 
 def _extract_boot_files(root: Path, out: Path) -> None:
@@ -289,6 +389,37 @@ def _fetch_hypervisor(out: Path) -> None:
         gz = next((Path(tmp) / "x/boot").glob("xen-*.gz"))
         with open(out / "xen", "wb") as f:
             subprocess.run(["zcat", str(gz)], stdout=f, check=True)
+
+
+# ---------------------------------------------------------------------------- xentool package
+
+@dataclass(frozen=True)
+class Package:
+    path: Path
+
+    @property
+    def depends(self) -> str:
+        return sh("dpkg-deb", "-f", self.path, "Depends").stdout.strip()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+
+def ensure_package(outdir: Path = CHECKOUT / "dist") -> Package:
+    """The .deb of the checkout's HEAD that contrib/build-deb leaves in `outdir` (which dom0
+    sees over the checkout's share), built now if it is missing or stale."""
+    require_tools("git", "dpkg-deb")
+    started = time.monotonic()
+    r = sh(CHECKOUT / "contrib" / "build-deb", outdir)
+    last = (r.stdout or "").strip().splitlines()[-1:] or [""]
+    debs = sorted(outdir.glob("xentool_*.deb"))
+    if len(debs) != 1:
+        raise TestbedError(f"contrib/build-deb left {len(debs)} packages in {outdir}: {last[0]}")
+    state = "up to date" if "up to date" in last[0] else \
+        f"built in {time.monotonic() - started:.0f}s"
+    log(f"package {debs[0].name} ({state})")
+    return Package(debs[0])
 
 
 # ---------------------------------------------------------------------------------- guest kit
@@ -436,7 +567,14 @@ def tcg_cpu() -> str:
     return os.environ.get("XENTOOL_TESTBED_CPU") or TCG_CPU
 
 
-def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
+def dom0_cmdline(image: Dom0Image) -> str:
+    """dom0's kernel command line: the dev image runs the checkout's init.sh as PID 1 (via
+    the stub baked in), the production one Debian's /sbin/init, systemd."""
+    init = "" if image.production else " init=/sbin/xentool-init"
+    return f"root=/dev/vda rw console=hvc0 earlyprintk=xen{init} xentool.src={CHECKOUT}"
+
+
+def boot(image: Dom0Image, accel: str, keep: bool, package: Package | None = None) -> Testbed:
     require_tools("qemu-system-x86_64")
     check_accel(accel)
     runs = cache_root() / "runs"
@@ -450,9 +588,7 @@ def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
                 "loglvl=all guest_loglvl=all")
     if accel == "tcg":
         xen_args += " smap=0 smep=0"  # TCG: dom0 dies in create_bounce_frame without these
-    dom0_args = (f"root=/dev/vda rw console=hvc0 earlyprintk=xen init=/sbin/xentool-init "
-                 f"xentool.src={CHECKOUT}")
-    modules = multiboot_modules(f"{image.kernel} {dom0_args}", str(image.initrd))
+    modules = multiboot_modules(f"{image.kernel} {dom0_cmdline(image)}", str(image.initrd))
     argv = [
         "qemu-system-x86_64", "-name", "xentool-testbed,debug-threads=on",
         "-accel", accel, "-cpu", tcg_cpu() if accel == "tcg" else "host",
@@ -469,7 +605,10 @@ def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
         "-virtfs", f"local,path={spool},mount_tag=spool,security_model=none",
         "-virtfs", f"local,path={kits},mount_tag=kit,security_model=none,readonly=on",
     ]
-    log(f"booting Xen + dom0 under QEMU ({accel.upper()}{', kept running' if keep else ''})")
+    profile = "production dom0 (systemd, xentool from its package)" if image.production \
+        else "dom0"
+    log(f"booting Xen + {profile} under QEMU ({accel.upper()}"
+        f"{', kept running' if keep else ''})")
     started = time.monotonic()
     with open(run_dir / "qemu.log", "wb") as qlog:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
@@ -478,7 +617,7 @@ def boot(image: Dom0Image, accel: str, keep: bool) -> Testbed:
     tb = Testbed(run_dir, proc.pid, owned=not keep)
     (run_dir / "state.json").write_text(json.dumps(
         {"pid": proc.pid, "image": image.key, "checkout": str(CHECKOUT), "accel": accel,
-         "keep": keep}))
+         "keep": keep, "package": package.digest if package else None}))
     try:
         _wait_ready(tb, proc)
     except BaseException:
@@ -534,9 +673,10 @@ def _tail(path: Path, lines: int = 25) -> str:
     return f"--- last lines of {path.name} ---\n" + "\n".join(text) + "\n"
 
 
-def find_kept(image: Dom0Image) -> Testbed | None:
-    """A testbed left running by `--keep` for this checkout and image, if any; one still
-    booting is waited for rather than booting a second VM on the same cores."""
+def find_kept(image: Dom0Image, package: Package | None = None) -> Testbed | None:
+    """A testbed left running by `--keep` for this checkout and image (and for the production
+    profile, with this xentool package installed), if any; one still booting is waited for
+    rather than booting a second VM on the same cores."""
     runs = cache_root() / "runs"
     for state_file in sorted(runs.glob("tb-*/state.json")) if runs.exists() else ():
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -546,7 +686,8 @@ def find_kept(image: Dom0Image) -> Testbed | None:
                 shutil.rmtree(tb.run_dir, ignore_errors=True)
                 continue
             if not (state.get("keep") and state["image"] == image.key
-                    and state["checkout"] == str(CHECKOUT)):
+                    and state["checkout"] == str(CHECKOUT)
+                    and state.get("package") == (package.digest if package else None)):
                 continue
             deadline = time.monotonic() + BOOT_TIMEOUT
             while tb.alive() and not (tb.spool / "ready").exists() \
@@ -555,6 +696,18 @@ def find_kept(image: Dom0Image) -> Testbed | None:
             if (tb.spool / "ready").exists():
                 return tb
     return None
+
+
+def running_testbeds() -> list[Testbed]:
+    runs = cache_root() / "runs"
+    alive = []
+    for state_file in sorted(runs.glob("tb-*/state.json")) if runs.exists() else ():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            tb = Testbed(state_file.parent, json.loads(state_file.read_text())["pid"],
+                         owned=False)
+            if tb.alive():
+                alive.append(tb)
+    return alive
 
 
 @contextlib.contextmanager
@@ -648,13 +801,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="contrib/testbed/run",
         description="Run a command as root inside a Xen 4.17 dom0 booted under QEMU.",
-        epilog="example: contrib/testbed/run -- xl info")
+        epilog="example: contrib/testbed/run -- xl info; "
+               "contrib/testbed/run --production -- systemctl status xentool-monitor")
     p.add_argument("--keep", action="store_true",
                    help="leave the VM running afterwards; later runs reuse it")
     p.add_argument("--stop", action="store_true", help="stop a kept VM and exit")
     p.add_argument("--build-only", action="store_true",
                    help="build (or verify) the cached images and exit")
     p.add_argument("--rebuild", action="store_true", help="rebuild the dom0 image")
+    p.add_argument("--production", action="store_true",
+                   help="boot dom0 as a production Debian dom0: systemd as PID 1, Debian's "
+                        "xen.service, xentool installed with apt from the package "
+                        "contrib/build-deb makes of HEAD (built first if missing or stale), "
+                        "its units enabled")
     p.add_argument("--accel", default=os.environ.get("XENTOOL_TESTBED_ACCEL", "tcg"),
                    help="tcg (default; works everywhere) or kvm (hosts with VMX/SVM)")
     p.add_argument("--timeout", type=float, default=DEFAULT_JOB_TIMEOUT,
@@ -677,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stopped {stopped} testbed(s)")
             return 0
         t0 = time.monotonic()
-        image = build_dom0(force=ns.rebuild)
+        package = ensure_package() if ns.production else None
+        image = build_dom0(force=ns.rebuild, depends=package.depends if package else None)
         kit = build_kit(image)
         if ns.build_only:
             log(f"images ready in {time.monotonic() - t0:.0f}s: {image.path}, {kit}")
@@ -685,12 +845,18 @@ def main(argv: list[str] | None = None) -> int:
         if not cmd:
             p.error("no command given (contrib/testbed/run -- CMD ARGS...)")
         with boot_lock():
-            tb = find_kept(image)
+            tb = find_kept(image, package)
             if tb is not None:
                 log(f"reusing the running testbed {tb.run_dir.name}")
             else:
-                tb = boot(image, ns.accel, keep=ns.keep)
-        env.setdefault("XENTOOL_GUEST_DIR", f"/run/xentool/kit/{kit.name}")
+                others = running_testbeds()
+                if others:
+                    log(f"note: {len(others)} other testbed VM(s) still running "
+                        f"({', '.join(o.run_dir.name for o in others)}); this one shares "
+                        "the host's cores with them")
+                tb = boot(image, ns.accel, keep=ns.keep, package=package)
+        shares = PRODUCTION_SHARES if image.production else DEV_SHARES
+        env.setdefault("XENTOOL_GUEST_DIR", f"{shares}/kit/{kit.name}")
         cwd = Path.cwd() if Path.cwd().is_relative_to(CHECKOUT) else CHECKOUT
         try:
             return run_job(tb, cmd, cwd, env, ns.timeout)

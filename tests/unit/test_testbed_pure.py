@@ -129,3 +129,83 @@ def test_a_silent_dom0_ends_the_job_with_xens_view(tmp_path: Path,
     assert "dom0 has given no sign of life for" in err and "'sleep inf' abandoned" in err
     assert "last dom0 line" in err and "dumping domain info" in err
     assert list((FrozenTestbed.spool / "cancel").iterdir())  # the agent is told to kill it
+
+
+# -- the production profile ---------------------------------------------------------------
+
+
+def test_security_mirror_is_found_apart_from_the_main_one(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://main.example/debian\nSuites: bookworm\n")
+    assert testbed.debian_mirror(tmp_path) == "http://main.example/debian"
+    assert testbed.debian_mirror(tmp_path, "debian-security") == \
+        "http://sec.example/debian-security"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text(
+        "deb http://sec.example/debian-security bookworm-security main\n")
+    assert testbed.debian_mirror(tmp_path) == "http://deb.debian.org/debian"
+    assert testbed.debian_mirror(tmp_path, "debian-security") == \
+        "http://sec.example/debian-security"
+
+
+def test_production_image_has_its_own_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = testbed.dom0_recipe()
+    prod = testbed.production_recipe("python3-pyxs, libxenmisc4.17 (>= 4.17.7)")
+    assert prod != dev
+    # the package's dependencies are part of it (a newer libxen on the build host rebuilds)
+    assert testbed.production_recipe("python3-pyxs, libxenmisc4.17 (>= 4.17.8)") != prod
+    # what only the production image has leaves the default image (and its cache) alone
+    monkeypatch.setattr(testbed, "PRODUCTION_PACKAGES", (*testbed.PRODUCTION_PACKAGES, "x"))
+    assert testbed.dom0_recipe() == dev
+    assert testbed.production_recipe("python3-pyxs, libxenmisc4.17 (>= 4.17.7)") != prod
+
+
+def test_build_deb_deps_are_those_build_deb_checks() -> None:
+    deps = testbed.build_deb_deps()
+    assert {"debhelper", "dh-python", "libxen-dev", "python3-argparse-manpage"} <= set(deps)
+    assert all(d and " " not in d for d in deps)
+
+
+def test_production_dom0_boots_debians_init(tmp_path: Path) -> None:
+    dev = testbed.dom0_cmdline(testbed.Dom0Image(tmp_path))
+    prod = testbed.dom0_cmdline(testbed.Dom0Image(tmp_path, production=True))
+    assert "init=/sbin/xentool-init" in dev
+    assert "init=" not in prod  # /sbin/init: systemd
+    assert f"xentool.src={testbed.CHECKOUT}" in prod
+
+
+def test_a_kept_production_vm_is_reused_only_with_the_same_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import subprocess
+    import time
+
+    monkeypatch.setenv("XENTOOL_TESTBED_CACHE", str(tmp_path))
+    run_dir = tmp_path / "runs" / "tb-kept"
+    (run_dir / "spool").mkdir(parents=True)
+    (run_dir / "spool" / "ready").touch()
+    image = testbed.Dom0Image(tmp_path / "dom0-abc", production=True)
+    old = testbed.Package(tmp_path / "old.deb")
+    old.path.write_bytes(b"old package")
+    new = testbed.Package(tmp_path / "new.deb")
+    new.path.write_bytes(b"new package")
+    # a live process whose command line names the run directory stands for its QEMU
+    vm = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run_dir)])
+    try:
+        # /proc/PID/cmdline can still be empty just after the fork returns
+        for _ in range(100):
+            if testbed.Testbed(run_dir, vm.pid, owned=False).alive():
+                break
+            time.sleep(0.05)
+        (run_dir / "state.json").write_text(json.dumps(
+            {"pid": vm.pid, "image": image.key, "checkout": str(testbed.CHECKOUT),
+             "keep": True, "package": old.digest}))
+        assert testbed.find_kept(image, new) is None
+        kept = testbed.find_kept(image, old)
+        assert kept is not None and kept.run_dir == run_dir
+        assert [t.run_dir for t in testbed.running_testbeds()] == [run_dir]
+    finally:
+        vm.kill()
+        vm.wait()
