@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,11 +131,14 @@ def wait_for_console(name: str, pattern: str, timeout: float = 120.0) -> str:
                          f"log so far:\n{text[-3000:]}")
 
 
-def console_session(*args: str, pattern: str, timeout: float = 240.0) -> tuple[str, int]:
+def console_session(*args: str, pattern: str, timeout: float = 240.0,
+                    program: Sequence[str] = (sys.executable, "-m", "xentool"),
+                    ) -> tuple[str, int]:
     """Run ``xentool ARGS`` on a pseudo-terminal like an operator would (``console NAME``,
     ``create -c CFG``), read what it shows until ``pattern`` appears, then leave with ^] as
-    a person would.  Returns the text seen and the exit status."""
-    argv = [sys.executable, "-m", "xentool", *args]
+    a person would.  Returns the text seen and the exit status.  ``program`` is the
+    xentool command (the installed one: ``("/usr/bin/xentool",)``)."""
+    argv = [*program, *args]
     pid, fd = pty.fork()
     if pid == 0:
         try:
