@@ -413,6 +413,53 @@ ffibuilder.cdef(
     int xentool_hypercall_init(xc_interface *xch, uint32_t domid, uint64_t gmfn);
     int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits);
 
+    /* ---- PVH guests: HVM container, memory map, boot context, CPUID policy ------------ */
+    #define XEN_X86_EMU_LAPIC ...
+    #define HVM_PARAM_IOREQ_PFN ...
+    #define HVM_PARAM_BUFIOREQ_PFN ...
+    #define HVM_PARAM_TIMER_MODE ...
+    #define HVM_PARAM_IDENT_PT ...
+    #define HVM_PARAM_PAGING_RING_PFN ...
+    #define HVM_PARAM_MONITOR_RING_PFN ...
+    #define HVM_PARAM_SHARING_RING_PFN ...
+    #define HVM_PARAM_ALTP2M ...
+    #define HVM_PARAM_MCA_CAP ...
+    #define XENTOOL_HVM_CODE_HEADER ...
+    #define XENTOOL_HVM_CODE_CPU ...
+    #define XENTOOL_HVM_CODE_MTRR ...
+    #define XENTOOL_HVM_CODE_END ...
+
+    struct hvm_hw_cpu {
+        uint64_t rbx; uint64_t rip; uint64_t rflags;
+        uint64_t cr0; uint64_t cr4; uint64_t dr6; uint64_t dr7;
+        uint32_t cs_limit; uint32_t ds_limit; uint32_t es_limit; uint32_t ss_limit;
+        uint32_t tr_limit;
+        uint64_t cs_base; uint64_t ds_base; uint64_t es_base; uint64_t ss_base;
+        uint64_t tr_base;
+        uint32_t cs_arbytes; uint32_t ds_arbytes; uint32_t es_arbytes;
+        uint32_t ss_arbytes; uint32_t tr_arbytes;
+        ...;
+    };
+    struct hvm_hw_mtrr { uint64_t msr_mtrr_def_type; ...; };
+
+    int xc_domain_hvm_getcontext(xc_interface *xch, uint32_t domid, uint8_t *ctxt_buf,
+                                 uint32_t size);
+    int xc_domain_hvm_setcontext(xc_interface *xch, uint32_t domid, uint8_t *hvm_ctxt,
+                                 uint32_t size);
+    int xc_set_paging_mempool_size(xc_interface *xch, uint32_t domid, uint64_t size);
+    int xc_get_paging_mempool_size(xc_interface *xch, uint32_t domid, uint64_t *size);
+    /* struct e820entry is packed and xc_xend_cpuid holds a union: helpers take flat arrays
+       (set_source below). */
+    int xentool_set_memory_map(xc_interface *xch, uint32_t domid, uint32_t n,
+                               const uint64_t *addr, const uint64_t *size,
+                               const uint32_t *type);
+    int xentool_cpuid_apply(xc_interface *xch, uint32_t domid, int itsc, int nested_virt,
+                            uint32_t n, const uint32_t *leaf, const uint32_t *subleaf,
+                            const char *regs);
+    int xentool_cpu_feature_count(void);
+    const char *xentool_cpu_feature_name(int i);
+    unsigned int xentool_cpu_feature_bit(int i);
+
     /* ---- libxenhypfs: hypervisor runtime parameters (set-parameters) ------------------ */
     typedef struct xenhypfs_handle xenhypfs_handle;
     xenhypfs_handle *xenhypfs_open(void *logger, unsigned int open_flags);
@@ -443,6 +490,7 @@ ffibuilder.set_source(
     #include <xenhypfs.h>
     #include <xen/grant_table.h>
     #include <xen/hvm/params.h>
+    #include <xen/hvm/save.h>
 
     /* The PV builder needs two domctls that only libxenguest wraps; xc_domctl fills in
        the interface version. */
@@ -478,6 +526,79 @@ ffibuilder.set_source(
         }
         free(v);
         return rc;
+    }
+
+    /* PVH: HVM save-record type codes, which the headers give only as sizeof tricks. */
+    #define XENTOOL_HVM_CODE_HEADER HVM_SAVE_CODE(HEADER)
+    #define XENTOOL_HVM_CODE_CPU HVM_SAVE_CODE(CPU)
+    #define XENTOOL_HVM_CODE_MTRR HVM_SAVE_CODE(MTRR)
+    #define XENTOOL_HVM_CODE_END HVM_SAVE_CODE(END)
+
+    static int xentool_set_memory_map(xc_interface *xch, uint32_t domid, uint32_t n,
+                                      const uint64_t *addr, const uint64_t *size,
+                                      const uint32_t *type)
+    {
+        struct e820entry *map = calloc(n ? n : 1, sizeof(*map));
+        uint32_t i;
+        int rc;
+
+        if (!map)
+            return -1;
+        for (i = 0; i < n; i++) {
+            map[i].addr = addr[i];
+            map[i].size = size[i];
+            map[i].type = type[i];
+        }
+        rc = xc_domain_set_memory_map(xch, domid, map, n);
+        free(map);
+        return rc;
+    }
+
+    /* regs: n entries of 4 registers (eax..edx), 33 bytes each: a 32-character policy
+       string and its NUL, or an empty string for a register left alone. */
+    static int xentool_cpuid_apply(xc_interface *xch, uint32_t domid, int itsc,
+                                   int nested_virt, uint32_t n, const uint32_t *leaf,
+                                   const uint32_t *subleaf, const char *regs)
+    {
+        struct xc_xend_cpuid *xend = calloc(n + 1, sizeof(*xend));
+        uint32_t i, r;
+        int rc;
+
+        if (!xend)
+            return -1;
+        for (i = 0; i < n; i++) {
+            xend[i].leaf = leaf[i];
+            xend[i].subleaf = subleaf[i];
+            for (r = 0; r < 4; r++) {
+                const char *p = regs + (i * 4 + r) * 33;
+                xend[i].policy[r] = *p ? (char *)p : NULL;
+            }
+        }
+        xend[n].leaf = XEN_CPUID_INPUT_UNUSED;
+        xend[n].subleaf = XEN_CPUID_INPUT_UNUSED;
+        /* PAE is always on for PVH and PV (libxl__cpuid_legacy). */
+        rc = xc_cpuid_apply_policy(xch, domid, false, NULL, 0, true, itsc, nested_virt,
+                                   n ? xend : NULL, NULL);
+        free(xend);
+        return rc;
+    }
+
+    /* The featureset names and bit numbers of the public header, for cpuid="host,NAME=..". */
+    static const struct { const char *name; unsigned int bit; } xentool_features[] = {
+    #define XEN_CPUFEATURE(name, value) { #name, value },
+    #include <xen/arch-x86/cpufeatureset.h>
+    };
+    static int xentool_cpu_feature_count(void)
+    {
+        return sizeof(xentool_features) / sizeof(xentool_features[0]);
+    }
+    static const char *xentool_cpu_feature_name(int i)
+    {
+        return xentool_features[i].name;
+    }
+    static unsigned int xentool_cpu_feature_bit(int i)
+    {
+        return xentool_features[i].bit;
     }
 
     static int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits)
