@@ -68,8 +68,9 @@ def main_pid(unit: str) -> int:
 
 
 def journal_cursor() -> str:
-    """The journal's current end, for reading only what comes after it."""
-    for line in run("journalctl", "--show-cursor", "-n", "0").stdout.splitlines():
+    """The journal's current end (its last entry), for reading only what comes after it."""
+    out = run("journalctl", "--show-cursor", "-n", "1", "-o", "cat").stdout
+    for line in reversed(out.splitlines()):
         if line.startswith("-- cursor: "):
             return line.removeprefix("-- cursor: ").strip()
     raise AssertionError("journalctl printed no cursor")
