@@ -67,7 +67,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from xentool import client
@@ -90,12 +90,6 @@ SD_LISTEN_FDS_START = 3
 Runner = Callable[[list[str]], int]
 
 
-def _cli_main(args: list[str]) -> int:
-    from xentool.cli import main
-
-    return main(args)
-
-
 def preload() -> list[str]:
     """Import every module the commands may need, and make what they make on first use
     (the xenctrl result classes, the xl.cfg grammar).  Returns the modules that failed to
@@ -116,14 +110,15 @@ def preload() -> list[str]:
             except Exception as e:  # ImportError, or a binding that refuses this host
                 log.debug("daemon: not preloaded: %s: %s", info.name, e)
                 failed.append(info.name)
-    with contextlib.suppress(Exception):
-        from domain_builder import xenctrl
-
-        xenctrl.preload()
-    with contextlib.suppress(Exception):
-        from xentool.config import grammar
-
-        grammar._grammar()
+    # What modules make on first use: domain_builder.xenctrl's result classes, the xl.cfg
+    # grammar.
+    for name, module in list(sys.modules.items()):
+        make = getattr(module, "preload", None)
+        if name.startswith(tuple(f"{p}." for p in PACKAGES)) and callable(make):
+            try:
+                make()
+            except Exception as e:
+                log.debug("daemon: %s.preload(): %s", name, e)
     return failed
 
 
@@ -285,10 +280,11 @@ class Server:
     """The daemon: a listening socket and the connections of commands in flight.
 
     ``runner`` runs a command line in the child (:func:`xentool.cli.main`; tests give
-    another); ``allow_uid`` is whom the peer check lets in (root).
+    another); ``allow_uid`` is whom the peer check lets in (root).  ``path`` defaults to
+    :func:`xentool.client.socket_path`.
     """
 
-    def __init__(self, path: str | None = None, *, runner: Runner = _cli_main,
+    def __init__(self, runner: Runner, path: str | None = None, *,
                  allow_uid: int = 0, listener: socket.socket | None = None) -> None:
         self.path = path or client.socket_path()
         self.runner = runner
@@ -626,15 +622,14 @@ def _daemonize(log_file: str | None) -> None:
     os.chdir("/")
 
 
-def serve(*, path: str | None = None, foreground: bool = False,
-          log_file: str | None = "/var/log/xen/xentoold.log", runner: Runner = _cli_main,
-          allow_uid: int = 0) -> None:
+def serve(runner: Runner, *, path: str | None = None, foreground: bool = False,
+          log_file: str | None = "/var/log/xen/xentoold.log", allow_uid: int = 0) -> None:
     """Run xentoold until SIGTERM or SIGINT (``xentool daemon``).  Without ``foreground``
     it returns at once in the calling process, and goes on in a detached one that logs
     to ``log_file`` (when its directory exists)."""
     from xentool import service
 
-    server = Server(path, runner=runner, allow_uid=allow_uid, listener=inherited_socket())
+    server = Server(runner, path, allow_uid=allow_uid, listener=inherited_socket())
     server.open()  # before going to the background: "already runs" is said here
     try:
         failed = preload()
@@ -665,9 +660,3 @@ def serve(*, path: str | None = None, foreground: bool = False,
         server.close()
         log.info("daemon: stopped")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``xentoold`` entry point: ``xentool daemon`` under its own name."""
-    from xentool.cli import main as cli_main
-
-    return cli_main(["daemon", *(sys.argv[1:] if argv is None else argv)])

@@ -307,6 +307,12 @@ def _grammar() -> _Grammar:
     return _GRAMMAR
 
 
+def preload() -> None:
+    """Build the grammar now: a resident process (xentoold) forks its commands with it
+    built, instead of building it in each one."""
+    _grammar()
+
+
 # --------------------------------------------------------------------------- diagnosis
 
 _PYTHONISH = set("+-.():")

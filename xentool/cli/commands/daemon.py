@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def configure_daemon(p: argparse.ArgumentParser) -> None:
@@ -18,7 +23,15 @@ def configure_daemon(p: argparse.ArgumentParser) -> None:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from xentool import daemon, service
+    from xentool.cli import main
 
     service.journal_priorities()
-    daemon.serve(path=args.socket, foreground=args.foreground)
+    daemon.serve(main, path=args.socket, foreground=args.foreground)
     return 0
+
+
+def xentoold(argv: Sequence[str] | None = None) -> int:
+    """The ``xentoold`` entry point: ``xentool daemon`` under its own name."""
+    from xentool.cli import main
+
+    return main(["daemon", *(sys.argv[1:] if argv is None else argv)])
