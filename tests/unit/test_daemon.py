@@ -3,6 +3,7 @@ table, and every command is compared with the same verbs run in-process."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from xentool import client, state
+from xentool import __version__, client, state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -489,3 +490,16 @@ def test_daemon_verb_is_in_the_table() -> None:
     with pytest.raises(SystemExit) as e:
         xentoold(["--help"])
     assert e.value.code == 0
+
+
+def test_the_installed_script_imports_only_the_client() -> None:
+    launcher = ROOT / "bin/xentool"
+    tree = ast.parse(launcher.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                 if n.module is not None}
+    assert imported == {"sys", "xentool.client"}
+    r = subprocess.run([sys.executable, str(launcher), "--version"], capture_output=True,
+                       text=True, timeout=60, cwd="/",
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "XENTOOL_NO_DAEMON": "1"})
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"xentool {__version__}\n", "")
