@@ -273,7 +273,7 @@ def _device_nodes_of(domid: int) -> set[str]:
 
 # The bar is 100 rounds (XENTOOL_DEVICE_ROUNDS=100); under TCG a round takes seconds, so the
 # default keeps a full integration run short.
-LOOP_ROUNDS = int(os.environ.get("XENTOOL_DEVICE_ROUNDS", "10"))
+LOOP_ROUNDS = int(os.environ.get("XENTOOL_DEVICE_ROUNDS", "4"))
 # The guest's kernel (Debian 6.1) never gives back 1 MiB (257 pages; likely netfront's 256
 # receive buffers) per round of unplugging a disk and a vif, under xl exactly as under
 # xentool (measured with sysrq-m: 13711 -> 11394 free pages over 9 rounds with either tool).

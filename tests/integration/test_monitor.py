@@ -29,7 +29,7 @@ pytestmark = pytest.mark.xen
 
 ROOT = Path(__file__).resolve().parents[2]
 # Destroy-vs-restart rounds: a few in CI, the full 20 with XENTOOL_RACE_ROUNDS=20.
-RACE_ROUNDS = int(os.environ.get("XENTOOL_RACE_ROUNDS", "4"))
+RACE_ROUNDS = int(os.environ.get("XENTOOL_RACE_ROUNDS", "2"))
 
 
 def domains() -> dict[str, dict]:
