@@ -13,8 +13,8 @@ then for every step K:
 
 One tiny paused guest serves every operation; it is created again only when an operation
 destroyed it.  Prints, per operation, the points walked and the leaks found (the bar is 0).
-The kill walk takes a deterministic subset of steps (the last step and the middle one)
-unless ``XENTOOL_FULL_FAULT_WALK=1``; the step walk always takes every step.
+The kill walk takes the last step of each verb unless ``XENTOOL_FULL_FAULT_WALK=1``; the
+step walk always takes every step.
 """
 
 from __future__ import annotations
@@ -23,12 +23,18 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, run, xl
+from domain_builder.xenctrl import XenCtrl
+from xenstore.client import Store
+from xenstore.errors import XenStoreError
+from xentool import Domain, Host
+
+from .helpers import GuestKit, xl
 from .test_create_faults import Snapshot, settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -42,13 +48,25 @@ def xt(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def xs_read(path: str) -> str | None:
-    r = run("xenstore-read", path, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
+    with closing(Store.connect()) as store:
+        return store.get(path)
 
 
 def xs_list(path: str) -> set[str]:
-    r = run("xenstore-list", path, check=False)
-    return set(r.stdout.split()) if r.returncode == 0 else set()
+    with closing(Store.connect()) as store:
+        try:
+            return set(store.ls(path))
+        except XenStoreError:
+            return set()
+
+
+def domid_of(name: str) -> int | None:
+    """``xl domid`` in-process: the walk asks this several times per point."""
+    with XenCtrl() as xc, closing(Store.connect()) as store:
+        for d in xc.domains():
+            if not d.dying and store.get(f"/local/domain/{d.domid}/name") == name:
+                return d.domid
+    return None
 
 
 class Guest:
@@ -63,16 +81,18 @@ class Guest:
             f.truncate(4 << 20)
 
     def exists(self) -> bool:
-        return xl("domid", self.name, check=False).returncode == 0
+        return domid_of(self.name) is not None
 
     def ensure(self) -> None:
         if not self.exists():
-            r = xt("create", "-q", "-e", "-p", str(self.cfg))
-            assert r.returncode == 0, f"create: {r.stderr}"
+            with Host() as host:
+                host.create(self.cfg, paused=True, record=False)
 
     @property
     def domid(self) -> int:
-        return int(xl("domid", self.name).stdout)
+        domid = domid_of(self.name)
+        assert domid is not None, f"{self.name} is gone"
+        return domid
 
     def disk_spec(self) -> str:
         return f"format=raw,vdev=xvdb,access=rw,target={self.disk}"
@@ -80,10 +100,9 @@ class Guest:
     def problems(self, name: str | None = None) -> list[str]:
         """What is inconsistent about the guest (it must exist, named ``name``)."""
         name = name or self.name
-        r = xl("domid", name, check=False)
-        if r.returncode != 0:
+        domid = domid_of(name)
+        if domid is None:
             return [f"domain {name} is gone"]
-        domid = int(r.stdout)
         out = []
         vm = xs_read(f"/local/domain/{domid}/vm")
         names = (xs_read(f"/local/domain/{domid}/name"), xs_read(f"{vm}/name"))
@@ -133,14 +152,23 @@ def _ok(r: subprocess.CompletedProcess[str], what: str) -> None:
     assert r.returncode == 0, f"{what}: {r.stderr}"
 
 
+# Bringing the guest to the state before a verb and back goes through the library in this
+# process: the verb under test is the one place that needs its own xentool process (to be
+# failed or killed), and every other process start costs seconds under emulation.
+
+def _on(g: Guest, act: Callable[[Domain], object]) -> None:
+    with Host() as host:
+        act(host.domain(g.name))
+
+
 def _attach_disk(g: Guest) -> None:
     if not g.has_disk():
-        _ok(xt("block-attach", g.name, g.disk_spec()), "block-attach")
+        _on(g, lambda d: d.attach_disk(g.disk_spec()))
 
 
 def _detach_disk(g: Guest) -> None:
     if g.has_disk():
-        _ok(xt("block-detach", "-f", g.name, "xvdb"), "block-detach")
+        _on(g, lambda d: d.detach_disk("xvdb", force=True))
 
 
 def _vif_state(g: Guest) -> Callable[[Guest], list[str]]:
@@ -154,7 +182,7 @@ NET_DETACH = ("--timeout", "1")
 
 def _detach_vifs(g: Guest) -> None:
     for devid in g.vifs():
-        _ok(xt("network-detach", *NET_DETACH, g.name, devid), "network-detach")
+        _on(g, lambda d, devid=devid: d.detach_nic(devid, timeout=1))
 
 
 def _expect(cond: Callable[[Guest], bool], what: str) -> Callable[[Guest], list[str]]:
@@ -166,8 +194,6 @@ def _target(g: Guest) -> int:
 
 
 def _max_kb(g: Guest) -> int:
-    from domain_builder.xenctrl import XenCtrl
-
     with XenCtrl() as xc:
         info = xc.domain_info(g.domid)
         assert info is not None
@@ -192,8 +218,17 @@ def _net_prepare(g: Guest) -> list[str]:
 
 def _netd_prepare(g: Guest) -> list[str]:
     if not g.vifs():
-        _ok(xt("network-attach", g.name, "bridge=xenbr0"), "network-attach")
+        _on(g, lambda d: d.attach_nic("bridge=xenbr0"))
     return ["network-detach", *NET_DETACH, g.name, sorted(g.vifs())[0]]
+
+
+def _rename_back(g: Guest) -> None:
+    with Host() as host:
+        host.domain(g.name + RENAMED).rename(g.name)
+
+
+def _set_mem(g: Guest) -> None:
+    _on(g, lambda d: d.set_memory(MEM_KB))
 
 
 OPS = [
@@ -212,11 +247,10 @@ OPS = [
        _expect(lambda g: not g.vifs(), "vif still there"), _detach_vifs),
     Op("rename", lambda g: ["rename", g.name, g.name + RENAMED],
        lambda g: g.problems(), lambda g: g.problems(g.name + RENAMED),
-       lambda g: g.exists() or _ok(xt("rename", g.name + RENAMED, g.name), "rename back")),
-    Op("mem-set", lambda g: (_ok(xt("mem-set", g.name, "32m"), "mem-set"),
-                             ["mem-set", g.name, "24m"])[1],
+       lambda g: g.exists() or _rename_back(g)),
+    Op("mem-set", lambda g: (_set_mem(g), ["mem-set", g.name, "24m"])[1],
        _mem_undone, _expect(lambda g: _target(g) == 24 * 1024, "target not 24 MiB"),
-       lambda g: _ok(xt("mem-set", g.name, "32m"), "mem-set back")),
+       _set_mem),
     Op("destroy", lambda g: ["destroy", g.name], lambda g: [],
        _expect(lambda g: not g.exists(), "guest still there"), lambda g: None,
        destroys=True),
@@ -224,7 +258,10 @@ OPS = [
 
 
 def _kill_points(n: int) -> list[int]:
-    return list(range(1, n + 1)) if FULL else sorted({n, (n + 1) // 2})
+    """Every step with XENTOOL_FULL_FAULT_WALK=1; in CI the last one: a kill differs from
+    a failure at the same step only in who finishes the job (the next run of the verb),
+    and the last step leaves the most for it to finish."""
+    return list(range(1, n + 1)) if FULL else [n]
 
 
 @pytest.mark.timeout(900)
