@@ -458,6 +458,56 @@ for _name in _DEFERRED:  # unbound until looked up: see "Result types" above
 # --------------------------------------------------------------------------------------
 
 
+def _need_binding(what: str) -> None:
+    if _lib is None:
+        raise XenError(what, 38,  # ENOSYS
+                       _binding.missing_library(_IMPORT_ERROR)
+                       if _IMPORT_ERROR is not None else "no libxenctrl binding")
+
+
+def cpu_feature_bits() -> dict[str, int]:
+    """Xen's featureset names (lower case, as xl.cfg's ``cpuid=`` spells them) and their
+    bit numbers (32 * word + bit), from the headers the binding was compiled against."""
+    _need_binding("cpu feature names")
+    return {_ffi.string(_lib.xentool_cpu_feature_name(i)).decode().lower():
+            _lib.xentool_cpu_feature_bit(i) for i in range(_lib.xentool_cpu_feature_count())}
+
+
+def hvm_boot_cpu(*, rip: int, rbx: int) -> bytes:
+    """The payload of an HVM CPU save record for a vCPU starting as the PVH boot ABI
+    says (docs/misc/pvh.pandoc): 32-bit flat protected mode, paging off, ``ebx`` = the
+    start info address, a 32-bit TSS; every other field zero."""
+    _need_binding("HVM CPU record")
+    c = _ffi.new("struct hvm_hw_cpu *")
+    c.rip, c.rbx = rip, rbx
+    c.rflags = 1 << 1  # the always-one bit; IF, TF and VM clear
+    c.cr0 = 0x11  # PE, and ET (hardwired on every CPU since the 486)
+    c.dr6, c.dr7 = 0xFFFF0FF0, 0x400  # their architectural reset values
+    for seg in ("cs", "ds", "es", "ss"):
+        setattr(c, f"{seg}_limit", 0xFFFFFFFF)
+    c.tr_limit = 0x67
+    # Access rights in Xen's packed form (type | S<<4 | DPL<<5 | P<<7 | DB<<10 | G<<11):
+    # code execute/read accessed, data read/write accessed, a busy 32-bit TSS.
+    c.cs_arbytes = 0xC9B
+    c.ds_arbytes = c.es_arbytes = c.ss_arbytes = 0xC93
+    c.tr_arbytes = 0x8B
+    return bytes(_ffi.buffer(c))
+
+
+def hvm_record_codes() -> dict[str, int]:
+    """HVM save-record type codes of the headers (HEADER, CPU, MTRR, END)."""
+    _need_binding("HVM record codes")
+    return {"HEADER": _lib.XENTOOL_HVM_CODE_HEADER, "CPU": _lib.XENTOOL_HVM_CODE_CPU,
+            "MTRR": _lib.XENTOOL_HVM_CODE_MTRR, "END": _lib.XENTOOL_HVM_CODE_END}
+
+
+def hvm_mtrr_def_type_offset() -> int:
+    """Where MSR_MTRRdefType sits in an MTRR save record's payload."""
+    _need_binding("HVM MTRR record")
+    offset: int = _ffi.offsetof("struct hvm_hw_mtrr", "msr_mtrr_def_type")
+    return offset
+
+
 def cpumap_to_set(raw: bytes) -> frozenset[int]:
     """Decode a libxenctrl cpumap (bit i of byte i//8 = cpu i)."""
     return frozenset(i * 8 + b for i, byte in enumerate(raw) for b in range(8) if byte >> b & 1)
@@ -1089,6 +1139,77 @@ class XenCtrl:
 
     def set_hvm_param(self, domid: int, param: int, value: int) -> None:
         self._check("xc_hvm_param_set", _lib.xc_hvm_param_set(self._h, domid, param, value))
+
+    # -- HVM containers (PVH guests) -----------------------------------------------------
+    def hvm_context(self, domid: int) -> bytes:
+        """The domain's HVM save records (XEN_DOMCTL_gethvmcontext), as one buffer."""
+        size = self._check("xc_domain_hvm_getcontext",
+                           _lib.xc_domain_hvm_getcontext(self._h, domid, _ffi.NULL, 0),
+                           f"domain {domid}")
+        buf = _ffi.new("uint8_t[]", size)
+        got = self._check("xc_domain_hvm_getcontext",
+                          _lib.xc_domain_hvm_getcontext(self._h, domid, buf, size),
+                          f"domain {domid}")
+        return bytes(_ffi.buffer(buf, got))
+
+    def set_hvm_context(self, domid: int, records: bytes) -> None:
+        """Load HVM save records (XEN_DOMCTL_sethvmcontext); each load takes every vCPU
+        down, so the boot vCPU's record goes last."""
+        buf = _ffi.new("uint8_t[]", records)
+        self._check("xc_domain_hvm_setcontext",
+                    _lib.xc_domain_hvm_setcontext(self._h, domid, buf, len(records)),
+                    f"domain {domid}, {len(records)} bytes")
+
+    def set_paging_mempool_size(self, domid: int, size_bytes: int) -> None:
+        """The pool Xen takes the guest's p2m (HAP) or shadow pages from."""
+        self._check("xc_set_paging_mempool_size",
+                    _lib.xc_set_paging_mempool_size(self._h, domid, size_bytes),
+                    f"domain {domid}, {size_bytes} bytes")
+
+    def paging_mempool_size(self, domid: int) -> int:
+        out = _ffi.new("uint64_t *")
+        self._check("xc_get_paging_mempool_size",
+                    _lib.xc_get_paging_mempool_size(self._h, domid, out), f"domain {domid}")
+        value: int = out[0]
+        return value
+
+    def set_memory_map(self, domid: int, entries: Sequence[tuple[int, int, int]]) -> None:
+        """The guest's e820 (XENMEM_set_memory_map): (address, size, type) entries."""
+        n = len(entries)
+        addr = _ffi.new("uint64_t[]", [e[0] for e in entries])
+        size = _ffi.new("uint64_t[]", [e[1] for e in entries])
+        kind = _ffi.new("uint32_t[]", [e[2] for e in entries])
+        self._check("xc_domain_set_memory_map",
+                    _lib.xentool_set_memory_map(self._h, domid, n, addr, size, kind),
+                    f"domain {domid}, {n} entries")
+
+    def apply_cpuid_policy(self, domid: int,
+                           entries: Sequence[tuple[int, int, tuple[str | None, ...]]],
+                           *, itsc: bool = False, nested_virt: bool = False) -> None:
+        """xc_cpuid_apply_policy for a new domain, as libxl__cpuid_legacy calls it:
+        ``entries`` are (leaf, subleaf, (eax, ebx, ecx, edx)) with 32-character policy
+        strings ('0', '1', 'x', 'k', 's' per bit, bit 31 first) or None for a register
+        left alone; subleaf 0xffffffff means none."""
+        n = len(entries)
+        regs = bytearray(n * 4 * 33)
+        for i, (_, _, policy) in enumerate(entries):
+            if len(policy) != 4:
+                raise ValueError("a CPUID policy entry has 4 registers")
+            for r, text in enumerate(policy):
+                if text is None:
+                    continue
+                raw = text.encode("ascii")
+                if len(raw) != 32:
+                    raise ValueError(f"CPUID policy string {text!r} is not 32 characters")
+                off = (i * 4 + r) * 33
+                regs[off:off + 32] = raw
+        leaf = _ffi.new("uint32_t[]", [e[0] for e in entries] or [0])
+        sub = _ffi.new("uint32_t[]", [e[1] for e in entries] or [0])
+        buf = _ffi.new("char[]", bytes(regs) or b"\0")
+        self._check("xc_cpuid_apply_policy",
+                    _lib.xentool_cpuid_apply(self._h, domid, int(itsc), int(nested_virt),
+                                             n, leaf, sub, buf),
+                    f"domain {domid}")
 
     # -- memory mapping -----------------------------------------------------------------
     def map_foreign(self, domid: int, pfns: Sequence[int], writable: bool = True
