@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 PV_EXTRA_MEMORY_KIB = 1024  # LIBXL_PV_EXTRA_MEMORY
+HVM_EXTRA_MEMORY_KIB = 2048  # LIBXL_HVM_EXTRA_MEMORY
 MIN_DOM0_MEM_KIB = 128 * 1024  # LIBXL_MIN_DOM0_MEM
 CREDIT_SECONDS = 30.0  # freemem's overall budget
 WAIT_SECONDS = 10  # per libxl_wait_for_memory_target call
@@ -40,9 +41,14 @@ class MemoryShortage(XentoolError):
     exit_code = 3
 
 
-def need_memkb(target_memkb: int) -> int:
-    """What libxl reserves for a PV guest of ``target_memkb``: 1 MiB more, in 2 MiB steps."""
-    need = target_memkb + PV_EXTRA_MEMORY_KIB
+def need_memkb(target_memkb: int, *, hvm_pool_kb: int | None = None) -> int:
+    """What libxl reserves for a PV guest of ``target_memkb``: 1 MiB more, in 2 MiB steps.
+    ``hvm_pool_kb``: a PVH guest with that paging pool, which libxl counts with 2 MiB
+    more (LIBXL_HVM_EXTRA_MEMORY)."""
+    if hvm_pool_kb is None:
+        need = target_memkb + PV_EXTRA_MEMORY_KIB
+    else:
+        need = target_memkb + hvm_pool_kb + HVM_EXTRA_MEMORY_KIB
     return -(-need // 2048) * 2048
 
 

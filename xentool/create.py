@@ -1,4 +1,4 @@
-"""``create``: a PV guest from a DomainConfig, libxl's ``domain_create`` in Python.
+"""``create``: a PV or PVH guest from a DomainConfig, libxl's ``domain_create`` in Python.
 
 Every step runs in a :class:`xentool.journal.Journal` that registers its undo; if a later
 step fails (or SIGINT/SIGTERM arrives) the undos run in reverse, so a failed create leaves
@@ -28,8 +28,11 @@ from xentool.logs import get_logger
 from xentool.state import kernel_cache_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from domain_builder.image import KernelImage
     from domain_builder.layout import BuildPlan
+    from domain_builder.pvh import BuiltPvh, PvhPlan
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store, Transaction
     from xenstore.devices.common import DeviceNodes
@@ -45,7 +48,7 @@ log = get_logger(__name__)
 Node = tuple[str, str, "Perms | None"]  # path, value, perms (None: inherit from the parent)
 
 
-def domain_make_nodes(domid: int, name: str, uuid: str) -> list[Node]:
+def domain_make_nodes(domid: int, name: str, uuid: str, dtype: str = "pv") -> list[Node]:
     """What libxl__domain_make writes before the build, in its order."""
     dom = domain_path(domid)
     vm = f"/vm/{uuid}"
@@ -58,7 +61,7 @@ def domain_make_nodes(domid: int, name: str, uuid: str) -> list[Node]:
         (vm, "", ro),
         (lx, "", no),
         (f"{lx}/device", "", no),
-        (f"{lx}/type", "pv", None),
+        (f"{lx}/type", dtype, None),
         (f"{lx}/dm-version", "qemu_xen", None),  # libxl's default, written for PV too
         (f"{dom}/vm", vm, None),
         (f"{dom}/name", name, None),
@@ -85,10 +88,11 @@ def domain_make_nodes(domid: int, name: str, uuid: str) -> list[Node]:
 
 def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int,
                      vcpus: int, max_vcpus: int, store_port: int, store_mfn: int,
-                     start_time: float, kernel: str, ramdisk: str | None = None,
+                     start_time: float, kernel: str | None, ramdisk: str | None = None,
                      cmdline: str | None = None) -> list[Node]:
     """What libxl__build_post writes once the guest is built (then it introduces it),
-    with the ``/vm/<uuid>/image`` entries libxl__build_pv hands it."""
+    with the ``/vm/<uuid>/image`` entries libxl__build_pv hands it (``kernel`` None: a
+    PVH guest, for which libxl writes only the start time)."""
     dom = domain_path(domid)
     nodes: list[Node] = [
         (f"{dom}/memory/static-max", str(max_memkb), None),
@@ -102,11 +106,13 @@ def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int
         nodes.append((f"{dom}/cpu/{i}/availability", "online" if i < vcpus else "offline",
                       None))
     vm = f"/vm/{uuid}"
-    nodes += [(f"{vm}/image/ostype", "linux", None), (f"{vm}/image/kernel", kernel, None)]
-    if ramdisk is not None:
-        nodes.append((f"{vm}/image/ramdisk", ramdisk, None))
-    if cmdline:
-        nodes.append((f"{vm}/image/cmdline", cmdline, None))
+    if kernel is not None:
+        nodes += [(f"{vm}/image/ostype", "linux", None),
+                  (f"{vm}/image/kernel", kernel, None)]
+        if ramdisk is not None:
+            nodes.append((f"{vm}/image/ramdisk", ramdisk, None))
+        if cmdline:
+            nodes.append((f"{vm}/image/cmdline", cmdline, None))
     nodes.append((f"{vm}/start_time", f"{start_time:.2f}", None))
     return nodes
 
@@ -127,28 +133,54 @@ def write_nodes(t: Transaction, nodes: list[Node]) -> None:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The pure part of a create: image parsed, ramdisk read, layout computed."""
+    """The pure part of a create: image parsed, ramdisk read, layout computed.  For a PVH
+    guest ``ramdisk`` is the module as it goes to the guest (gzip inflated)."""
 
     image: KernelImage
     ramdisk: bytes | None
-    plan: BuildPlan
+    plan: BuildPlan | PvhPlan
+
+    @property
+    def target_memkb(self) -> int:
+        return self.plan.nr_pages * 4
+
+    @property
+    def max_memkb(self) -> int:
+        return self.plan.max_pages * 4
 
 
 def prepare(config: DomainConfig) -> Prepared:
     """Parse the kernel, read the ramdisk and compute the layout (no Xen needed)."""
     from domain_builder.image import load_kernel, load_ramdisk
-    from domain_builder.layout import compute
 
-    if config.type is not DomainType.PV:
+    if config.type not in (DomainType.PV, DomainType.PVH):
         raise XentoolError(f"{config.name}: type={config.type.value} guests are not supported "
-                           f"by this builder, only type=\"pv\"")
+                           f"by this builder, only type=\"pv\" and type=\"pvh\"")
     if not config.kernel:
-        raise XentoolError(f"{config.name}: no kernel= given; a PV guest needs one")
+        raise XentoolError(f"{config.name}: no kernel= given; a {config.type.value.upper()} "
+                           "guest needs one")
     # Decompressed kernels are cached (root-only directory); see xentool.state.
     image = load_kernel(config.kernel, cache_dir=kernel_cache_dir())
     ramdisk = load_ramdisk(config.ramdisk) if config.ramdisk else None
-    plan = compute(image, memory_mib=config.memory, maxmem_mib=max(config.maxmem, config.memory),
-                   vcpus=config.vcpus, max_vcpus=max(config.maxvcpus, config.vcpus),
+    maxmem = max(config.maxmem, config.memory)
+    max_vcpus = max(config.maxvcpus, config.vcpus)
+    if config.type is DomainType.PVH:
+        from domain_builder import pvh
+
+        module = pvh.module_image(ramdisk) if ramdisk is not None else None
+        pvh_plan = pvh.compute(
+            image, memory_mib=config.memory, maxmem_mib=maxmem, vcpus=config.vcpus,
+            max_vcpus=max_vcpus, ramdisk_size=len(module) if module else 0,
+            cmdline=config.cmdline, paging_pool_mib=config.shadow_memory)
+        if pvh_plan.pod:
+            raise XentoolError(f"{config.name}: maxmem={maxmem} above memory={config.memory} "
+                               "makes a PVH guest populate-on-demand, which xentool does "
+                               "not build yet")
+        return Prepared(image, module, pvh_plan)
+    from domain_builder.layout import compute
+
+    plan = compute(image, memory_mib=config.memory, maxmem_mib=maxmem,
+                   vcpus=config.vcpus, max_vcpus=max_vcpus,
                    ramdisk_size=len(ramdisk) if ramdisk else 0, cmdline=config.cmdline or "")
     return Prepared(image, ramdisk, plan)
 
@@ -208,7 +240,8 @@ def create(config: DomainConfig, *, paused: bool = False, source: Source | None 
         balloon = gconf.autoballoon_enabled(xc.version().commandline)
         with global_lock(gconf.lockfile) if balloon else contextlib.nullcontext():
             if balloon:
-                freemem(xc, xs, need_memkb(prep.plan.nr_pages * 4))
+                pool = getattr(prep.plan, "paging_pool_kb", None)
+                freemem(xc, xs, need_memkb(prep.target_memkb, hvm_pool_kb=pool))
             with Journal("create", record_dir=default_record_dir(),
                          handle_signals=handle_signals) as j:
                 return _create_steps(j, xc, xs, config, prep, paused, source, gconf,
@@ -219,6 +252,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
                   paused: bool, source: Source | None, gconf: GlobalConfig,
                   ignore_masks: bool) -> int:
     from domain_builder import pv
+    from domain_builder.pvh import PvhPlan
     from domain_builder.xenctrl import CreateConfig
     from xenstore.devices.attach import Force, attach, detach, ref_of
     from xenstore.devices.common import write_nodes as write_device
@@ -230,6 +264,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     from xentool.settings import sched_scheduler, vcpu_affinities
 
     bp = prep.plan
+    pvh = config.type is DomainType.PVH
     uuid = config.uuid or uuidlib.uuid4()
     uuid_s = str(uuid)
     # The name is checked and claimed (written to XenStore) under the create lock, so two
@@ -242,7 +277,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
         # set that names no pcpu of this host.
         sched = sched_scheduler(config, xc.cpupool_info(poolid).sched_id)
         max_cpus = xc.max_cpus()
-        mask = None if ignore_masks else global_mask(gconf, max_cpus)
+        mask = None if ignore_masks else global_mask(gconf, max_cpus, hvm=pvh)
         affinities = vcpu_affinities(config, bp.max_vcpus, max_cpus, mask)
         cc = CreateConfig(
             max_vcpus=bp.max_vcpus, handle=uuid.bytes,
@@ -250,6 +285,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
             max_grant_frames=config.max_grant_frames or -1,
             max_maptrack_frames=config.max_maptrack_frames or -1,
             max_evtchn_port=config.max_event_channels or 1023, cpupool_id=poolid,
+            **(_pvh_container(config) if pvh else {}),
         )
         domid = j.do("create domain", lambda: xc.create_domain(cc),
                      undo=lambda d: _destroy_and_release(xc, xs, d))
@@ -262,7 +298,8 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
                 t.rm(domain_path(domid), missing_ok=True)
                 t.rm(f"/vm/{uuid_s}", missing_ok=True)
                 t.rm(libxl_domain_path(domid), missing_ok=True)
-                write_nodes(t, domain_make_nodes(domid, config.name, uuid_s))
+                write_nodes(t, domain_make_nodes(domid, config.name, uuid_s,
+                                                 config.type.value))
 
         # The undo is registered first: a transaction that failed half-way wrote nothing,
         # but removing nodes that are not there is harmless either way.
@@ -272,8 +309,13 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     # claim_mode (xl.conf, on by default): as libxl, the guest's memory is claimed before
     # it is populated, so a parallel create cannot take it half-way through the build.
     claim = (lambda n: xc.claim_pages(domid, n)) if gconf.claim_mode else None
-    built = j.do("build", lambda: pv.build(xc, domid, prep.image, bp, prep.ramdisk,
-                                           claim=claim))
+    built: pv.BuiltPv | BuiltPvh
+    if isinstance(bp, PvhPlan):
+        built = j.do("build", lambda: _build_pvh(xc, domid, config, prep, bp, claim))
+    else:
+        plan = bp
+        built = j.do("build", lambda: pv.build(xc, domid, prep.image, plan, prep.ramdisk,
+                                               claim=claim))
     # After the build: the vCPUs exist only once it has set max_vcpus (libxl too sets
     # affinity after xc_domain_max_vcpus and the scheduler parameters in build_post).
     _sched_steps(j, xc, config, domid, sched, affinities)
@@ -281,10 +323,11 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     def post_nodes() -> None:
         with xs.transaction() as t:
             write_nodes(t, build_post_nodes(
-                domid, uuid_s, max_memkb=bp.max_pages * 4, target_memkb=bp.nr_pages * 4,
+                domid, uuid_s, max_memkb=prep.max_memkb, target_memkb=prep.target_memkb,
                 vcpus=bp.vcpus, max_vcpus=bp.max_vcpus, store_port=built.store_evtchn,
-                store_mfn=built.store_mfn, start_time=time.time(), kernel=config.kernel or "",
-                ramdisk=config.ramdisk, cmdline=config.cmdline))
+                store_mfn=built.store_mfn, start_time=time.time(),
+                kernel=None if pvh else config.kernel or "", ramdisk=config.ramdisk,
+                cmdline=config.cmdline))
             write_device(t, console_nodes(domid, built.console_evtchn, built.console_mfn))
 
     j.do("post-build nodes", post_nodes)
@@ -316,6 +359,45 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     if not paused:
         j.do("unpause", lambda: xc.unpause(domid))
     return domid
+
+
+def _pvh_container(config: DomainConfig) -> dict[str, int]:
+    """What libxl asks of XEN_DOMCTL_createdomain for a PVH guest: an HVM container with
+    hardware-assisted paging and nothing emulated but the local APICs."""
+    from domain_builder.xenctrl import CDF_HAP, CDF_HVM, CDF_NESTED_VIRT, CDF_OOS_OFF
+
+    flags = CDF_HVM | CDF_HAP
+    if config.oos is False:
+        flags |= CDF_OOS_OFF
+    if config.nestedhvm:
+        flags |= CDF_NESTED_VIRT
+    return {"flags": flags, "emulation_flags": XEN_X86_EMU_LAPIC}
+
+
+#: XEN_X86_EMU_LAPIC (public/arch-x86/xen.h): the one device Xen emulates for PVH.
+XEN_X86_EMU_LAPIC = 1 << 0
+
+
+def _build_pvh(xc: XenCtrl, domid: int, config: DomainConfig, prep: Prepared,
+               plan: PvhPlan, claim: Callable[[int], None] | None) -> BuiltPvh:
+    """The PVH build with what libxl__build_pre adds for an HVM container: its timer
+    mode and the CPUID policy (with ``cpuid=``, invariant TSC for a guest that will not
+    migrate or always emulates the TSC, nested virtualisation)."""
+    from domain_builder import pvh, xenctrl
+    from domain_builder.cpuid import policy
+
+    entries = [(e.leaf, e.subleaf, e.regs) for e in
+               policy(config.cpuid or (), xenctrl.cpu_feature_bits())]
+    itsc = bool(config.nomigrate) or config.tsc_mode == 1
+
+    def cpuid() -> None:
+        xc.apply_cpuid_policy(domid, entries, itsc=itsc, nested_virt=bool(config.nestedhvm))
+
+    cpu = pvh.CpuState(cpu_record=lambda rip, rbx: xenctrl.hvm_boot_cpu(rip=rip, rbx=rbx),
+                       mtrr_def_type_at=xenctrl.hvm_mtrr_def_type_offset())
+    return pvh.build(xc, domid, prep.image, plan, prep.ramdisk, cpu, cpuid=cpuid,
+                     timer_mode=pvh.TIMER_MODE_DEFAULT if config.timer_mode is None
+                     else config.timer_mode, claim=claim)
 
 
 def _store_libxl_config(xc: XenCtrl, config: DomainConfig, domid: int,

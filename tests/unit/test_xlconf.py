@@ -82,10 +82,10 @@ def test_deprecated_spellings_warn_like_xl_and_lose_to_the_new_ones() -> None:
 
 
 def test_keys_xentool_cannot_apply_warn_or_are_refused_by_name() -> None:
-    g = parse_global_config('blkdev_start = "xvdb"\nvm.hvm.cpumask = "1"\nfoo = 1\n'
+    g = parse_global_config('blkdev_start = "xvdb"\nfoo = 1\n'
                             'remus.default.netbufscript = "x"\n', "xl.conf")
     assert [w.split(": warning: ")[1].split(" ")[0] for w in g.warnings] == [
-        "'blkdev_start'", "'vm.hvm.cpumask'", "unknown", "'remus.default.netbufscript'"]
+        "'blkdev_start'", "unknown", "'remus.default.netbufscript'"]
     g.check_applicable()  # warnings only
     for text, key in (("run_hotplug_scripts = 0\n", "run_hotplug_scripts"),
                       ('domid_policy = "random"\n', "domid_policy"),

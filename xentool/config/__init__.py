@@ -14,12 +14,12 @@ Where xentool and xl (4.17) differ, on purpose:
 * xl prints a warning and carries on without the value for a list where a single value
   belongs (and the reverse), ``+=`` on a number, a number that does not parse, an unknown
   vif option or a bad vif MAC; xentool refuses the file, naming the key and its position.
-* every key xl reads is applied, ignored for PV guests as xl ignores it, or refused by
-  name (:mod:`xentool.config.keys`): refused are ``type`` hvm/pvh, ``bootloader`` (no
-  pygrub), a non-empty ``vfb``, NUMA ``node:`` cpu ranges, and the PV keys xentool cannot
-  apply yet (``localtime``, ``tsc_mode``, ``cpuid``, ``pci``, ...); keys xl reads only for
-  HVM/PVH guests get a warning that they are ignored; unknown keys get a warning (xl is
-  silent).
+* every key xl reads is applied, ignored for the guest's type (PV or PVH) as xl ignores
+  it, or refused by name (:mod:`xentool.config.keys`): refused are ``type`` hvm,
+  ``bootloader`` (no pygrub), a non-empty ``vfb``, NUMA ``node:`` cpu ranges, and the keys
+  xentool cannot apply yet (``localtime``, ``pci``, ``cpuid`` of a PV guest, a PVH
+  guest's ``pvshim``, ...); keys xl reads only for other guest types get a warning that
+  they are ignored; unknown keys get a warning (xl is silent).
 * also refused: memory > maxmem, a name that is empty or all digits, duplicate vdevs or
   vif devids, out-of-range cpu_weight (1..65535) or cap (>= 0).
 * a vif without ``mac=`` gets a MAC derived from the domain's uuid (or name) and devid,

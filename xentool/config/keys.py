@@ -17,7 +17,7 @@ from __future__ import annotations
 APPLIED: dict[str, str] = {
     "name": "step: xenstore nodes",
     "uuid": "step: create domain (handle), xenstore nodes (/vm/<uuid>)",
-    "type": "config: only pv is built (pvh/hvm refused by value)",
+    "type": "config: pv and pvh are built (hvm refused by value)",
     "builder": "config: deprecated spelling of type",
     "kernel": "step: build",
     "firmware": "config: pvgrub32/pvgrub64 as the kernel; step: build",
@@ -120,6 +120,25 @@ REFUSED: dict[str, str] = {
     "vtpm": "vTPM devices are not supported yet",
     "xend_suspend_evtchn_compat": "xend compatibility is not applied",
 }
+
+#: For a PVH guest (``type="pvh"``): keys applied besides APPLIED, and what applies them.
+#: A PVH guest ignores the rest of IGNORED_FOR_PV (xl reads them for HVM guests only), and
+#: ``e820_host`` (PV only).
+APPLIED_PVH: dict[str, str] = {
+    "cpuid": "step: build (the CPUID policy of the string form)",
+    "timer_mode": "step: build (HVM parameter)",
+    "nestedhvm": "step: create domain (flag), build (CPUID policy)",
+    "shadow_memory": "step: build (paging pool)",
+    "oos": "step: create domain (flag)",
+    "nomigrate": "step: build (CPUID policy: invariant TSC)",
+    # Accepted only at their default values (anything else is refused by value):
+    "hap": "config: only 1 (the default)",
+    "altp2m": "config: only disabled (the default)",
+    "pvshim": "config: only 0 (the default)",
+}
+
+#: Keys a PVH guest ignores as xl does (with a warning).
+IGNORED_FOR_PVH = (IGNORED_FOR_PV - frozenset(APPLIED_PVH)) | {"e820_host"}
 
 #: Every key xl 4.17 reads (for any guest type).
 XL_KEYS = frozenset(APPLIED) | IGNORED_FOR_PV | frozenset(XL_WARNS) | frozenset(REFUSED)

@@ -21,6 +21,7 @@ from xentool.config.model import (
     DiskSpec,
     DiskSpecification,
     DomainConfig,
+    DomainType,
     NicType,
     ShutdownAction,
     VifSpec,
@@ -129,6 +130,11 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         c_info["uuid"] = str(u)
     if cfg.pool is not None:
         c_info["pool_name"] = cfg.pool
+    pvh = cfg.type is DomainType.PVH
+    if pvh:
+        for key, value in (("hap", cfg.hap), ("oos", cfg.oos)):
+            if value is not None:
+                c_info[key] = _defbool(value)
 
     b_info: dict[str, object] = {}
     # xl sets max_vcpus from maxvcpus, else from vcpus; avail_vcpus only from vcpus.
@@ -151,8 +157,12 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         # libxl stores the video RAM it settled on (none for PV); without it xl list -l
         # adds libxl's "default" (-1 kB) to the target it reads back from XenStore.
         b_info["video_memkb"] = 0
+    if pvh and cfg.shadow_memory is not None:
+        b_info["shadow_memkb"] = cfg.shadow_memory * 1024
     if cfg.nomigrate is not None:
         b_info["disable_migrate"] = _defbool(cfg.nomigrate)
+    if pvh and cfg.cpuid is not None:
+        b_info["cpuid"] = cpuid_json(cfg.cpuid)
     if cfg.tsc_mode:
         b_info["tsc_mode"] = ("default", "always_emulate", "native")[cfg.tsc_mode]
     if cfg.max_grant_frames is not None:
@@ -170,10 +180,17 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
     for key in ("kernel", "cmdline", "ramdisk"):
         if getattr(cfg, key) is not None:
             b_info[key] = getattr(cfg, key)
-    pv: dict[str, object] = {}
-    if cfg.e820_host is not None:
-        pv["e820_host"] = _defbool(cfg.e820_host)
-    b_info["type.pv"] = pv
+    if pvh:
+        if cfg.timer_mode is not None:
+            b_info["timer_mode"] = TIMER_MODE_NAMES[cfg.timer_mode]
+        if cfg.nestedhvm is not None:
+            b_info["nested_hvm"] = _defbool(cfg.nestedhvm)
+        b_info["type.pvh"] = {} if cfg.pvshim is None else {"pvshim": _defbool(cfg.pvshim)}
+    else:
+        pv: dict[str, object] = {}
+        if cfg.e820_host is not None:
+            pv["e820_host"] = _defbool(cfg.e820_host)
+        b_info["type.pv"] = pv
 
     if stored:
         # Set by xl (from xl.conf) and libxl's defaults before libxl copies the config it
@@ -195,6 +212,18 @@ def to_libxl(cfg: DomainConfig, uuid: UUID | None = None,
         if act is not ShutdownAction.DESTROY:  # the IDL default, never printed
             out[key] = act.libxl_name
     return out
+
+
+TIMER_MODE_NAMES = ("delay_for_missed_ticks", "no_delay_for_missed_ticks",
+                    "no_missed_ticks_pending", "one_missed_tick_pending")
+
+
+def cpuid_json(items: tuple[tuple[str, str], ...]) -> dict[str, object]:
+    """``b_info.cpuid`` as libxl's JSON writer prints the policy of ``cpuid=``."""
+    from domain_builder.cpuid import policy
+    from domain_builder.xenctrl import cpu_feature_bits
+
+    return {"cpuid": [e.to_libxl() for e in policy(items, cpu_feature_bits())], "msr": []}
 
 
 def dumps(obj: dict[str, object]) -> str:

@@ -151,7 +151,7 @@ class CpuAffinity:
 
 @dataclass(frozen=True)
 class DomainConfig:
-    """Everything needed to build and run a PV guest, validated; sizes in MiB."""
+    """Everything needed to build and run a PV or PVH guest, validated; sizes in MiB."""
 
     name: str
     source: str
@@ -186,6 +186,16 @@ class DomainConfig:
     e820_host: bool | None = None
     tsc_mode: int | None = None  # libxl_tsc_mode: 0 default, 1 always_emulate, 2 native
     nomigrate: bool | None = None
+    # PVH guests (type="pvh"); None where the file says nothing.
+    #: ``cpuid="host,NAME=VALUE,..."``: the (NAME, VALUE) items after ``host``.
+    cpuid: tuple[tuple[str, str], ...] | None = None
+    timer_mode: int | None = None  # libxl_timer_mode
+    nestedhvm: bool | None = None
+    shadow_memory: int | None = None  # MiB: the p2m pool
+    hap: bool | None = None
+    oos: bool | None = None
+    altp2m: int | None = None  # libxl_altp2m_mode
+    pvshim: bool | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
     #: What xl would build but xentool cannot (a qcow2 disk, a driver-domain vif), one
     #: ``file:line:col: message`` each: ``config-check`` and ``create`` refuse the config

@@ -16,7 +16,14 @@ from uuid import UUID
 from xentool.config.disk import DiskSpecError, parse_disk_spec
 from xentool.config.errors import ConfigError
 from xentool.config.grammar import Atom, ListValue, Op, ParsedConfig, Setting
-from xentool.config.keys import APPLIED, IGNORED_FOR_PV, REFUSED, XL_WARNS
+from xentool.config.keys import (
+    APPLIED,
+    APPLIED_PVH,
+    IGNORED_FOR_PV,
+    IGNORED_FOR_PVH,
+    REFUSED,
+    XL_WARNS,
+)
 from xentool.config.model import (
     CpuAffinity,
     CpuSet,
@@ -144,10 +151,10 @@ def _domain_type(r: _Reader) -> DomainType:
         dtype = btype
         r.warn("'builder' is deprecated, use 'type'", b)
     dtype = dtype or DomainType.PV
-    if dtype is not DomainType.PV:
+    if dtype is DomainType.HVM:
         at = a if a is not None else b
-        assert at is not None  # only type= or builder= selects another type than PV
-        raise r.err(f"type '{dtype.value}' is not supported: xentool builds PV guests only "
+        assert at is not None  # only type= or builder= selects HVM
+        raise r.err("type 'hvm' is not supported: xentool builds PV and PVH guests only "
                     "(for now)", at)
     return dtype
 
@@ -214,6 +221,63 @@ def _tsc_mode(r: _Reader) -> int | None:
     if mode == TSC_MODES["native_paravirt"]:
         raise r.err("tsc_mode native_paravirt (PVRDTSCP) has been removed from Xen", a)
     return mode
+
+
+#: libxl_timer_mode and libxl_altp2m_mode, as xl.cfg names them.
+TIMER_MODES = {"delay_for_missed_ticks": 0, "no_delay_for_missed_ticks": 1,
+               "no_missed_ticks_pending": 2, "one_missed_tick_pending": 3}
+ALTP2M_MODES = {"disabled": 0, "mixed": 1, "external": 2, "limited": 3}
+
+
+def _named(r: _Reader, key: str, names: dict[str, int]) -> int | None:
+    """A libxl enum key as xl reads it: a number (deprecated, with a warning) or a name."""
+    a = r.atom(key)
+    if a is None:
+        return None
+    if c_strtol(a.text) is not None and not a.quoted:
+        value = r.long(key, 0, max(names.values()))
+        assert value is not None
+        name = next(k for k, v in names.items() if v == value)
+        r.warn(f"{key} as an integer is deprecated; use {key} = \"{name}\"", a)
+        return value
+    value = names.get(a.text)
+    if value is None:
+        raise r.err(f"invalid value {a.describe()} for {key} (one of {', '.join(names)})", a)
+    return value
+
+
+def _pvh_keys(r: _Reader, cfg: DomainConfig) -> DomainConfig:
+    """``cfg`` with the keys a PVH guest has beyond a PV guest's (keys.py APPLIED_PVH)."""
+    from domain_builder.cpuid import CpuidError, split
+
+    cpuid = None
+    st = r.s.get("cpuid")
+    if st is not None:
+        if isinstance(st.value, ListValue):
+            raise r.err("cpuid as a list (the xend 'leaf:reg=bits' form) is not supported by "
+                        "xentool yet; use the string form cpuid = \"host,NAME=VALUE,...\"",
+                        st.value)
+        try:
+            cpuid = split(st.value.text)
+        except CpuidError as exc:
+            raise r.err(f"cpuid = {st.value.describe()}: {exc}", st.value) from None
+    altp2m = _named(r, "altp2m", ALTP2M_MODES)
+    if altp2m:
+        raise r.err("'altp2m' is not supported by xentool: only altp2m = \"disabled\" (the "
+                    "default)", r.s["altp2m"])
+    defaults: dict[str, bool | None] = {}
+    for key, good in (("hap", True), ("pvshim", False)):
+        value = r.boolean(key)
+        if value is not None and value is not good:
+            why = ("shadow-paged PVH guests are not built yet" if key == "hap" else
+                   "the PV shim (a PV guest inside a PVH container) is not built yet")
+            raise r.err(f"'{key} = {int(value)}' is not supported by xentool: {why}",
+                        r.s[key])
+        defaults[key] = value
+    return replace(cfg, cpuid=cpuid, timer_mode=_named(r, "timer_mode", TIMER_MODES),
+                   altp2m=altp2m, nestedhvm=r.boolean("nestedhvm"),
+                   shadow_memory=r.long("shadow_memory", 0, LONG_MAX // 1024),
+                   oos=r.boolean("oos"), hap=defaults["hap"], pvshim=defaults["pvshim"])
 
 
 def _action(r: _Reader, key: str, default: ShutdownAction) -> ShutdownAction:
@@ -329,15 +393,18 @@ def _vifs(r: _Reader, mac_seed: str) -> tuple[VifSpec, ...]:
     return tuple(vifs)
 
 
-def _check_keys(r: _Reader) -> None:
+def _check_keys(r: _Reader, dtype: DomainType) -> None:
     """Refuse what xl would apply and xentool cannot; say what is ignored (config/keys.py)."""
+    pvh = dtype is DomainType.PVH
+    ignored = IGNORED_FOR_PVH if pvh else IGNORED_FOR_PV
     for key, st in r.s.items():
-        if key in APPLIED:
+        if (key in APPLIED and not (pvh and key in ignored)) or (pvh and key in APPLIED_PVH):
             continue
         if key in REFUSED:
             raise r.err(f"'{key}' is not supported by xentool: {REFUSED[key]}", st)
-        if key in IGNORED_FOR_PV:
-            r.warn(f"'{key}' does not apply to PV guests and is ignored (as xl does)", st)
+        if key in ignored:
+            r.warn(f"'{key}' does not apply to {dtype.value.upper()} guests and is ignored "
+                   "(as xl does)", st)
         elif key in XL_WARNS:
             r.warn(f"'{key}' is ignored: {XL_WARNS[key]}", st)
         else:
@@ -400,11 +467,12 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
     cpu_weight = r.long("cpu_weight", 1, 65535)
     cap = r.long("cap", 0, INT_MAX)
 
-    for key in ("e820_host", "nomigrate"):
-        if r.boolean(key):
+    pvh = dtype is DomainType.PVH
+    for key in ("nomigrate",) if pvh else ("e820_host", "nomigrate"):
+        if not pvh and r.boolean(key):
             raise r.err(f"'{key}' is not supported by xentool: only {key} = 0 (the default)",
                         r.s[key])
-    _check_keys(r)
+    _check_keys(r, dtype)
 
     vfb = r.s.get("vfb")
     if vfb is not None and not (isinstance(vfb.value, ListValue) and not vfb.value.items):
@@ -429,9 +497,11 @@ def build_domain_config(parsed: ParsedConfig) -> DomainConfig:
         max_maptrack_frames=r.long("max_maptrack_frames", 0, INT_MAX),
         max_event_channels=r.long("max_event_channels", 0, (1 << 32) - 1),
         pool=r.string("pool"),
-        e820_host=r.boolean("e820_host"),
+        e820_host=None if pvh else r.boolean("e820_host"),
         tsc_mode=_tsc_mode(r),
         nomigrate=r.boolean("nomigrate"),
     )
+    if pvh:
+        cfg = _pvh_keys(r, cfg)
     return replace(cfg, warnings=tuple(r.warnings), refusals=tuple(r.refusals))
 

@@ -55,7 +55,7 @@ GLOBAL_KEYS: dict[str, tuple[str, str]] = {
                                   "values are not supported"),
     "vm.cpumask": (APPLIED, "create, vcpu-pin: global hard affinity mask"),
     "vm.pv.cpumask": (APPLIED, "create, vcpu-pin: global hard affinity mask of PV guests"),
-    "vm.hvm.cpumask": (WARN, "it only restricts HVM/PVH guests; xentool builds PV guests"),
+    "vm.hvm.cpumask": (APPLIED, "create: global hard affinity mask of PVH guests"),
     "domid_policy": (REFUSE, "create: domids are chosen by Xen ('xen'); 'random' is not "
                              "supported"),
 }
@@ -203,13 +203,17 @@ def load_global_config(path: str | None = None) -> GlobalConfig:
     return parse_global_config(read_config_text(path), path)
 
 
-def global_mask(gconf: GlobalConfig, max_cpus: int) -> frozenset[int] | None:
-    """The hard affinity mask for PV guests (``vm.cpumask`` and ``vm.pv.cpumask``), or
+def global_mask(gconf: GlobalConfig, max_cpus: int, *, hvm: bool = False
+                ) -> frozenset[int] | None:
+    """The hard affinity mask for PV guests (``vm.cpumask`` and ``vm.pv.cpumask``), or for
+    PVH guests with ``hvm`` (``vm.cpumask`` and ``vm.hvm.cpumask``, as xl picks them), or
     None if neither restricts anything."""
     from xentool.control import parse_cpu_list
 
     mask = frozenset(range(max_cpus))
-    for key, text in (("vm.cpumask", gconf.vm_cpumask), ("vm.pv.cpumask", gconf.vm_pv_cpumask)):
+    own = ("vm.hvm.cpumask", gconf.vm_hvm_cpumask) if hvm else \
+        ("vm.pv.cpumask", gconf.vm_pv_cpumask)
+    for key, text in (("vm.cpumask", gconf.vm_cpumask), own):
         if text is not None:
             try:
                 mask &= parse_cpu_list(text, max_cpus)

@@ -147,12 +147,10 @@ def test_keys_xl_would_apply_and_xentool_cannot_are_refused_by_name(text: str,
 
 
 @pytest.mark.parametrize("extra,message", [
-    ('type = "hvm"\n', "t.cfg:3:8: type 'hvm' is not supported: xentool builds PV guests "
-                       "only (for now)"),
-    ('type = "pvh"\n', "t.cfg:3:8: type 'pvh' is not supported: xentool builds PV guests "
-                       "only (for now)"),
-    ('builder = "hvm"\n', "t.cfg:3:11: type 'hvm' is not supported: xentool builds PV "
-                          "guests only (for now)"),
+    ('type = "hvm"\n', "t.cfg:3:8: type 'hvm' is not supported: xentool builds PV and PVH "
+                       "guests only (for now)"),
+    ('builder = "hvm"\n', "t.cfg:3:11: type 'hvm' is not supported: xentool builds PV and "
+                          "PVH guests only (for now)"),
     ('type = "pv"\nbuilder = "hvm"\n', "t.cfg:4:11: 'builder' contradicts 'type'"),
     ('type = "xen"\n', "t.cfg:3:8: type = 'xen' is not 'pv', 'pvh' or 'hvm'"),
     ('bootloader = "pygrub"\n', "t.cfg:3:14: bootloader 'pygrub' is not supported: xentool "

@@ -173,8 +173,8 @@ def test_config_check_reports_every_file() -> None:
     assert errors == [
         f"xentool: {bad1}:1:12: carriage return without a line feed (lines end with LF or "
         "CRLF)",
-        f"xentool: {bad2}:2:8: type 'hvm' is not supported: xentool builds PV guests only "
-        "(for now)",
+        f"xentool: {bad2}:2:8: type 'hvm' is not supported: xentool builds PV and PVH "
+        "guests only (for now)",
     ]
     assert "Traceback" not in r.stderr
 
