@@ -113,8 +113,11 @@ def preload() -> list[str]:
     # What modules make on first use: domain_builder.xenctrl's result classes, the xl.cfg
     # grammar.
     for name, module in list(sys.modules.items()):
-        make = getattr(module, "preload", None)
-        if name.startswith(tuple(f"{p}." for p in PACKAGES)) and callable(make):
+        if name == __name__ or not name.startswith(tuple(f"{p}." for p in PACKAGES)):
+            continue
+        make = vars(module).get("preload")
+        # Only a module's own preload(), not one it imported (the controller's xenctrl's).
+        if callable(make) and getattr(make, "__module__", None) == name:
             try:
                 make()
             except Exception as e:
@@ -303,7 +306,12 @@ class Server:
     # -- set-up and tear-down ----------------------------------------------------------
 
     def open(self) -> None:
-        """Take the daemon lock and listen (or take systemd's socket)."""
+        """Take the daemon lock, then listen (or take systemd's socket)."""
+        self.lock()
+        self.listen()
+
+    def lock(self) -> None:
+        """Take the lock that makes this the one daemon of its socket."""
         from xentool.state import private_dir
 
         parent = Path(self.path).parent
@@ -321,6 +329,10 @@ class Server:
             raise
         self.lock_fd = fd
         self.write_pid()
+
+    def listen(self) -> None:
+        """Make the socket (unless systemd passed one) and serve it from the next
+        :meth:`serve`."""
         if self.listener is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)  # a dead daemon's: the lock says none runs
@@ -625,14 +637,17 @@ def _daemonize(log_file: str | None) -> None:
 def serve(runner: Runner, *, path: str | None = None, foreground: bool = False,
           log_file: str | None = "/var/log/xen/xentoold.log", allow_uid: int = 0) -> None:
     """Run xentoold until SIGTERM or SIGINT (``xentool daemon``).  Without ``foreground``
-    it returns at once in the calling process, and goes on in a detached one that logs
-    to ``log_file`` (when its directory exists)."""
+    it returns in the calling process once the daemon listens, and goes on in a detached
+    one that logs to ``log_file`` (when its directory exists)."""
     from xentool import service
 
     server = Server(runner, path, allow_uid=allow_uid, listener=inherited_socket())
-    server.open()  # before going to the background: "already runs" is said here
+    server.lock()  # before going to the background: "already runs" is said here
     try:
+        # The socket appears once everything is imported: until then a client finds no
+        # daemon and runs its command itself rather than wait (socket activation aside).
         failed = preload()
+        server.listen()
         if not foreground:
             if log_file is not None and not os.path.isdir(os.path.dirname(log_file)):
                 log_file = None
