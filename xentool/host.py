@@ -757,12 +757,15 @@ class Domain:
         """Plug a disk given in xl's disk spec syntax (``"phy:/dev/vg/x,xvdb,w"``)."""
         from xenstore.devices.vbd import vbd_nodes
         from xentool.devices import attach_nodes, timeouts
-        from xentool.devices.vbd import parse_disk_args
+        from xentool.devices.vbd import native_protocol, parse_disk_args
         from xentool.locks import domain_lock
 
         disk = parse_disk_args([spec] if isinstance(spec, str) else spec)
         with translating(), domain_lock(self.domid, timeout=DEVICE_LOCK_WAIT):
-            attach_nodes(self._s.xs, vbd_nodes(self.domid, disk), timeouts(timeout))
+            info = self._s.xc.domain_info(self.domid)
+            protocol = native_protocol(hvm=info is not None and info.hvm)
+            attach_nodes(self._s.xs, vbd_nodes(self.domid, disk, protocol),
+                         timeouts(timeout))
 
     def detach_disk(self, vdev: str | int, *, force: bool = False,
                     timeout: float | None = None) -> None:

@@ -329,7 +329,10 @@ def test_create_and_destroy_helpers_for_a_domain_config(env, tmp_path: Path) -> 
     xs.write("/local/domain/0/name", "Domain-0")
     before = set(fake.tree("/"))
     sc = recording_script(tmp_path)
+    from xentool.config.model import DomainType
+
     config = SimpleNamespace(
+        type=DomainType.PV,
         disks=(parse_disk_spec(f"/img,,xvda,w,script={sc}"),
                parse_disk_spec(f"/iso,,hdc,cdrom,script={sc}")),
         vifs=(parse_vif_spec(f"bridge=xenbr0,script={sc}", 0, mac_seed="g"),))

@@ -577,3 +577,16 @@ def test_pvh_nodes_are_libxls() -> None:
     assert not [p for p in post if "/image/" in p]
     assert post["/vm/u-1/start_time"] == "1.50"
     assert post["/local/domain/7/store/ring-ref"] == str(0xFEFFC)
+
+
+def test_a_pvh_guests_disk_frontend_names_no_ring_protocol() -> None:
+    """libxl writes ``protocol`` (the guest's ring ABI) into the disk frontend of PV guests
+    only: an HVM container's rings are native."""
+    from xentool.config import loads
+    from xentool.devices.vbd import config_nodes
+
+    text = "name = 'g'\nkernel = '/k'\ndisk = ['/img,,xvda,w']\n"
+    for dtype, protocol in (("pv", "x86_64-abi"), ("pvh", None)):
+        (dev,) = config_nodes(3, loads(f"{text}type = '{dtype}'\n", "t.cfg"))
+        node = dev.nodes.get(f"{dev.frontend}/protocol")
+        assert (node[0] if node else None) == protocol, dtype

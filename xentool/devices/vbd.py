@@ -11,7 +11,7 @@ from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vbd import Vbd, vbd_nodes
 from xentool.config.disk import parse_disk_spec
-from xentool.config.model import DiskSpec, DomainConfig
+from xentool.config.model import DiskSpec, DomainConfig, DomainType
 from xentool.config.support import disk_unsupported
 from xentool.errors import DeviceError
 
@@ -62,7 +62,15 @@ def check_disk_targets(config: DomainConfig) -> None:
 
 def config_nodes(domid: int, config: DomainConfig) -> list[DeviceNodes]:
     """The node set of every disk of ``config``, in xl's order."""
-    return [vbd_nodes(domid, vbd_from_spec(d)) for d in config.disks]
+    protocol = native_protocol(hvm=config.type is not DomainType.PV)
+    return [vbd_nodes(domid, vbd_from_spec(d), protocol) for d in config.disks]
+
+
+def native_protocol(*, hvm: bool) -> str | None:
+    """The ring protocol libxl names in a disk's frontend: a PV guest's ABI (x86_64-abi:
+    xentool builds 64-bit PV guests only); none for an HVM container (PVH), whose rings
+    are native."""
+    return None if hvm else "x86_64-abi"
 
 
 def preflight(config: DomainConfig) -> None:
