@@ -250,6 +250,40 @@ class _Conn:
         self.fds.clear()
 
 
+class _Spare:
+    """A child forked ahead of the next command, waiting for its request on ``ctl``: the
+    fork of a daemon with the whole library loaded is slow on a PV dom0 (Xen checks
+    every page table page it copies), so a command does not wait for it."""
+
+    def __init__(self, pid: int, pidfd: int, ctl: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.ctl = ctl
+
+
+def _await_request(ctl: socket.socket, runner: Runner, mask: set[int | signal.Signals]) -> int:
+    """In a spare: wait for the request the daemon hands over, then run it.  The daemon
+    closing ``ctl`` instead (it stops) ends the spare quietly."""
+    fds = array.array("i")
+    try:
+        data, ancdata, _flags, _addr = ctl.recvmsg(
+            4, socket.CMSG_SPACE(REQUEST_FDS * fds.itemsize))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        if not data:
+            return 0
+        header = data + client._recv_exact(ctl, 4 - len(data))
+        (size,) = struct.unpack(">I", header)
+        request = client.decode(client._recv_exact(ctl, size))
+    except (OSError, ProtocolError, struct.error):
+        return 0
+    ctl.close()
+    if len(fds) != REQUEST_FDS:
+        return 1
+    return run_child(request, list(fds), runner, mask)
+
+
 def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -297,10 +331,14 @@ class Server:
         self.lock_fd: int | None = None
         self.conns: dict[int, _Conn] = {}  # by socket fd
         self.by_pidfd: dict[int, _Conn] = {}
+        self.spare: _Spare | None = None
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.stopping = False
         self.stop_grace = STOP_GRACE
+        #: Fork the next command's child ahead of its request (see _Spare).
+        self.use_spare = True
+        self.spare_after = 0.0
         self.stop_deadline = 0.0
 
     # -- set-up and tear-down ----------------------------------------------------------
@@ -368,6 +406,7 @@ class Server:
             self.listener = None
         for conn in list(self.conns.values()):
             self._drop(conn)
+        self._drop_spare()
         for pidfd in list(self.by_pidfd):
             os.close(pidfd)
         self.by_pidfd.clear()
@@ -397,6 +436,7 @@ class Server:
 
         while True:
             if self.stopping:
+                self._drop_spare()
                 if self.listener is not None:
                     self.sel.unregister(self.listener)
                     if self.owns_path:
@@ -410,6 +450,7 @@ class Server:
                                     len(self.by_pidfd))
                     return
             service.alive()
+            self._spawn_spare()
             timeout = TICK
             if self.stopping:
                 timeout = max(0.0, min(TICK, self.stop_deadline - time.monotonic()))
@@ -428,6 +469,9 @@ class Server:
                     conn = self.by_pidfd.get(what[1])
                     if conn is not None:
                         self._reap(conn)
+                elif what == "spare":  # died waiting (killed): not again at once
+                    self._drop_spare()
+                    self.spare_after = time.monotonic() + TICK
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -543,13 +587,41 @@ class Server:
             signal.pidfd_send_signal(conn.pidfd, signo)
 
     def _start(self, conn: _Conn, request: dict[str, object]) -> None:
+        started = self._hand_to_spare(conn, request) or self._fork(conn, request)
+        if started is None:
+            return
+        conn.close_fds()
+        conn.pid, conn.pidfd = started
+        self.by_pidfd[conn.pidfd] = conn
+        self.sel.register(conn.pidfd, selectors.EVENT_READ, ("child", conn.pidfd))
+        self._send(conn.sock, {"op": "started", "pid": conn.pid})
+
+    def _hand_to_spare(self, conn: _Conn, request: dict[str, object]
+                       ) -> tuple[int, int] | None:
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        self.sel.unregister(spare.pidfd)
+        try:
+            client.send(spare.ctl, request, conn.fds)
+        except (OSError, ProtocolError):  # it died meanwhile: forget it, fork instead
+            spare.ctl.close()
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
+                os.waitpid(spare.pid, 0)
+            os.close(spare.pidfd)
+            return None
+        spare.ctl.close()
+        return spare.pid, spare.pidfd
+
+    def _fork(self, conn: _Conn, request: dict[str, object]) -> tuple[int, int] | None:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as e:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._refuse(conn, f"fork: {e.strerror}")
-            return
+            return None
         if pid == 0:
             code = 1
             try:
@@ -560,12 +632,46 @@ class Server:
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        conn.close_fds()
-        conn.pid = pid
-        conn.pidfd = os.pidfd_open(pid)
-        self.by_pidfd[conn.pidfd] = conn
-        self.sel.register(conn.pidfd, selectors.EVENT_READ, ("child", conn.pidfd))
-        self._send(conn.sock, {"op": "started", "pid": pid})
+        return pid, os.pidfd_open(pid)
+
+    def _spawn_spare(self) -> None:
+        """Fork the child that will run the next command, if there is none."""
+        if self.spare is not None or self.stopping or not self.use_spare \
+                or time.monotonic() < self.spare_after:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            log.warning("daemon: no spare child: fork: %s", e.strerror)
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            code = 1
+            try:
+                os.close(ours.detach())
+                self._forget_in_child()
+                code = _await_request(theirs, self.runner, mask)
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+        self.spare = _Spare(pid, os.pidfd_open(pid), ours)
+        self.sel.register(self.spare.pidfd, selectors.EVENT_READ, "spare")
+
+    def _drop_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(spare.pidfd)
+        spare.ctl.close()  # it reads EOF and exits
+        with contextlib.suppress(OSError):
+            os.waitpid(spare.pid, 0)
+        os.close(spare.pidfd)
 
     def _forget_in_child(self) -> None:
         """Close in the child every descriptor the daemon holds: a child must not keep the
@@ -578,6 +684,11 @@ class Server:
         for pidfd in self.by_pidfd:
             with contextlib.suppress(OSError):
                 os.close(pidfd)
+        if self.spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.spare.ctl.detach())
+                os.close(self.spare.pidfd)
+            self.spare = None
         for sock in (self.listener, self.wake_r, self.wake_w):
             if sock is not None:
                 with contextlib.suppress(OSError):

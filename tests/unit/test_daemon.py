@@ -75,6 +75,9 @@ VERBS = textwrap.dedent("""
         if verb == "parent":
             print(os.getppid())
             return 0
+        if verb == "pid":
+            print(os.getpid())
+            return 0
         print(f"unknown verb {verb!r}", file=sys.stderr)
         return 2
     """)
@@ -204,6 +207,26 @@ def test_the_child_has_the_clients_env_cwd_umask_argv_and_stdin(xd: Daemon,
 
 def test_the_command_runs_in_a_child_of_the_daemon(xd: Daemon) -> None:
     assert xd.run("parent")[1] == f"{xd.proc.pid}\n"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _spare(xd: Daemon) -> int:
+    deadline = time.monotonic() + 10
+    while len(children := _children(xd.proc.pid)) != 1:
+        assert time.monotonic() < deadline, children
+        time.sleep(0.02)
+    return children[0]
+
+
+def test_a_spare_child_forked_ahead_runs_the_next_command(xd: Daemon) -> None:
+    for _ in range(3):
+        spare = _spare(xd)
+        assert xd.run("pid") == (0, f"{spare}\n", "")
+    os.kill(_spare(xd), signal.SIGKILL)  # a spare that dies: the next command forks
+    assert xd.run("echo", "still")[:2] == (0, "still\n")
 
 
 def _wait_for(proc: subprocess.Popen[str], line: str) -> None:
