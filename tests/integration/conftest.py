@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, domain_names, xl
+from .helpers import GuestKit, Xentoold, domain_names, xl
 
 # Suites written against the real hypervisor that have not yet passed end to end in the testbed.
 # `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
@@ -28,6 +28,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         test = f"{item.path.name}::{item.originalname}"  # type: ignore[attr-defined]
         if item.path.name in UNPROVEN and test not in PROVEN:
             item.add_marker(pytest.mark.unproven)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_daemon() -> Iterator[None]:
+    """Every ``xentool`` a test runs goes through one xentoold (on a private socket), as
+    on a host whose daemon runs: a command then costs what the command costs, not the
+    interpreter's start-up (seconds under emulation), which keeps CI inside its limit.
+    tests/integration/test_daemon.py holds both paths to the same bytes and exit status;
+    ``XENTOOL_TEST_DAEMON=0`` runs every command in-process instead."""
+    if os.environ.get("XENTOOL_TEST_DAEMON", "1") == "0":
+        yield
+        return
+    daemon = Xentoold()
+    os.environ["XENTOOL_DAEMON_SOCKET"] = daemon.sock
+    try:
+        yield
+    finally:
+        del os.environ["XENTOOL_DAEMON_SOCKET"]
+        log = daemon.stop()
+        if "Traceback" in log:
+            print(f"xentoold log:\n{log}")
 
 
 @pytest.fixture(scope="session")

@@ -185,3 +185,49 @@ def console_session(*args: str, pattern: str, timeout: float = 240.0,
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+class Xentoold:
+    """A xentoold on a private socket in a temporary directory (never the default one, so
+    nothing outside the tests is routed through it); ``env(via=...)`` is the environment
+    of a command that goes through it or runs in-process."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="xentoold-test-"))
+        self.sock = str(self.dir / "xentoold.sock")
+        self.log = self.dir / "daemon.log"
+        env = {k: v for k, v in os.environ.items() if k != "XENTOOL_DAEMON_SOCKET"}
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "xentool", "-v", "daemon", "--foreground",
+                 "--socket", self.sock], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=env)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"xentoold did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> str:
+        """Stop it; its log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        text = self.log.read_text()
+        for f in self.dir.iterdir():
+            f.unlink()
+        self.dir.rmdir()
+        return text
+
+    def env(self, via: bool, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("XENTOOL_DAEMON_SOCKET", "XENTOOL_NO_DAEMON")}
+        env.update({"XENTOOL_DAEMON_SOCKET": self.sock} if via else {"XENTOOL_NO_DAEMON": "1"})
+        return {**env, **extra}
