@@ -156,10 +156,11 @@ def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts(), *,
     quick = Timeouts(init=timeouts.init, destroy=min(timeouts.destroy, 5.0),
                      hotplug=timeouts.hotplug)
 
-    def unplug(scripts: bool) -> None:
+    def unplug(scripts: bool, add_failed: bool = False) -> None:
         # The guest is not asked: it never saw the device complete.  Idempotent, so the
         # undo of the nodes may follow the script's without harm.
-        detach(store, ref, Force.ON, quick, scripts=scripts, has_script=has_script)
+        detach(store, ref, Force.ON, quick, scripts=scripts, has_script=has_script,
+               add_failed=add_failed)
 
     def script_add() -> None:
         try:
@@ -168,7 +169,7 @@ def attach(store: Store, dev: DeviceNodes, timeouts: Timeouts = Timeouts(), *,
             # Half-run: the script may have made a loop device or a vif; its remove, after
             # the backend closed, is what frees them.
             try:
-                unplug(True)
+                unplug(True, add_failed=True)
             except (OSError, XenStoreError) as e:
                 log.warning("cleaning up %s after a failed hotplug script: %s",
                             dev.backend, e)
@@ -208,15 +209,19 @@ def _run_script(store: Store, ref: DeviceRef, action: hotplug.Action, timeout: f
 
 def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
            timeouts: Timeouts = Timeouts(), *, scripts: bool = True,
-           has_script: bool | None = None, steps: Steps | None = None) -> None:
+           has_script: bool | None = None, steps: Steps | None = None,
+           add_failed: bool = False) -> None:
     """Unplug a device (libxl__initiate_device_generic_remove and what follows it).
 
     ``scripts=False`` skips the hotplug script's remove (its add never ran);
-    ``has_script`` as for :func:`attach`.  ``steps``: a journal to run the steps in
-    (``close backend``, ``hotplug script remove``, ``remove device nodes``).  Once the
-    backend was asked to close the device is lost to the guest, so the "undo" of that step
-    finishes the removal instead: a failed detach leaves the device fully gone, never
-    half-closed."""
+    ``has_script`` as for :func:`attach`; ``add_failed``: the script's add failed part-way
+    and its error is the one reported, so a remove that fails too (the block script's does
+    when the add stopped before making a loop device: it finds no ``node`` to free) is
+    logged at info level rather than warned about as a second error.  ``steps``: a journal
+    to run the steps in (``close backend``, ``hotplug script remove``, ``remove device
+    nodes``).  Once the backend was asked to close the device is lost to the guest, so the
+    "undo" of that step finishes the removal instead: a failed detach leaves the device
+    fully gone, never half-closed."""
     run: Steps = steps if steps is not None else LocalSteps()
     runs_script = scripts and _runs_script(ref.kind, ref.backend_domid, has_script)
     done = {"script": not runs_script, "nodes": False}
@@ -228,7 +233,7 @@ def detach(store: Store, ref: DeviceRef, force: Force = Force.AUTO,
                 _run_script(store, ref, hotplug.Action.REMOVE, timeouts.hotplug)
             except (OSError, XenStoreError) as e:
                 # libxl too goes on removing: the device is gone from the guest either way.
-                log.warning("%s", e)
+                log.log(logging.INFO if add_failed else logging.WARNING, "%s", e)
 
     def remove_nodes() -> None:
         destroy_nodes(store, ref.frontend, ref.backend, ref.libxl)
