@@ -264,7 +264,7 @@ def _kill_points(n: int) -> list[int]:
     return list(range(1, n + 1)) if FULL else [n]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3600 if FULL else 900)
 def test_every_step_of_the_domain_operations(kit: GuestKit, tmp_path: Path,
                                              guest_name: str) -> None:
     from xentool.journal import traced_steps
