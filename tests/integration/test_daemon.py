@@ -13,52 +13,21 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, domain_names, xl
+from .helpers import GuestKit, Xentoold, domain_names, xl
 
 pytestmark = pytest.mark.xen
 
 Result = tuple[int, str, str]
 
 
-class Daemon:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="xentoold-test-"))
-        self.sock = str(self.dir / "xentoold.sock")
-        self.log = self.dir / "daemon.log"
-        env = {k: v for k, v in os.environ.items() if k != "XENTOOL_DAEMON_SOCKET"}
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "xentool", "-v", "daemon", "--foreground",
-                 "--socket", self.sock], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=env)
-        deadline = time.monotonic() + 120
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"xentoold did not start:\n{self.log.read_text()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def env(self, via: bool, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("XENTOOL_DAEMON_SOCKET", "XENTOOL_NO_DAEMON")}
-        env.update({"XENTOOL_DAEMON_SOCKET": self.sock} if via else {"XENTOOL_NO_DAEMON": "1"})
-        return {**env, **extra}
+class Daemon(Xentoold):
+    """The daemon under test, with the two ways to run a command."""
 
     def run(self, *args: str, via: bool, timeout: float = 300, **extra: str) -> Result:
         r = subprocess.run([sys.executable, "-m", "xentool", *args], capture_output=True,
@@ -71,15 +40,14 @@ class Daemon:
 
 @pytest.fixture(scope="module")
 def xd() -> Iterator[Daemon]:
-    d = Daemon()
+    try:
+        d = Daemon()
+    except RuntimeError as e:
+        pytest.fail(str(e))
     try:
         yield d
     finally:
-        d.stop()
-        print(f"xentoold log:\n{d.log.read_text()}")
-        for f in d.dir.iterdir():
-            f.unlink()
-        d.dir.rmdir()
+        print(f"xentoold log:\n{d.stop()}")
 
 
 def _forwarded(xd: Daemon) -> bool:
