@@ -438,6 +438,7 @@ ffibuilder.cdef(
         uint64_t tr_base;
         uint32_t cs_arbytes; uint32_t ds_arbytes; uint32_t es_arbytes;
         uint32_t ss_arbytes; uint32_t tr_arbytes;
+        uint64_t tsc;
         ...;
     };
     struct hvm_hw_mtrr { uint64_t msr_mtrr_def_type; ...; };
