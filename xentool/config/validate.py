@@ -246,6 +246,22 @@ def _named(r: _Reader, key: str, names: dict[str, int]) -> int | None:
     return value
 
 
+def _check_cpuid_names(items: tuple[tuple[str, str], ...]) -> None:
+    """Resolve the flag names against the featureset the binding was built with, so that
+    config-check and create refuse an unknown one before anything is built.  Without the
+    binding (a host without Xen's libraries) only the syntax is checked here."""
+    from domain_builder.cpuid import policy
+    from domain_builder.errors import XenError
+
+    try:
+        from domain_builder.xenctrl import cpu_feature_bits
+
+        features = cpu_feature_bits()
+    except (ImportError, XenError):
+        return
+    policy(items, features)
+
+
 def _pvh_keys(r: _Reader, cfg: DomainConfig) -> DomainConfig:
     """``cfg`` with the keys a PVH guest has beyond a PV guest's (keys.py APPLIED_PVH)."""
     from domain_builder.cpuid import CpuidError, split
@@ -259,6 +275,7 @@ def _pvh_keys(r: _Reader, cfg: DomainConfig) -> DomainConfig:
                         st.value)
         try:
             cpuid = split(st.value.text)
+            _check_cpuid_names(cpuid)
         except CpuidError as exc:
             raise r.err(f"cpuid = {st.value.describe()}: {exc}", st.value) from None
     altp2m = _named(r, "altp2m", ALTP2M_MODES)

@@ -88,6 +88,16 @@ def test_pvh_values_xentool_cannot_apply(text: str, message: str) -> None:
     assert str(info.value).startswith(message), str(info.value)
 
 
+def test_an_unknown_cpuid_flag_is_refused_where_it_is_written() -> None:
+    pytest.importorskip("domain_builder._xenctrl")  # the names come from the binding
+    with pytest.raises(ConfigError) as info:
+        cfg('cpuid = "host,rdtscp=0,nosuchflag=1"\n')
+    assert str(info.value).startswith("t.cfg:4:9: cpuid = 'host,rdtscp=0,nosuchflag=1': "
+                                      "unknown CPUID flag name 'nosuchflag'")
+    with pytest.raises(ConfigError, match="'family' is not applied by xentool yet"):
+        cfg('cpuid = "host,family=6"\n')
+
+
 def test_timer_mode_as_a_number_is_deprecated_like_in_xl() -> None:
     c = cfg("timer_mode = 2\n")
     assert c.timer_mode == 2
