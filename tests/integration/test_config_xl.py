@@ -26,6 +26,10 @@ SUPPORTED = [re.compile(p) for p in (
     r"b_info\.(avail_vcpus|vcpu_hard_affinity|vcpu_soft_affinity)(\.\d+)*",
     r"b_info\.sched_params\.(weight|cap)",
     r"b_info\.type\.pv\.e820_host",
+    # PVH guests
+    r"c_info\.(hap|oos)",
+    r"b_info\.(timer_mode|nested_hvm|shadow_memkb|tsc_mode|type\.pvh\.pvshim)",
+    r"b_info\.cpuid\..*",
     r"disks\.\d+\..*",
     r"nics\.\d+\..*",
     r"on_(poweroff|reboot|watchdog|crash|soft_reset)",
