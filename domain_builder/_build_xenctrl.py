@@ -448,6 +448,9 @@ ffibuilder.cdef(
     int xc_domain_hvm_setcontext(xc_interface *xch, uint32_t domid, uint8_t *hvm_ctxt,
                                  uint32_t size);
     int xc_set_paging_mempool_size(xc_interface *xch, uint32_t domid, uint64_t size);
+    int xc_domain_set_pod_target(xc_interface *xch, uint32_t domid, uint64_t target_pages,
+                                 uint64_t *tot_pages, uint64_t *pod_cache_pages,
+                                 uint64_t *pod_entries);
     int xc_get_paging_mempool_size(xc_interface *xch, uint32_t domid, uint64_t *size);
     /* struct e820entry is packed and xc_xend_cpuid holds a union: helpers take flat arrays
        (set_source below). */

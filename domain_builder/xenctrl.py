@@ -1166,6 +1166,14 @@ class XenCtrl:
                     _lib.xc_set_paging_mempool_size(self._h, domid, size_bytes),
                     f"domain {domid}, {size_bytes} bytes")
 
+    def set_pod_target(self, domid: int, target_pages: int) -> None:
+        """The populate-on-demand target: Xen sizes the PoD cache so that the domain holds
+        ``target_pages`` (a no-op for a domain without PoD entries)."""
+        self._check("xc_domain_set_pod_target",
+                    _lib.xc_domain_set_pod_target(self._h, domid, target_pages, _ffi.NULL,
+                                                  _ffi.NULL, _ffi.NULL),
+                    f"domain {domid}, {target_pages} pages")
+
     def paging_mempool_size(self, domid: int) -> int:
         out = _ffi.new("uint64_t *")
         self._check("xc_get_paging_mempool_size",
