@@ -89,6 +89,7 @@ HVM_CODE_END, HVM_CODE_HEADER, HVM_CODE_CPU, HVM_CODE_MTRR = 0, 1, 2, 14
 _DESCRIPTOR = struct.Struct("<HHI")
 MTRR_DEF_TYPE_WB_ENABLED = 6 | (1 << 11)  # write-back default type, MTRRs enabled
 
+XENMEMF_POPULATE_ON_DEMAND = 1 << 16
 SUPERPAGE_2M = 512  # pages
 SUPERPAGE_1G = 1 << 18
 # LIBXL_MAXMEM_CONSTANT: Xen's limit is the target plus 1 MiB (libxl__build_pre).
@@ -243,10 +244,12 @@ def _cmdline_size(cmdline: str | None) -> int:
 
 def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = None,
             vcpus: int = 1, max_vcpus: int | None = None, ramdisk_size: int = 0,
-            cmdline: str | None = None, paging_pool_mib: int | None = None) -> PvhPlan:
+            cmdline: str | None = None, paging_pool_mib: int | None = None,
+            pool_vcpus: int | None = None) -> PvhPlan:
     """The PVH layout of ``image`` in a guest of ``memory_mib`` MiB (``maxmem_mib`` of
     guest-physical RAM).  ``ramdisk_size`` is the size of the module as it goes to the
-    guest (:func:`module_image`)."""
+    guest (:func:`module_image`).  The paging pool is ``paging_pool_mib``, or libxl's
+    default for ``pool_vcpus`` vCPUs (``max_vcpus`` if None)."""
     entry = image.notes.phys32_entry
     if entry is None:
         raise LayoutError("the kernel has no XEN_ELFNOTE_PHYS32_ENTRY note: it cannot boot "
@@ -307,8 +310,8 @@ def compute(image: KernelImage, *, memory_mib: int, maxmem_mib: int | None = Non
     if nxt << PAGE_SHIFT > lowmem_end:
         raise LayoutError(f"the kernel and ramdisk reach {nxt << PAGE_SHIFT:#x}, into the "
                           f"MMIO hole at {MMIO_START:#x}")
-    pool = paging_pool_kb(max_pages * 4, max_v) if paging_pool_mib is None \
-        else paging_pool_mib * 1024
+    pool = paging_pool_kb(max_pages * 4, max_v if pool_vcpus is None else pool_vcpus) \
+        if paging_pool_mib is None else paging_pool_mib * 1024
     return PvhPlan(entry=entry, max_pages=max_pages,
                    nr_pages=memory_mib << (20 - PAGE_SHIFT), vcpus=vcpus,
                    max_vcpus=max_v, lowmem_end=lowmem_end, highmem_end=highmem_end,
@@ -411,6 +414,7 @@ class _Xc(Protocol):
     def populate_physmap(self, domid: int, pfns: Sequence[int], order: int = 0,
                          mem_flags: int = 0) -> list[int]: ...
     def tot_pages(self, domid: int) -> int: ...
+    def set_pod_target(self, domid: int, target_pages: int) -> None: ...
     def set_memory_map(self, domid: int, entries: Sequence[tuple[int, int, int]]
                        ) -> None: ...
     def map_foreign(self, domid: int, pfns: Sequence[int], writable: bool = True
@@ -442,12 +446,15 @@ class CpuState:
 
 def populate(xc: _Xc, domid: int, plan: PvhPlan) -> None:
     """Back the guest's RAM ranges with memory: 1 GiB extents where aligned, else 2 MiB
-    ones (at most four per call), 4 KiB pages for what is left, as libxenguest does."""
+    ones (at most four per call), 4 KiB pages for what is left, as libxenguest does.  With
+    populate-on-demand the same extents are PoD entries, backed from the cache Xen keeps
+    at the target."""
+    flags = XENMEMF_POPULATE_ON_DEMAND if plan.pod else 0
     for start, end in plan.ram_ranges:
         cur = start
         while cur < end:
             if cur % SUPERPAGE_1G == 0 and end - cur >= SUPERPAGE_1G and \
-                    _try(xc, domid, [cur], 18):
+                    _try(xc, domid, [cur], 18, flags):
                 cur += SUPERPAGE_1G
                 continue
             count = min(end - cur, 4 * SUPERPAGE_2M)
@@ -456,19 +463,19 @@ def populate(xc: _Xc, domid: int, plan: PvhPlan) -> None:
             elif count % SUPERPAGE_2M and count > SUPERPAGE_2M:
                 count -= count % SUPERPAGE_2M  # the 4 KiB tail in a later round
             if (cur | count) % SUPERPAGE_2M == 0 and _try(
-                    xc, domid, [cur + i for i in range(0, count, SUPERPAGE_2M)], 9):
+                    xc, domid, [cur + i for i in range(0, count, SUPERPAGE_2M)], 9, flags):
                 cur += count
                 continue
-            xc.populate_physmap(domid, list(range(cur, cur + count)), 0)
+            xc.populate_physmap(domid, list(range(cur, cur + count)), 0, flags)
             cur += count
 
 
-def _try(xc: _Xc, domid: int, extents: list[int], order: int) -> bool:
+def _try(xc: _Xc, domid: int, extents: list[int], order: int, flags: int) -> bool:
     """Populate superpage extents, or nothing: a partial success is undone by trying
     again with smaller extents only where nothing was populated."""
     before = xc.tot_pages(domid)
     try:
-        xc.populate_physmap(domid, extents, order)
+        xc.populate_physmap(domid, extents, order, flags)
         return True
     except XenError:
         if xc.tot_pages(domid) != before:
@@ -499,6 +506,8 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: PvhPlan, ramdisk: bytes
           claim: Callable[[int], None] | None = None) -> BuiltPvh:
     """Build the PVH guest ``domid`` (created as an HVM container, paused, no memory yet)
     according to ``plan``; ``ramdisk`` is the module as :func:`module_image` made it.
+    With ``memory`` below ``maxmem`` the RAM is populate-on-demand: Xen holds the target
+    and the guest's balloon driver gives the rest back, as libxl builds it.
 
     The order is libxl's: vCPUs, memory limit, event channels, the HVM parameters of the
     domain config, the paging pool, ``cpuid()`` (the CPUID policy), then libxenguest's:
@@ -509,9 +518,6 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: PvhPlan, ramdisk: bytes
             ramdisk is not None and plan.ramdisk is not None
             and len(ramdisk) != plan.ramdisk.size):
         raise ValueError("ramdisk does not match the plan")
-    if plan.pod:
-        raise LayoutError("populate-on-demand (memory below maxmem) is not supported for "
-                          "PVH guests yet")
     xc.set_max_vcpus(domid, plan.max_vcpus)
     xc.set_max_mem(domid, plan.nr_pages * (PAGE_SIZE // 1024) + MAXMEM_SLACK_KB)
     store_evtchn = xc.evtchn_alloc_unbound(domid, xenstore_domid)
@@ -525,6 +531,8 @@ def build(xc: _Xc, domid: int, image: KernelImage, plan: PvhPlan, ramdisk: bytes
     if claim is not None:
         claim(plan.nr_pages)
     try:
+        if plan.pod:  # after the claim: this allocates the cache
+            xc.set_pod_target(domid, plan.nr_pages)
         populate(xc, domid, plan)
     finally:
         if claim is not None:

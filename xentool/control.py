@@ -331,6 +331,14 @@ def set_memory_target(s: Session, domid: int, request_kb: int) -> MemTarget:
             j.do("hypervisor max memory",
                  lambda: s.xc.set_max_mem(domid, plan.hypervisor_max_kb),
                  undo=lambda _: s.xc.set_max_mem(domid, old_max))
+            if fresh.hvm:
+                # A PVH guest's populate-on-demand cache follows the target (libxl does
+                # this for every HVM container; Xen ignores it for one without PoD).
+                def pod(kb: int) -> None:
+                    s.xc.set_pod_target(domid, (kb + MAXMEM_SLACK_KB) // 4)
+
+                j.do("pod target", lambda: pod(plan.target_kb),
+                     undo=lambda _: pod(int(old_target)))
             j.do("memory target", lambda: write(str(plan.target_kb), str(plan.vm_memory_mib)),
                  undo=lambda _: write(old_target, old_vm))
         return plan

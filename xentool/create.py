@@ -171,11 +171,10 @@ def prepare(config: DomainConfig) -> Prepared:
         pvh_plan = pvh.compute(
             image, memory_mib=config.memory, maxmem_mib=maxmem, vcpus=config.vcpus,
             max_vcpus=max_vcpus, ramdisk_size=len(module) if module else 0,
-            cmdline=config.cmdline, paging_pool_mib=config.shadow_memory)
-        if pvh_plan.pod:
-            raise XentoolError(f"{config.name}: maxmem={maxmem} above memory={config.memory} "
-                               "makes a PVH guest populate-on-demand, which xentool does "
-                               "not build yet")
+            cmdline=config.cmdline, paging_pool_mib=config.shadow_memory,
+            # libxl sizes the pool before it defaults max_vcpus to 1: a config that says
+            # neither vcpus nor maxvcpus gets no room for vCPUs in it.
+            pool_vcpus=max_vcpus if config.vcpus_set or config.maxvcpus_set else 0)
         return Prepared(image, module, pvh_plan)
     from domain_builder.layout import compute
 

@@ -166,6 +166,29 @@ def test_pvh_guest_boots_with_disk_and_vif_like_under_xl(kit: GuestKit, tmp_path
     assert xt_view == xl_view
 
 
+def test_pvh_guest_with_maxmem_above_memory_balloons(kit: GuestKit, tmp_path: Path,
+                                                     guest_name: str) -> None:
+    """memory below maxmem: the RAM up to maxmem is populate-on-demand, Xen holds the
+    target, the guest's balloon driver gives the rest back before it runs out; mem-set
+    moves the target (and the PoD cache) up and the guest balloons up to it."""
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(pvh_cfg(kit, guest_name, memory=128, more="maxmem = 192\n"))
+    xentool("create", str(cfg))
+    try:
+        log = wait_for_console(guest_name, READY, timeout=240)
+        assert "BIOS-e820: [mem 0x0000000000100000-0x000000000bffffff] usable" in log
+        wait_for("ballooned down to the target",
+                 lambda: info(guest_name).current_memkb <= 129 * 1024)
+        assert not info(guest_name).shutdown  # no PoD exhaustion
+        assert info(guest_name).max_memkb == 129 * 1024
+        xentool("mem-set", guest_name, "160m")
+        wait_for("ballooned up to 160 MiB",
+                 lambda: info(guest_name).current_memkb >= 159 * 1024, timeout=240)
+        assert not info(guest_name).shutdown
+    finally:
+        destroy(guest_name)
+
+
 def test_pvh_plan_and_dry_run_need_no_domain(kit: GuestKit, tmp_path: Path,
                                              guest_name: str) -> None:
     cfg = tmp_path / "g.cfg"
@@ -186,7 +209,6 @@ def test_pvh_create_refusals_name_the_cause(kit: GuestKit, tmp_path: Path,
     before = snapshot()
     for more, message in (
             ("pvshim = 1\n", "'pvshim = 1' is not supported by xentool"),
-            ("maxmem = 256\n", "populate-on-demand"),
             ('cpuid = "host,nosuchflag=0"\n', "unknown CPUID flag name 'nosuchflag'")):
         cfg = tmp_path / "g.cfg"
         cfg.write_text(pvh_cfg(kit, guest_name) + more)

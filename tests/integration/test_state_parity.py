@@ -197,7 +197,8 @@ CONFIGS = {
 
 
 # PVH guests: the guest kit's kernel and initrd (never booted here: created paused).  One
-# config with every PVH key: each xl create of the Debian kernel is half a minute under TCG.
+# config with every PVH key, one populate-on-demand: each xl create of the Debian kernel is
+# half a minute under TCG.
 PVH_CONFIGS = {
     "pvh": ('vcpus = 2\nmaxvcpus = 3\nmemory = 128\ncpuid = "host,rdtscp=0,avx512f=0"\n'
             'tsc_mode = "native"\ntimer_mode = "one_missed_tick_pending"\nnestedhvm = 0\n'
@@ -205,6 +206,8 @@ PVH_CONFIGS = {
             'cpus = "1"\ncpu_weight = 300\nmax_grant_frames = 16\n'
             "DISK"
             "vif = [ 'mac=00:16:3e:01:02:05, bridge=xenbr0' ]\n"),
+    # memory below maxmem: populate-on-demand.
+    "pvh-pod": 'memory = 96\nmaxmem = 160\ncpuid = "host,rdtscp=0"\n',
 }
 
 

@@ -109,6 +109,8 @@ def test_paging_pool_is_libxls_default_unless_set() -> None:
     assert pvh.paging_pool_kb(128 * 1024, 2, hap=False) == 4 * (512 + 256)
     assert plan(memory_mib=128, vcpus=2).paging_pool_kb == 4 * (512 + 128)
     assert plan(memory_mib=128, paging_pool_mib=8).paging_pool_kb == 8192
+    # libxl's quirk for a config without vcpus/maxvcpus: the pool has no vCPU share.
+    assert plan(memory_mib=160, pool_vcpus=0).paging_pool_kb == 4 * 160
 
 
 def test_plan_document_is_json_friendly() -> None:
@@ -441,7 +443,7 @@ class FakeXc:
                          mem_flags: int = 0) -> list[int]:
         if order == self.fail_order:
             raise XenError("xc_domain_populate_physmap_exact", 12)
-        self._log("populate", len(pfns), order)
+        self._log("populate", len(pfns), order, mem_flags)
         for p in pfns:
             for i in range(1 << order):
                 assert p + i not in self.mem, f"pfn {p + i:#x} populated twice"
@@ -450,6 +452,9 @@ class FakeXc:
 
     def tot_pages(self, domid: int) -> int:
         return len(self.mem)
+
+    def set_pod_target(self, domid: int, pages: int) -> None:
+        self._log("pod_target", pages)
 
     def set_memory_map(self, domid: int, entries: Sequence[tuple[int, int, int]]) -> None:
         self._log("memory_map", tuple(entries))
@@ -527,13 +532,36 @@ def test_build_populates_2m_extents_and_falls_back_to_4k() -> None:
     xc = FakeXc()
     pvh.populate(xc, 1, p)
     pops = [c[1] for c in xc.calls if c[0] == "populate"]
-    assert all(order == 9 for _, order in pops)
-    assert sum(n << order for n, order in pops) == 66 * 256
-    assert max(n for n, _ in pops) == 4  # at most 8 MiB per call, as libxenguest
+    assert all(order == 9 and flags == 0 for _, order, flags in pops)
+    assert sum(n << order for n, order, _ in pops) == 66 * 256
+    assert max(n for n, _, _ in pops) == 4  # at most 8 MiB per call, as libxenguest
     xc = FakeXc(fail_order=9)
     pvh.populate(xc, 1, plan(image=image, memory_mib=32))
     assert len(xc.mem) == 32 * 256
     assert {c[1][1] for c in xc.calls if c[0] == "populate"} == {0}
+
+
+def test_memory_below_maxmem_is_populate_on_demand() -> None:
+    """libxenguest's order: claim the target, size the PoD cache to it, then make every
+    RAM page a PoD entry; Xen's limit and the claim are the target, not maxmem."""
+    image = pvh_kernel()
+    p = plan(image=image, memory_mib=64, maxmem_mib=96)
+    assert p.pod and (p.nr_pages, p.max_pages) == (64 * 256, 96 * 256)
+    assert p.e820[0] == (0, 96 << 20, pvh.E820_RAM)
+    xc = FakeXc()
+    order: list[str] = []
+    pvh.build(xc, 5, image, p, None, CPU, claim=lambda n: order.append(f"claim {n}"))
+    assert order == [f"claim {64 * 256}", "claim 0"]
+    names = [c[0] for c in xc.calls]
+    first_populate = names.index("populate")
+    assert names.index("pod_target") < first_populate
+    assert ("pod_target", (64 * 256,)) in xc.calls
+    assert ("set_max_mem", (64 * 1024 + 1024,)) in xc.calls
+    ram = [c[1] for c in xc.calls if c[0] == "populate" and c[1][2]]
+    assert sum(n << order for n, order, _ in ram) == 96 * 256
+    assert {flags for _, _, flags in ram} == {pvh.XENMEMF_POPULATE_ON_DEMAND}
+    # The ACPI and special pages are real pages.
+    assert [c[1][2] for c in xc.calls if c[0] == "populate"][-1] == 0
 
 
 def test_build_refuses_a_ramdisk_other_than_planned() -> None:
