@@ -413,6 +413,17 @@ ffibuilder.cdef(
     int xentool_hypercall_init(xc_interface *xch, uint32_t domid, uint64_t gmfn);
     int xentool_set_address_size(xc_interface *xch, uint32_t domid, uint32_t bits);
 
+    /* ---- migration: restore ----------------------------------------------------------- */
+    int xentool_set_ext_vcpucontext(xc_interface *xch, uint32_t domid, const void *buf,
+                                    uint32_t size);
+    int xentool_set_vcpu_extstate(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                  const void *buf, uint32_t size);
+    int xentool_set_vcpu_msrs(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                              const void *buf, uint32_t size);
+    int xentool_set_cpu_policy(xc_interface *xch, uint32_t domid, uint32_t nr_leaves,
+                               const void *leaves, uint32_t nr_msrs, const void *msrs,
+                               uint32_t *err);
+
     /* ---- PVH guests: HVM container, memory map, boot context, CPUID policy ------------ */
     #define XEN_X86_EMU_LAPIC ...
     #define HVM_PARAM_IOREQ_PFN ...
@@ -463,6 +474,34 @@ ffibuilder.cdef(
     int xentool_cpu_feature_count(void);
     const char *xentool_cpu_feature_name(int i);
     unsigned int xentool_cpu_feature_bit(int i);
+
+    /* ---- migration: save ------------------------------------------------------------- */
+    /* Raw records for the libxc stream: the x86_64 vcpu_guest_context, the extended,
+       xsave and MSR vCPU state and the serialised CPU policy, as bytes (set_source below);
+       the offsets are of the fields a save turns from machine to pseudo-physical frames. */
+    #define XENTOOL_SAVE_VCPU_SIZE ...
+    #define XENTOOL_SAVE_OFF_RDX ...
+    #define XENTOOL_SAVE_OFF_CTRLREG ...
+    #define XENTOOL_SAVE_OFF_GDT_FRAMES ...
+    #define XENTOOL_SAVE_OFF_GDT_ENTS ...
+    #define XENTOOL_SAVE_CPUID_LEAF_SIZE ...
+    #define XENTOOL_SAVE_MSR_ENTRY_SIZE ...
+    #define XENTOOL_SAVE_VCPU_MSR_SIZE ...
+    int xc_get_pfn_type_batch(xc_interface *xch, uint32_t dom, unsigned int num,
+                              xen_pfn_t *arr);
+    int xc_domain_resume(xc_interface *xch, uint32_t domid, int fast);
+    int xc_maximum_ram_page(xc_interface *xch, unsigned long *max_mfn);
+    int xc_domain_get_guest_width(xc_interface *xch, uint32_t domid,
+                                  unsigned int *guest_width);
+    int xentool_save_vcpu(xc_interface *xch, uint32_t domid, uint32_t vcpu, uint8_t *out);
+    int xentool_save_ext_vcpu(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                              uint8_t *out, uint32_t *size);
+    int xentool_save_xsave(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                           uint8_t *out, uint32_t *size);
+    int xentool_save_msrs(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                          uint8_t *out, uint32_t *count);
+    int xentool_save_cpu_policy(xc_interface *xch, uint32_t domid, uint8_t *leaves,
+                                uint32_t *nr_leaves, uint8_t *msrs, uint32_t *nr_msrs);
 
     /* ---- libxenhypfs: hypervisor runtime parameters (set-parameters) ------------------ */
     typedef struct xenhypfs_handle xenhypfs_handle;
@@ -610,6 +649,205 @@ ffibuilder.set_source(
         struct xen_domctl d = { .cmd = XEN_DOMCTL_set_address_size, .domain = domid };
         d.u.address_size.size = bits;
         return xc_domctl(xch, &d);
+    }
+
+    /* ---- migration: restore ---------------------------------------------------------
+       The vCPU state records of a libxc stream are the raw domctl payloads: these hand
+       them to Xen as libxenguest's restore does (it has no exported wrapper). */
+    #include <errno.h>
+    #include <string.h>
+    #include <xenguest.h>
+
+    static int xentool_set_ext_vcpucontext(xc_interface *xch, uint32_t domid,
+                                           const void *buf, uint32_t size)
+    {
+        struct xen_domctl d = { .cmd = XEN_DOMCTL_set_ext_vcpucontext, .domain = domid };
+        if (size > sizeof(d.u.ext_vcpucontext)) {
+            errno = E2BIG;
+            return -1;
+        }
+        memcpy(&d.u.ext_vcpucontext, buf, size);
+        return xc_domctl(xch, &d);
+    }
+
+    static int xentool_vcpu_blob(xc_interface *xch, uint32_t domid, uint32_t cmd,
+                                 uint32_t vcpu, const void *buf, uint32_t size)
+    {
+        struct xen_domctl d = { .cmd = cmd, .domain = domid };
+        DECLARE_HYPERCALL_BUFFER(void, hb);
+        int rc;
+
+        hb = xc_hypercall_buffer_alloc(xch, hb, size ? size : 1);
+        if (!hb)
+            return -1;
+        memcpy(hb, buf, size);
+        if (cmd == XEN_DOMCTL_setvcpuextstate) {
+            d.u.vcpuextstate.vcpu = vcpu;
+            d.u.vcpuextstate.size = size;
+            set_xen_guest_handle(d.u.vcpuextstate.buffer, hb);
+        } else {
+            d.u.vcpu_msrs.vcpu = vcpu;
+            d.u.vcpu_msrs.msr_count = size / sizeof(xen_domctl_vcpu_msr_t);
+            set_xen_guest_handle(d.u.vcpu_msrs.msrs, hb);
+        }
+        rc = xc_domctl(xch, &d);
+        xc_hypercall_buffer_free(xch, hb);
+        return rc;
+    }
+
+    static int xentool_set_vcpu_extstate(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                         const void *buf, uint32_t size)
+    {
+        return xentool_vcpu_blob(xch, domid, XEN_DOMCTL_setvcpuextstate, vcpu, buf, size);
+    }
+
+    static int xentool_set_vcpu_msrs(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                     const void *buf, uint32_t size)
+    {
+        return xentool_vcpu_blob(xch, domid, XEN_DOMCTL_set_vcpu_msrs, vcpu, buf, size);
+    }
+
+    /* err: the leaf, subleaf and MSR Xen refused (~0 for none). */
+    static int xentool_set_cpu_policy(xc_interface *xch, uint32_t domid, uint32_t nr_leaves,
+                                      const void *leaves, uint32_t nr_msrs,
+                                      const void *msrs, uint32_t *err)
+    {
+        err[0] = err[1] = err[2] = ~0u;
+        return xc_set_domain_cpu_policy(xch, domid, nr_leaves, (xen_cpuid_leaf_t *)leaves,
+                                        nr_msrs, (xen_msr_entry_t *)msrs,
+                                        &err[0], &err[1], &err[2]);
+    }
+
+    /* ---- migration: save ------------------------------------------------------------- */
+    #include <errno.h>
+    #include <stddef.h>
+    #include <string.h>
+    #include <xenguest.h>
+    /* Exported by libxenctrl, declared only in its private header. */
+    int xc_get_pfn_type_batch(xc_interface *xch, uint32_t dom, unsigned int num,
+                              xen_pfn_t *arr);
+    #define XENTOOL_SAVE_VCPU_SIZE sizeof(vcpu_guest_context_x86_64_t)
+    #define XENTOOL_SAVE_OFF_RDX offsetof(vcpu_guest_context_x86_64_t, user_regs.rdx)
+    #define XENTOOL_SAVE_OFF_CTRLREG offsetof(vcpu_guest_context_x86_64_t, ctrlreg)
+    #define XENTOOL_SAVE_OFF_GDT_FRAMES offsetof(vcpu_guest_context_x86_64_t, gdt_frames)
+    #define XENTOOL_SAVE_OFF_GDT_ENTS offsetof(vcpu_guest_context_x86_64_t, gdt_ents)
+    #define XENTOOL_SAVE_CPUID_LEAF_SIZE sizeof(xen_cpuid_leaf_t)
+    #define XENTOOL_SAVE_MSR_ENTRY_SIZE sizeof(xen_msr_entry_t)
+    #define XENTOOL_SAVE_VCPU_MSR_SIZE sizeof(xen_domctl_vcpu_msr_t)
+
+    static int xentool_save_vcpu(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                 uint8_t *out)
+    {
+        vcpu_guest_context_any_t c;
+        int rc = xc_vcpu_getcontext(xch, domid, vcpu, &c);
+
+        if (rc == 0)
+            memcpy(out, &c.x64, sizeof(c.x64));
+        return rc;
+    }
+
+    /* *size: the room in out (128 is enough); the record's length on return, 0: none. */
+    static int xentool_save_ext_vcpu(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                     uint8_t *out, uint32_t *size)
+    {
+        struct xen_domctl d = { .cmd = XEN_DOMCTL_get_ext_vcpucontext, .domain = domid };
+        int rc;
+
+        d.u.ext_vcpucontext.vcpu = vcpu;
+        rc = xc_domctl(xch, &d);
+        if (rc < 0)
+            return rc;
+        if (d.u.ext_vcpucontext.size > *size ||
+            d.u.ext_vcpucontext.size > sizeof(d.u.ext_vcpucontext)) {
+            errno = E2BIG;
+            return -1;
+        }
+        *size = d.u.ext_vcpucontext.size;
+        memcpy(out, &d.u.ext_vcpucontext, *size);
+        return 0;
+    }
+
+    /* out NULL: *size becomes the length needed (0: no xsave state). */
+    static int xentool_save_xsave(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                  uint8_t *out, uint32_t *size)
+    {
+        struct xen_domctl d = { .cmd = XEN_DOMCTL_getvcpuextstate, .domain = domid };
+        DECLARE_HYPERCALL_BUFFER(void, buf);
+        int rc;
+
+        d.u.vcpuextstate.vcpu = vcpu;
+        rc = xc_domctl(xch, &d);
+        if (rc < 0)
+            return rc;
+        if (!d.u.vcpuextstate.xfeature_mask || !d.u.vcpuextstate.size) {
+            *size = 0;
+            return 0;
+        }
+        if (out == NULL || d.u.vcpuextstate.size > *size) {
+            *size = d.u.vcpuextstate.size;
+            return 0;
+        }
+        buf = xc_hypercall_buffer_alloc(xch, buf, d.u.vcpuextstate.size);
+        if (!buf)
+            return -1;
+        set_xen_guest_handle(d.u.vcpuextstate.buffer, buf);
+        rc = xc_domctl(xch, &d);
+        if (rc == 0) {
+            *size = d.u.vcpuextstate.size;
+            memcpy(out, buf, *size);
+        }
+        xc_hypercall_buffer_free(xch, buf);
+        return rc;
+    }
+
+    /* out NULL: *count becomes the number of MSRs (entries of XENTOOL_SAVE_VCPU_MSR_SIZE). */
+    static int xentool_save_msrs(xc_interface *xch, uint32_t domid, uint32_t vcpu,
+                                 uint8_t *out, uint32_t *count)
+    {
+        struct xen_domctl d = { .cmd = XEN_DOMCTL_get_vcpu_msrs, .domain = domid };
+        DECLARE_HYPERCALL_BUFFER(void, buf);
+        uint32_t room = *count;
+        int rc;
+
+        d.u.vcpu_msrs.vcpu = vcpu;
+        rc = xc_domctl(xch, &d);
+        if (rc < 0)
+            return rc;
+        *count = d.u.vcpu_msrs.msr_count;
+        if (out == NULL || *count == 0 || *count > room)
+            return 0;
+        buf = xc_hypercall_buffer_alloc(xch, buf, *count * sizeof(xen_domctl_vcpu_msr_t));
+        if (!buf)
+            return -1;
+        set_xen_guest_handle(d.u.vcpu_msrs.msrs, buf);
+        rc = xc_domctl(xch, &d);
+        if (rc == 0) {
+            *count = d.u.vcpu_msrs.msr_count;
+            memcpy(out, buf, *count * sizeof(xen_domctl_vcpu_msr_t));
+        }
+        xc_hypercall_buffer_free(xch, buf);
+        return rc;
+    }
+
+    /* leaves NULL: the counts needed; else the domain's policy, serialised. */
+    static int xentool_save_cpu_policy(xc_interface *xch, uint32_t domid, uint8_t *leaves,
+                                       uint32_t *nr_leaves, uint8_t *msrs,
+                                       uint32_t *nr_msrs)
+    {
+        xc_cpu_policy_t *p;
+        int rc;
+
+        if (leaves == NULL)
+            return xc_cpu_policy_get_size(xch, nr_leaves, nr_msrs);
+        p = xc_cpu_policy_init();
+        if (!p)
+            return -1;
+        rc = xc_cpu_policy_get_domain(xch, domid, p);
+        if (rc == 0)
+            rc = xc_cpu_policy_serialise(xch, p, (xen_cpuid_leaf_t *)leaves, nr_leaves,
+                                         (xen_msr_entry_t *)msrs, nr_msrs);
+        xc_cpu_policy_destroy(p);
+        return rc;
     }
     """,
     libraries=["xenctrl", "xenforeignmemory", "xenstore", "xenhypfs",

@@ -1378,6 +1378,168 @@ class XenCtrl:
                     _lib.xentool_rtds_vcpu(self._h, domid, 1, n, ids, period, budget, flags),
                     f"domain {domid}")
 
+    # -- migration: restore ----------------------------------------------------------------
+    # The records of a libxc stream carry these states as Xen's raw structures; they are
+    # handed over byte for byte (the stream's parser has checked their sizes).
+
+    @staticmethod
+    def vcpu_context_size() -> int:
+        """sizeof(vcpu_guest_context_x86_64_t): an X86_PV_VCPU_BASIC record's payload."""
+        return int(_ffi.sizeof("vcpu_guest_context_x86_64_t"))
+
+    def set_vcpu_context_raw(self, domid: int, vcpu: int, raw: bytes) -> None:
+        """XEN_DOMCTL_setvcpucontext with a whole x86_64 ``vcpu_guest_context``."""
+        if len(raw) != self.vcpu_context_size():
+            raise ValueError(f"vcpu context of {len(raw)} bytes, not "
+                             f"{self.vcpu_context_size()}")
+        any_ = _ffi.new("vcpu_guest_context_any_t *")
+        _ffi.memmove(any_, raw, len(raw))
+        self._check("xc_vcpu_setcontext", _lib.xc_vcpu_setcontext(self._h, domid, vcpu, any_),
+                    f"domain {domid} vcpu {vcpu}")
+
+    def set_ext_vcpu_context(self, domid: int, raw: bytes) -> None:
+        """XEN_DOMCTL_set_ext_vcpucontext (the payload names its vCPU)."""
+        self._check("XEN_DOMCTL_set_ext_vcpucontext",
+                    _lib.xentool_set_ext_vcpucontext(self._h, domid, raw, len(raw)),
+                    f"domain {domid}")
+
+    def set_vcpu_extstate(self, domid: int, vcpu: int, raw: bytes) -> None:
+        """XEN_DOMCTL_setvcpuextstate: the vCPU's XSAVE area as the stream carries it."""
+        self._check("XEN_DOMCTL_setvcpuextstate",
+                    _lib.xentool_set_vcpu_extstate(self._h, domid, vcpu, raw, len(raw)),
+                    f"domain {domid} vcpu {vcpu}")
+
+    def set_vcpu_msrs(self, domid: int, vcpu: int, raw: bytes) -> None:
+        """XEN_DOMCTL_set_vcpu_msrs: ``raw`` is an array of xen_domctl_vcpu_msr_t."""
+        self._check("XEN_DOMCTL_set_vcpu_msrs",
+                    _lib.xentool_set_vcpu_msrs(self._h, domid, vcpu, raw, len(raw)),
+                    f"domain {domid} vcpu {vcpu}")
+
+    def set_tsc_info(self, domid: int, mode: int, elapsed_nsec: int, khz: int,
+                     incarnation: int) -> None:
+        self._check("xc_domain_set_tsc_info",
+                    _lib.xc_domain_set_tsc_info(self._h, domid, mode, elapsed_nsec, khz,
+                                                incarnation), f"domain {domid}")
+
+    def set_cpu_policy(self, domid: int, leaves: bytes, msrs: bytes) -> None:
+        """xc_set_domain_cpu_policy with arrays of xen_cpuid_leaf_t (24 bytes each) and
+        xen_msr_entry_t (16 bytes each)."""
+        err = _ffi.new("uint32_t[3]")
+        rc = _lib.xentool_set_cpu_policy(self._h, domid, len(leaves) // 24, leaves or b"\0",
+                                         len(msrs) // 16, msrs or b"\0", err)
+        self._check("xc_set_domain_cpu_policy", rc,
+                    f"domain {domid}: leaf {err[0]:#x} subleaf {err[1]:#x} msr {err[2]:#x}")
+
+    def mmuext_ops(self, domid: int, ops: Sequence[tuple[int, int]]) -> None:
+        """Several (cmd, mfn) MMUEXT operations in one hypercall."""
+        if not ops:
+            return
+        arr = _ffi.new("struct mmuext_op[]", len(ops))
+        for i, (cmd, mfn) in enumerate(ops):
+            arr[i].cmd = cmd
+            arr[i].arg1.mfn = mfn
+        self._check("xc_mmuext_op", _lib.xc_mmuext_op(self._h, arr, len(ops), domid),
+                    f"domain {domid}, {len(ops)} operations")
+
+    # -- migration: save ------------------------------------------------------------------
+    # Raw state for the libxc migration stream; the stream code interprets the bytes.
+    def pfn_types(self, domid: int, mfns: Sequence[int]) -> list[int]:
+        """XEN_DOMCTL_PFINFO_* type of each frame (xc_get_pfn_type_batch; an invalid
+        frame comes back as XTAB)."""
+        if not mfns:
+            return []
+        arr = _ffi.new("xen_pfn_t[]", list(mfns))
+        self._check("xc_get_pfn_type_batch",
+                    _lib.xc_get_pfn_type_batch(self._h, domid, len(mfns), arr),
+                    f"domain {domid}")
+        return list(arr)
+
+    def resume(self, domid: int, fast: bool = True) -> None:
+        """xc_domain_resume: a suspended domain runs again (``fast``: its suspend
+        hypercall returns 1, the guest carries on where it was, as for ``xl save -c``)."""
+        self._check("xc_domain_resume", _lib.xc_domain_resume(self._h, domid, int(fast)),
+                    f"domain {domid}")
+
+    def maximum_ram_page(self) -> int:
+        out = _ffi.new("unsigned long *")
+        self._check("xc_maximum_ram_page", _lib.xc_maximum_ram_page(self._h, out))
+        return int(out[0])
+
+    def guest_width(self, domid: int) -> int:
+        """Bytes in a guest word (8 for a 64-bit PV guest)."""
+        out = _ffi.new("unsigned int *")
+        self._check("xc_domain_get_guest_width",
+                    _lib.xc_domain_get_guest_width(self._h, domid, out), f"domain {domid}")
+        return int(out[0])
+
+    def vcpu_context_raw(self, domid: int, vcpu: int) -> bytes:
+        """The x86_64 vcpu_guest_context of ``vcpu`` as Xen returns it."""
+        buf = _ffi.new("uint8_t[]", _lib.XENTOOL_SAVE_VCPU_SIZE)
+        self._check("xc_vcpu_getcontext", _lib.xentool_save_vcpu(self._h, domid, vcpu, buf),
+                    f"domain {domid} vcpu {vcpu}")
+        return bytes(_ffi.buffer(buf))
+
+    def ext_vcpu_context(self, domid: int, vcpu: int) -> bytes:
+        """XEN_DOMCTL_get_ext_vcpucontext's structure, as long as Xen says (b"": none)."""
+        buf = _ffi.new("uint8_t[]", 256)
+        size = _ffi.new("uint32_t *", 256)
+        self._check("XEN_DOMCTL_get_ext_vcpucontext",
+                    _lib.xentool_save_ext_vcpu(self._h, domid, vcpu, buf, size),
+                    f"domain {domid} vcpu {vcpu}")
+        return bytes(_ffi.buffer(buf, size[0]))
+
+    def vcpu_xsave(self, domid: int, vcpu: int) -> bytes:
+        """The vCPU's xsave area (XEN_DOMCTL_getvcpuextstate; b"": none)."""
+        size = _ffi.new("uint32_t *", 0)
+        what = f"domain {domid} vcpu {vcpu}"
+        self._check("XEN_DOMCTL_getvcpuextstate",
+                    _lib.xentool_save_xsave(self._h, domid, vcpu, _ffi.NULL, size), what)
+        if size[0] == 0:
+            return b""
+        buf = _ffi.new("uint8_t[]", size[0])
+        self._check("XEN_DOMCTL_getvcpuextstate",
+                    _lib.xentool_save_xsave(self._h, domid, vcpu, buf, size), what)
+        return bytes(_ffi.buffer(buf, size[0]))
+
+    def vcpu_msrs(self, domid: int, vcpu: int) -> bytes:
+        """The vCPU's MSRs as xen_domctl_vcpu_msr_t entries (XEN_DOMCTL_get_vcpu_msrs)."""
+        count = _ffi.new("uint32_t *", 0)
+        what = f"domain {domid} vcpu {vcpu}"
+        self._check("XEN_DOMCTL_get_vcpu_msrs",
+                    _lib.xentool_save_msrs(self._h, domid, vcpu, _ffi.NULL, count), what)
+        if count[0] == 0:
+            return b""
+        room = count[0]
+        buf = _ffi.new("uint8_t[]", room * _lib.XENTOOL_SAVE_VCPU_MSR_SIZE)
+        self._check("XEN_DOMCTL_get_vcpu_msrs",
+                    _lib.xentool_save_msrs(self._h, domid, vcpu, buf, count), what)
+        return bytes(_ffi.buffer(buf, count[0] * _lib.XENTOOL_SAVE_VCPU_MSR_SIZE))
+
+    def cpu_policy_serialised(self, domid: int) -> tuple[bytes, bytes]:
+        """The domain's CPU policy as xen_cpuid_leaf_t and xen_msr_entry_t arrays
+        (xc_cpu_policy_get_domain + xc_cpu_policy_serialise)."""
+        nl = _ffi.new("uint32_t *")
+        nm = _ffi.new("uint32_t *")
+        what = f"domain {domid}"
+        self._check("xc_cpu_policy_get_size",
+                    _lib.xentool_save_cpu_policy(self._h, domid, _ffi.NULL, nl, _ffi.NULL, nm),
+                    what)
+        leaves = _ffi.new("uint8_t[]", max(1, nl[0]) * _lib.XENTOOL_SAVE_CPUID_LEAF_SIZE)
+        msrs = _ffi.new("uint8_t[]", max(1, nm[0]) * _lib.XENTOOL_SAVE_MSR_ENTRY_SIZE)
+        self._check("xc_cpu_policy_serialise",
+                    _lib.xentool_save_cpu_policy(self._h, domid, leaves, nl, msrs, nm), what)
+        return (bytes(_ffi.buffer(leaves, nl[0] * _lib.XENTOOL_SAVE_CPUID_LEAF_SIZE)),
+                bytes(_ffi.buffer(msrs, nm[0] * _lib.XENTOOL_SAVE_MSR_ENTRY_SIZE)))
+
+    @staticmethod
+    def vcpu_context_offsets() -> dict[str, int]:
+        """Offsets in the raw x86_64 vcpu context of the fields a save normalises."""
+        return {"size": _lib.XENTOOL_SAVE_VCPU_SIZE, "rdx": _lib.XENTOOL_SAVE_OFF_RDX,
+                "ctrlreg": _lib.XENTOOL_SAVE_OFF_CTRLREG,
+                "gdt_frames": _lib.XENTOOL_SAVE_OFF_GDT_FRAMES,
+                "gdt_ents": _lib.XENTOOL_SAVE_OFF_GDT_ENTS}
+
+
 def _dominfo(d: Any) -> DomainInfo:
     return _module.DomainInfo(
         domid=d.domain, flags=d.flags, tot_pages=d.tot_pages, max_pages=d.max_pages,
