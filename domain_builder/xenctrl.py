@@ -1387,6 +1387,17 @@ class XenCtrl:
         """sizeof(vcpu_guest_context_x86_64_t): an X86_PV_VCPU_BASIC record's payload."""
         return int(_ffi.sizeof("vcpu_guest_context_x86_64_t"))
 
+    @staticmethod
+    def vcpu_field_offsets() -> dict[str, int]:
+        """Byte offsets in an x86_64 ``vcpu_guest_context`` of the fields a restore
+        translates: flags, user_regs.rdx, gdt_frames, gdt_ents, ctrlreg."""
+        t = "vcpu_guest_context_x86_64_t"
+        return {"flags": int(_ffi.offsetof(t, "flags")),
+                "rdx": int(_ffi.offsetof(t, "user_regs", "rdx")),
+                "gdt_frames": int(_ffi.offsetof(t, "gdt_frames")),
+                "gdt_ents": int(_ffi.offsetof(t, "gdt_ents")),
+                "ctrlreg": int(_ffi.offsetof(t, "ctrlreg"))}
+
     def set_vcpu_context_raw(self, domid: int, vcpu: int, raw: bytes) -> None:
         """XEN_DOMCTL_setvcpucontext with a whole x86_64 ``vcpu_guest_context``."""
         if len(raw) != self.vcpu_context_size():
