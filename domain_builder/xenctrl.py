@@ -1465,6 +1465,17 @@ class XenCtrl:
                     f"domain {domid}")
         return list(arr)
 
+    def tsc_info(self, domid: int) -> tuple[int, int, int, int]:
+        """(mode, elapsed nsec, kHz, incarnation) of the domain's TSC (gettscinfo)."""
+        mode = _ffi.new("uint32_t *")
+        nsec = _ffi.new("uint64_t *")
+        khz = _ffi.new("uint32_t *")
+        inc = _ffi.new("uint32_t *")
+        self._check("xc_domain_get_tsc_info",
+                    _lib.xc_domain_get_tsc_info(self._h, domid, mode, nsec, khz, inc),
+                    f"domain {domid}")
+        return int(mode[0]), int(nsec[0]), int(khz[0]), int(inc[0])
+
     def resume(self, domid: int, fast: bool = True) -> None:
         """xc_domain_resume: a suspended domain runs again (``fast``: its suspend
         hypercall returns 1, the guest carries on where it was, as for ``xl save -c``)."""
