@@ -30,6 +30,7 @@ from xentool.state import kernel_cache_dir
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from domain_builder import pv
     from domain_builder.image import KernelImage
     from domain_builder.layout import BuildPlan
     from domain_builder.pvh import BuiltPvh, PvhPlan
@@ -196,6 +197,19 @@ def plan_document(config: DomainConfig, prep: Prepared) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
+class Restoring:
+    """What a restore gives the create steps instead of a :class:`Prepared`: the sizes
+    from the saved configuration and ``build(xc, domid)``, which fills the new domain from
+    the stream instead of booting a kernel (:mod:`xentool.migration.restore`)."""
+
+    vcpus: int
+    max_vcpus: int
+    target_memkb: int
+    max_memkb: int
+    build: Callable[[XenCtrl, int], pv.BuiltPv]
+
+
+@dataclass(frozen=True)
 class Source:
     """Where a config came from, recorded so the monitor can create the domain again."""
 
@@ -247,9 +261,9 @@ def create(config: DomainConfig, *, paused: bool = False, source: Source | None 
                                      ignore_masks)
 
 
-def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep: Prepared,
-                  paused: bool, source: Source | None, gconf: GlobalConfig,
-                  ignore_masks: bool) -> int:
+def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
+                  prep: Prepared | Restoring, paused: bool, source: Source | None,
+                  gconf: GlobalConfig, ignore_masks: bool) -> int:
     from domain_builder import pv
     from domain_builder.pvh import PvhPlan
     from domain_builder.xenctrl import CreateConfig
@@ -262,7 +276,8 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     from xentool.session import name_to_domid
     from xentool.settings import sched_scheduler, vcpu_affinities
 
-    bp = prep.plan
+    restoring = isinstance(prep, Restoring)
+    bp = prep if isinstance(prep, Restoring) else prep.plan
     pvh = config.type is DomainType.PVH
     uuid = config.uuid or uuidlib.uuid4()
     uuid_s = str(uuid)
@@ -309,15 +324,20 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig, prep
     # it is populated, so a parallel create cannot take it half-way through the build.
     claim = (lambda n: xc.claim_pages(domid, n)) if gconf.claim_mode else None
     built: pv.BuiltPv | BuiltPvh
-    if isinstance(bp, PvhPlan):
+    if isinstance(prep, Restoring):
+        restore = prep.build
+        built = j.do("restore", lambda: restore(xc, domid))
+    elif isinstance(bp, PvhPlan):
         built = j.do("build", lambda: _build_pvh(xc, domid, config, prep, bp, claim))
     else:
-        plan = bp
+        plan = prep.plan
+        assert not isinstance(plan, PvhPlan)
         built = j.do("build", lambda: pv.build(xc, domid, prep.image, plan, prep.ramdisk,
                                                claim=claim))
     # After the build: the vCPUs exist only once it has set max_vcpus (libxl too sets
     # affinity after xc_domain_max_vcpus and the scheduler parameters in build_post).
-    _sched_steps(j, xc, config, domid, sched, affinities)
+    # A restored guest's TSC mode came with its stream.
+    _sched_steps(j, xc, config, domid, sched, affinities, tsc=not restoring)
 
     def post_nodes() -> None:
         with xs.transaction() as t:
@@ -442,7 +462,7 @@ def _pool_id(xc: XenCtrl, xs: Store, name: str | None) -> int:
 
 
 def _sched_steps(j: Journal, xc: XenCtrl, config: DomainConfig, domid: int,
-                 sched: str | None, affinities: list[VcpuAffinity]) -> None:
+                 sched: str | None, affinities: list[VcpuAffinity], tsc: bool = True) -> None:
     """Weight, cap, TSC mode and vCPU affinity, as libxl sets them around the build.
     Nothing to undo: they go with the domain."""
     from dataclasses import replace
@@ -456,7 +476,7 @@ def _sched_steps(j: Journal, xc: XenCtrl, config: DomainConfig, domid: int,
                                cap=cur.cap if config.cpu_cap is None else config.cpu_cap))
 
         j.do("scheduler parameters", set_sched)
-    if config.tsc_mode:  # libxl__arch_domain_create; 0 is what Xen starts a domain with
+    if tsc and config.tsc_mode:  # libxl__arch_domain_create; 0 is what Xen starts a domain with
         mode = config.tsc_mode
         j.do("tsc mode", lambda: xc.set_tsc_mode(domid, mode))
     if affinities:
