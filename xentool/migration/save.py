@@ -1,0 +1,617 @@
+"""``xl save`` of x86 PV guests: suspend, write xl's save file, destroy (or resume).
+
+The file is what ``xl save`` 4.17 writes, so ``xl restore`` reads it (and the other way):
+
+* xl's save-file header (``tools/xl/xl_saverestore.c``): magic, byte order, the mandatory
+  flags STREAMv2|JSON and, as optional data, the domain's configuration in libxl-json
+  (as ``xl list -l`` retrieves it, with ``c_info.domid`` 0);
+* the libxl stream v2 (``docs/specs/libxl-migration-stream.pandoc``): its header, a
+  LIBXC_CONTEXT record, the libxc stream inline, END;
+* the libxc stream v2 for x86 PV (``docs/specs/libxc-migration-stream.pandoc``) in the
+  order ``xg_sr_save.c`` writes it: image and domain headers; X86_PV_INFO, the CPUID and
+  MSR policies, STATIC_DATA_END; X86_PV_P2M_FRAMES; PAGE_DATA in batches of 1024 frames
+  with their types, page-table pages rewritten from machine to pseudo-physical frames;
+  X86_TSC_INFO, SHARED_INFO, and for each online vCPU X86_PV_VCPU_BASIC (start-info,
+  GDT, CR3 and CR1 frames made pseudo-physical), _EXTENDED, _XSAVE, _MSRS; END.
+
+The guest is suspended through the PV protocol first (``control/shutdown`` = ``suspend``,
+acknowledged by the guest clearing the node, then the domain shuts down with reason
+suspend; 60 s for each, as libxl), so this is a stop-and-copy save.  The stream is written
+by :class:`PvSaver`, whose :meth:`PvSaver.send_pages` takes any set of frames: live
+migration's pre-copy rounds will call it with the log-dirty bitmap's frames before the
+final suspended round.
+
+Under the rollback journal: whatever fails or interrupts the save before the file is
+complete resumes the guest (``xc_domain_resume`` in its fast, cooperative form: the
+guest's suspend hypercall returns "cancelled" and it carries on) and removes the partial
+file.  A save killed with SIGKILL leaves its crash record (``save-<pid>.json``, noting the
+domain and file): :func:`recover_killed_saves` finishes the rollback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO
+
+from xenstore.paths import domain_path
+from xentool.errors import DomainNotFound, XentoolError
+from xentool.logs import get_logger
+
+if TYPE_CHECKING:
+    from domain_builder.xenctrl import XenCtrl
+    from xenstore.client import Transaction
+    from xentool.session import Session
+
+log = get_logger(__name__)
+
+Progress = Callable[[str], None]
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+INVALID_MFN = (1 << 64) - 1
+#: Frames per PAGE_DATA record (libxc's MAX_BATCH_SIZE).
+BATCH = 1024
+#: libxl's waits: the guest's acknowledgement of the request, then its suspension.
+ACK_TIMEOUT = 60.0
+SUSPEND_TIMEOUT = 60.0
+
+# -- the formats (TODO(codec): from xentool.migration.stream / libxl_stream once they land) --
+
+XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
+XL_BYTEORDER = 0x01020304
+XL_FLAG_JSON = 1 << 0
+XL_FLAG_STREAMV2 = 1 << 1
+
+LIBXL_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
+LIBXL_VERSION = 2
+LIBXL_REC_END = 0
+LIBXL_REC_LIBXC_CONTEXT = 1
+
+IHDR_MARKER = 0xFFFFFFFFFFFFFFFF
+IHDR_ID = 0x58454E46  # "XENF"
+IHDR_VERSION = 3
+DHDR_TYPE_X86_PV = 1
+
+REC_END = 0x00
+REC_PAGE_DATA = 0x01
+REC_X86_PV_INFO = 0x02
+REC_X86_PV_P2M_FRAMES = 0x03
+REC_X86_PV_VCPU_BASIC = 0x04
+REC_X86_PV_VCPU_EXTENDED = 0x05
+REC_X86_PV_VCPU_XSAVE = 0x06
+REC_SHARED_INFO = 0x07
+REC_X86_TSC_INFO = 0x08
+REC_X86_PV_VCPU_MSRS = 0x0C
+REC_STATIC_DATA_END = 0x10
+REC_X86_CPUID_POLICY = 0x11
+REC_X86_MSR_POLICY = 0x12
+
+# XEN_DOMCTL_PFINFO_*: a frame's type, in the top nibble of its 32-bit type word.
+PFINFO_LTAB_SHIFT = 28
+PFINFO_NOTAB = 0x0 << 28
+PFINFO_L1TAB = 0x1 << 28
+PFINFO_L2TAB = 0x2 << 28
+PFINFO_L3TAB = 0x3 << 28
+PFINFO_L4TAB = 0x4 << 28
+PFINFO_LTABTYPE_MASK = 0x7 << 28
+PFINFO_LPINTAB = 0x1 << 31
+PFINFO_BROKEN = 0xD << 28
+PFINFO_XALLOC = 0xE << 28
+PFINFO_XTAB = 0xF << 28
+PFINFO_LTAB_MASK = 0xF << 28
+
+#: Frames whose contents are not in the stream (no page, or not the guest's).
+NO_DATA_TYPES = frozenset({PFINFO_XTAB, PFINFO_XALLOC, PFINFO_BROKEN})
+KNOWN_TYPES = frozenset({PFINFO_NOTAB, PFINFO_L1TAB, PFINFO_L2TAB, PFINFO_L3TAB, PFINFO_L4TAB,
+                         PFINFO_L1TAB | PFINFO_LPINTAB, PFINFO_L2TAB | PFINFO_LPINTAB,
+                         PFINFO_L3TAB | PFINFO_LPINTAB, PFINFO_L4TAB | PFINFO_LPINTAB,
+                         PFINFO_XTAB, PFINFO_XALLOC, PFINFO_BROKEN})
+
+PTE_FRAME_MASK = 0x000FFFFFFFFFF000
+PAGE_PRESENT = 1 << 0
+PAGE_PSE = 1 << 7
+# x86_64 Xen's own slots of every L4: HYPERVISOR_VIRT_START..END, both ends included as
+# libxc's normalise_pagetable takes them.
+XEN_L4_FIRST = (0xFFFF800000000000 >> 39) & 511
+XEN_L4_LAST = (0xFFFF880000000000 >> 39) & 511
+FIRST_RESERVED_GDT_ENTRY = 14 * 512
+
+# struct shared_info (x86_64): offsets in arch_shared_info.
+SHINFO_MAX_PFN = 3088
+SHINFO_FLL = 3096
+SHINFO_P2M_CR3 = 3112
+SHINFO_P2M_VADDR = 3120
+
+
+class SaveError(XentoolError):
+    """The save could not be made; the guest was resumed and the file removed."""
+
+
+def record(rtype: int, body: bytes = b"") -> bytes:
+    """One record (libxc and libxl share the framing): type, length, body padded to 8."""
+    return struct.pack("<II", rtype, len(body)) + body + b"\0" * (-len(body) % 8)
+
+
+def image_header() -> bytes:
+    return struct.pack(">QIIHHI", IHDR_MARKER, IHDR_ID, IHDR_VERSION, 0, 0, 0)
+
+
+def domain_header(xen_major: int, xen_minor: int) -> bytes:
+    return struct.pack("<IHHII", DHDR_TYPE_X86_PV, PAGE_SHIFT, 0, xen_major, xen_minor)
+
+
+def libxl_header() -> bytes:
+    return struct.pack(">QII", LIBXL_IDENT, LIBXL_VERSION, 0)
+
+
+def xl_header(config_json: bytes | None) -> bytes:
+    """xl's save-file header and its optional data (the configuration, NUL-terminated)."""
+    flags = XL_FLAG_STREAMV2 | (XL_FLAG_JSON if config_json else 0)
+    data = config_json + b"\0" if config_json else b""
+    opt = struct.pack("<I", len(data)) + data
+    return XL_MAGIC + struct.pack("<IIII", XL_BYTEORDER, flags, 0, len(opt)) + opt
+
+
+# -- machine <-> pseudo-physical (pure) ------------------------------------------------------
+
+
+def pte_to_frame(pte: int) -> int:
+    return (pte & PTE_FRAME_MASK) >> PAGE_SHIFT
+
+
+def merge_pte(pte: int, frame: int) -> int:
+    return (pte & ~PTE_FRAME_MASK) | (frame << PAGE_SHIFT)
+
+
+def normalise_pagetable(page: bytes, ptype: int, m2p: Mapping[int, int]) -> bytes:
+    """A 64-bit guest's page-table page with its present entries' machine frames made
+    pseudo-physical and Xen's L4 slots cleared (the restoring Xen rebuilds them)."""
+    level = ptype & PFINFO_LTABTYPE_MASK
+    ptes = list(struct.unpack("<512Q", page))
+    first, last = (XEN_L4_FIRST, XEN_L4_LAST) if level == PFINFO_L4TAB else (512, -1)
+    name = level >> PFINFO_LTAB_SHIFT
+    for i, pte in enumerate(ptes):
+        if first <= i <= last:
+            ptes[i] = 0
+            continue
+        if not pte & PAGE_PRESENT:
+            continue
+        if level > PFINFO_L1TAB and pte & PAGE_PSE:
+            raise SaveError(f"Cannot migrate superpage (L{name}[{i}]: {pte:#018x})")
+        pfn = m2p.get(pte_to_frame(pte))
+        if pfn is None:
+            raise SaveError(f"Bad mfn {pte_to_frame(pte):#x} for L{name}[{i}]")
+        ptes[i] = merge_pte(pte, pfn)
+    return struct.pack("<512Q", *ptes)
+
+
+@dataclass(frozen=True)
+class VcpuLayout:
+    """Where the frames are in the raw x86_64 vcpu_guest_context (from the binding)."""
+
+    size: int
+    rdx: int
+    ctrlreg: int
+    gdt_frames: int
+    gdt_ents: int
+
+
+def normalise_vcpu(raw: bytes, vcpu: int, lay: VcpuLayout, m2p: Mapping[int, int]) -> bytes:
+    """X86_PV_VCPU_BASIC's context: machine frames made pseudo-physical (vCPU 0's rdx is
+    the start-info frame of the suspend record; the GDT frames; CR3; CR1 when set)."""
+    buf = bytearray(raw)
+
+    def to_pfn(mfn: int, what: str) -> int:
+        pfn = m2p.get(mfn)
+        if pfn is None:
+            raise SaveError(f"Bad mfn {mfn:#x} for {what}")
+        return pfn
+
+    def get(off: int) -> int:
+        return int(struct.unpack_from("<Q", buf, off)[0])
+
+    def put(off: int, value: int) -> None:
+        struct.pack_into("<Q", buf, off, value)
+
+    if vcpu == 0:
+        put(lay.rdx, to_pfn(get(lay.rdx), "suspend record"))
+    ents = get(lay.gdt_ents)
+    if ents > FIRST_RESERVED_GDT_ENTRY:
+        raise SaveError(f"GDT entry count ({ents}) out of range (max "
+                        f"{FIRST_RESERVED_GDT_ENTRY})")
+    for i in range((ents + 511) // 512):
+        off = lay.gdt_frames + 8 * i
+        put(off, to_pfn(get(off), f"frame {i} of vcpu{vcpu}'s GDT"))
+    cr3 = lay.ctrlreg + 3 * 8
+    put(cr3, to_pfn(get(cr3) >> PAGE_SHIFT, f"vcpu{vcpu}'s cr3") << PAGE_SHIFT)
+    cr1 = lay.ctrlreg + 8
+    if get(cr1):
+        put(cr1, 1 | (to_pfn(get(cr1) >> PAGE_SHIFT, f"vcpu{vcpu}'s cr1") << PAGE_SHIFT))
+    return bytes(buf)
+
+
+def _canonical(va: int) -> bool:
+    top = va >> 47
+    return top in (0, 0x1FFFF)
+
+
+def p2m_list_frames(read: Callable[[Sequence[int]], bytes], p2m_cr3: int, p2m_vaddr: int,
+                    max_pfn: int, max_mfn: int) -> tuple[list[int], int]:
+    """The machine frames of a 64-bit guest's linear p2m list and the max_pfn they cover
+    (libxc's map_p2m_list): walk the guest page tables from ``p2m_cr3`` over the virtual
+    range of the list; trailing level-2 entries that all name the same page only map
+    invalid entries, so max_pfn is lowered to the last distinct one.  ``read(mfns)``: the
+    frames' contents, concatenated."""
+    fpp = PAGE_SIZE // 8
+    mask = (1 << 48) - 1
+    frames = max_pfn // fpp + 1
+    end = p2m_vaddr + frames * PAGE_SIZE - 1
+    if (not _canonical(p2m_vaddr) or not _canonical(end) or end < p2m_vaddr
+            or (p2m_vaddr <= 0xFFFF880000000000 and end > 0xFFFF800000000000)):
+        raise SaveError(f"Bad virtual p2m address range {p2m_vaddr:#x}-{end:#x}")
+    mfns = [p2m_cr3 >> PAGE_SHIFT]
+    off = 0
+    idx_start = idx_end = 0
+    for level in (4, 3, 2, 1):
+        ptes = read(mfns)
+        shift = level * 9 + 3
+        idx_start = ((p2m_vaddr - off) & mask) >> shift
+        idx_end = ((end - off) & mask) >> shift
+        mfns = []
+        saved_mfn, saved_idx = 0, 0
+        for idx in range(idx_start, idx_end + 1):
+            (pte,) = struct.unpack_from("<Q", ptes, idx * 8)
+            mfn = pte_to_frame(pte)
+            if mfn == 0 or mfn > max_mfn:
+                raise SaveError(f"Bad mfn {mfn:#x} during page table walk for vaddr "
+                                f"{off + (idx << shift):#x} at level {level} of p2m list")
+            mfns.append(mfn)
+            if level == 2 and mfn != saved_mfn:
+                saved_mfn, saved_idx = mfn, idx - idx_start
+        if level == 2:
+            if saved_idx == idx_end:
+                saved_idx += 1
+            lower = ((saved_idx << 9) * fpp) - 1
+            if lower < max_pfn:
+                max_pfn = lower
+                frames = (max_pfn + fpp) // fpp
+                end = p2m_vaddr + frames * PAGE_SIZE - 1
+                idx_end = idx_start + saved_idx
+                mfns = mfns[:saved_idx + 1]
+        off = p2m_vaddr & ((mask >> shift) << shift)
+    return mfns[:idx_end - idx_start + 1], max_pfn
+
+
+# -- the saver -------------------------------------------------------------------------------
+
+
+@dataclass
+class SaveStats:
+    pages: int = 0  # frames with data in the stream
+    frames: int = 0  # frames listed (with or without data)
+    pagetables: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PvSaver:
+    """Writes the libxc stream of a suspended (or, for live rounds, running) PV domain."""
+
+    xc: XenCtrl
+    domid: int
+    out: BinaryIO
+    stats: SaveStats = field(default_factory=SaveStats)
+
+    def __post_init__(self) -> None:
+        self.p2m: list[int] = []
+        self.m2p: dict[int, int] = {}
+        self.p2m_pfns: list[int] = []
+        self.max_pfn = 0
+        self.shinfo = b""
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.stats.bytes += len(data)
+
+    def _read_frames(self, mfns: Sequence[int]) -> bytes:
+        with self.xc.map_foreign(self.domid, mfns, writable=False) as view:
+            return bytes(view)
+
+    # -- setup: the guest's own view of its memory ---------------------------------------
+    def setup(self) -> None:
+        info = self.xc.domain_info(self.domid)
+        if info is None:
+            raise DomainNotFound(str(self.domid))
+        if info.hvm:
+            raise SaveError(f"domain {self.domid} is not a PV guest: only PV guests can be "
+                            "saved")
+        width = self.xc.guest_width(self.domid)
+        if width != 8:
+            raise SaveError(f"domain {self.domid} is a {width * 8}-bit PV guest: only "
+                            "64-bit PV guests can be saved")
+        self.shinfo = self._read_frames([info.shared_info_frame])
+        self.refresh_p2m()
+
+    def refresh_p2m(self) -> None:
+        """Read the guest's p2m (its pfn -> mfn list) and build the reverse map."""
+        max_pfn = struct.unpack_from("<Q", self.shinfo, SHINFO_MAX_PFN)[0] - 1
+        p2m_cr3, p2m_vaddr = struct.unpack_from("<QQ", self.shinfo, SHINFO_P2M_CR3)
+        max_mfn = self.xc.maximum_ram_page()
+        if not p2m_cr3:
+            # TODO: guests without a linear p2m list (the 3-level frame-list tree).
+            raise SaveError(f"domain {self.domid} publishes no p2m list (arch.p2m_cr3 is "
+                            "0): it cannot be saved")
+        leaves, self.max_pfn = p2m_list_frames(self._read_frames, p2m_cr3, p2m_vaddr,
+                                               max_pfn, max_mfn)
+        raw = self._read_frames(leaves)
+        n = self.max_pfn + 1
+        self.p2m = list(struct.unpack_from(f"<{n}Q", raw))
+        self.m2p = {mfn: pfn for pfn, mfn in enumerate(self.p2m)
+                    if mfn != INVALID_MFN and mfn <= max_mfn}
+        try:
+            self.p2m_pfns = [self.m2p[m] for m in leaves]
+        except KeyError as e:
+            raise SaveError(f"Bad mfn {e.args[0]:#x} in the p2m frame list") from None
+
+    # -- records ---------------------------------------------------------------------------
+    def write_headers(self) -> None:
+        ver = self.xc.version()
+        self._write(image_header() + domain_header(ver.major, ver.minor))
+
+    def write_static_data(self) -> None:
+        self._write(record(REC_X86_PV_INFO, struct.pack("<BB6x", 8, 4)))
+        leaves, msrs = self.xc.cpu_policy_serialised(self.domid)
+        if leaves:
+            self._write(record(REC_X86_CPUID_POLICY, leaves))
+        if msrs:
+            self._write(record(REC_X86_MSR_POLICY, msrs))
+        self._write(record(REC_STATIC_DATA_END))
+
+    def write_p2m_frames(self) -> None:
+        body = struct.pack("<II", 0, self.max_pfn) + struct.pack(
+            f"<{len(self.p2m_pfns)}Q", *self.p2m_pfns)
+        self._write(record(REC_X86_PV_P2M_FRAMES, body))
+
+    def send_pages(self, pfns: Sequence[int]) -> None:
+        """PAGE_DATA records for ``pfns`` (ascending), BATCH frames each."""
+        for i in range(0, len(pfns), BATCH):
+            self._send_batch(pfns[i:i + BATCH])
+
+    def send_all_pages(self) -> None:
+        self.send_pages(range(self.max_pfn + 1))
+
+    def _send_batch(self, pfns: Sequence[int]) -> None:
+        mfns = [self.p2m[p] for p in pfns]
+        types = self.xc.pfn_types(self.domid, mfns)
+        with_data = []
+        for pfn, mfn, t in zip(pfns, mfns, types, strict=True):
+            if t not in KNOWN_TYPES:
+                raise SaveError(f"Unknown type {t:#x} for pfn {pfn:#x}")
+            if t not in NO_DATA_TYPES:
+                with_data.append((mfn, t))
+        pages: list[bytes] = []
+        if with_data:
+            with self.xc.map_foreign(self.domid, [m for m, _ in with_data],
+                                     writable=False) as view:
+                for k, (_, t) in enumerate(with_data):
+                    page = bytes(view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+                    level = t & PFINFO_LTABTYPE_MASK
+                    if PFINFO_L1TAB <= level <= PFINFO_L4TAB:
+                        page = normalise_pagetable(page, t, self.m2p)
+                        self.stats.pagetables += 1
+                    pages.append(page)
+        head = struct.pack("<II", len(pfns), 0) + struct.pack(
+            f"<{len(pfns)}Q", *((t << 32) | p for p, t in zip(pfns, types, strict=True)))
+        body_len = len(head) + PAGE_SIZE * len(pages)
+        self._write(struct.pack("<II", REC_PAGE_DATA, body_len) + head)
+        for page in pages:
+            self._write(page)  # body_len is a multiple of 8: no padding
+        self.stats.frames += len(pfns)
+        self.stats.pages += len(pages)
+
+    def write_end_of_checkpoint(self) -> None:
+        mode, nsec, khz, inc = self.xc.tsc_info(self.domid)
+        self._write(record(REC_X86_TSC_INFO, struct.pack("<IIQII", mode, khz, nsec, inc, 0)))
+        info = self.xc.domain_info(self.domid)
+        assert info is not None
+        self._write(record(REC_SHARED_INFO, self._read_frames([info.shared_info_frame])))
+        lay = VcpuLayout(**self.xc.vcpu_context_offsets())
+        for vcpu in range(info.max_vcpu_id + 1):
+            if not self.xc.vcpu_info(self.domid, vcpu).online:
+                continue
+            hdr = struct.pack("<II", vcpu, 0)
+            raw = self.xc.vcpu_context_raw(self.domid, vcpu)
+            self._write(record(REC_X86_PV_VCPU_BASIC,
+                               hdr + normalise_vcpu(raw, vcpu, lay, self.m2p)))
+            for rtype, data in ((REC_X86_PV_VCPU_EXTENDED,
+                                 self.xc.ext_vcpu_context(self.domid, vcpu)),
+                                (REC_X86_PV_VCPU_XSAVE, self.xc.vcpu_xsave(self.domid, vcpu)),
+                                (REC_X86_PV_VCPU_MSRS, self.xc.vcpu_msrs(self.domid, vcpu))):
+                if data:
+                    self._write(record(rtype, hdr + data))
+
+    def write_end(self) -> None:
+        self._write(record(REC_END))
+
+    def save_suspended(self) -> SaveStats:
+        """The whole libxc stream of a domain that is already suspended."""
+        t0 = time.monotonic()
+        self.setup()
+        self.write_headers()
+        self.write_static_data()
+        self.write_p2m_frames()
+        self.send_all_pages()
+        self.write_end_of_checkpoint()
+        self.write_end()
+        self.stats.seconds = time.monotonic() - t0
+        return self.stats
+
+
+# -- suspend / resume --------------------------------------------------------------------------
+
+
+def _suspended(s: Session, domid: int) -> bool:
+    info = s.xc.domain_info(domid)
+    if info is None or info.dying:
+        raise SaveError(f"domain {domid} went away while being suspended")
+    if info.shutdown and info.shutdown_reason != 2:  # SHUTDOWN_suspend
+        raise SaveError(f"domain {domid} shut down (reason {info.shutdown_reason}) instead "
+                        "of suspending")
+    return bool(info.shutdown)
+
+
+def suspend(s: Session, domid: int, ack_timeout: float = ACK_TIMEOUT,
+            timeout: float = SUSPEND_TIMEOUT) -> None:
+    """Suspend a PV guest cooperatively, as libxl does without a suspend event channel."""
+    from xentool.control import _acked, _wait_until
+
+    node = f"{domain_path(domid)}/control/shutdown"
+    s.xs.write(node, "suspend")
+    if not _wait_until(s, node, lambda: _acked(s, domid), ack_timeout):
+        # Withdraw the request unless the guest took it at the last moment.
+        def cancel(t: Transaction) -> bool:
+            if not t.get(node):
+                return False
+            t.write(node, "")
+            return True
+
+        if s.xs.transact(cancel):
+            raise SaveError(f"domain {domid}: guest didn't acknowledge suspend, request "
+                            "cancelled")
+    if not _wait_until(s, "@releaseDomain", lambda: _suspended(s, domid), timeout):
+        raise SaveError(f"domain {domid}: guest did not suspend within {timeout:g}s")
+
+
+def resume(s: Session, domid: int) -> None:
+    """Undo a suspend: a suspended guest runs again (it sees its suspend cancelled); a
+    request it has not taken yet is withdrawn."""
+    info = s.xc.domain_info(domid)
+    if info is None or info.dying:
+        return
+    if info.shutdown and info.shutdown_reason == 2:
+        s.xc.resume(domid, fast=True)
+        s.xs.resume_domain(domid)
+    else:
+        node = f"{domain_path(domid)}/control/shutdown"
+        if s.xs.get(node) == "suspend":
+            s.xs.write(node, "")
+
+
+# -- the verb's library side -------------------------------------------------------------------
+
+
+def config_json(s: Session, domid: int) -> bytes:
+    """The configuration xl puts in the save file: libxl_retrieve_domain_configuration's,
+    domid zeroed (xl save without -D)."""
+    from xentool.retrieve import retrieve
+
+    doc = retrieve(s, domid).config
+    c_info = doc.get("c_info")
+    if isinstance(c_info, dict):
+        c_info["domid"] = 0
+    return json.dumps(doc, indent=4).encode()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def save_domain(s: Session, domid: int, path: str, *, checkpoint: bool = False,
+                leave_paused: bool = False, progress: Progress | None = None) -> SaveStats:
+    """``xl save [-c] [-p] DOMAIN FILE``: see the module docstring."""
+    from xentool.destroy import destroy_domain
+    from xentool.journal import Journal, default_record_dir
+    from xentool.locks import domain_lock
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    with domain_lock(domid):
+        info = s.xc.domain_info(domid)
+        if info is None:
+            raise DomainNotFound(str(domid))
+        if info.hvm:
+            raise SaveError(f"domain {domid} is not a PV guest: only PV guests can be saved")
+        if info.shutdown or info.dying:
+            raise SaveError(f"domain {domid} is shut down: nothing to save")
+        config = config_json(s, domid)
+        with Journal("save", record_dir=default_record_dir()) as j:
+            j.note("domid", domid)
+            j.note("uuid", str(info.uuid))
+            j.note("file", os.path.abspath(path))
+
+            def open_file() -> BinaryIO:
+                try:
+                    return open(path, "wb")
+                except OSError as e:
+                    raise SaveError(f"Failed to open temp file {path} for writing: "
+                                    f"{e.strerror}") from None
+
+            def drop(f: BinaryIO) -> None:
+                f.close()
+                _remove(path)
+
+            f = j.do("open file", open_file, undo=drop)
+            header = xl_header(config)
+            j.do("write header", lambda: f.write(header))
+            say(f"Saving to {path} new xl format (info 0x{XL_FLAG_STREAMV2 | XL_FLAG_JSON:x}"
+                f"/0x0/{len(header) - 48})")
+            j.do("suspend", lambda: suspend(s, domid), undo=lambda _: resume(s, domid))
+            saver = PvSaver(s.xc, domid, f)
+
+            def stream() -> SaveStats:
+                f.write(libxl_header() + record(LIBXL_REC_LIBXC_CONTEXT))
+                stats = saver.save_suspended()
+                f.write(record(LIBXL_REC_END))
+                return stats
+
+            def sync() -> None:
+                f.flush()
+                os.fsync(f.fileno())
+
+            try:
+                stats = j.do("write stream", stream)
+                j.do("sync file", sync)
+            except OSError as e:
+                raise SaveError(f"Failed to save domain {domid} to {path}: "
+                                f"{e.strerror}") from None
+            f.close()
+    if checkpoint or leave_paused:
+        if leave_paused:
+            s.xc.pause(domid)
+        resume(s, domid)
+    else:
+        destroy_domain(s, domid)
+    return stats
+
+
+def recover_killed_saves(s: Session) -> list[int]:
+    """Finish the rollback of saves killed mid-way (SIGKILL): resume their guests if
+    still suspended, remove their partial files.  Returns the domids resumed."""
+    from xentool.journal import default_record_dir, forget_record, orphan_records
+
+    done = []
+    for rec in orphan_records(default_record_dir()):
+        if rec.op != "save":
+            continue
+        domid = rec.notes.get("domid")
+        uuid = rec.notes.get("uuid")
+        path = rec.notes.get("file")
+        if isinstance(domid, int):
+            info = s.xc.domain_info(domid)
+            if info is not None and str(info.uuid) == uuid:
+                resume(s, domid)
+                done.append(domid)
+        # The record outlives the commit only if the save never finished: its file is
+        # partial (or the guest is running again, which makes it stale).
+        if isinstance(path, str) and rec.steps:
+            _remove(path)
+        forget_record(rec)
+    return done
