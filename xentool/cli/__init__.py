@@ -92,6 +92,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("shutdown", "domain_ops", "Issue a shutdown signal to a domain"),
     Verb("reboot", "domain_ops", "Issue a reboot signal to a domain"),
     Verb("rename", "domain_ops", "Rename a domain"),
+    Verb("save", "save", "Save a domain state to restore later"),
     Verb("config-update", "stored", "Update a running domain's saved configuration, used "
          "when rebuilding the domain after reboot"),
     Verb("mem-set", "domain_ops", "Set the current memory usage for a domain"),
