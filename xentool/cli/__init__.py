@@ -67,6 +67,7 @@ class Verb:
 # Keep sorted by group, then as `xl help` lists them.
 VERBS: tuple[Verb, ...] = (
     Verb("create", "create", "Create a domain from config file <filename>"),
+    Verb("restore", "restore", "Restore a domain from a saved state"),
     Verb("config-check", "create", "Check xl.cfg files and report every error in them"),
     Verb("console", "console", "Attach to domain's console"),
     Verb("info", "query", "Get information about Xen host"),
