@@ -597,13 +597,18 @@ FUZZ_PEAK = 32 << 20
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(fuzz_seeds())))
+    seed, bounds = draw(st.sampled_from(fuzz_seeds()))
+    data = bytearray(seed)
     for _ in range(draw(st.integers(1, 4))):
         if not data:
             break
-        op = draw(st.sampled_from(("flip", "word", "truncate", "insert", "delete")))
+        op = draw(st.sampled_from(("flip", "word", "field", "truncate", "insert", "delete")))
         at = draw(st.integers(0, len(data) - 1))
-        if op == "flip":
+        if op == "field":  # a record's type or length, or a body's first fields
+            at = draw(st.sampled_from(bounds)) + draw(st.sampled_from((0, 4, 8, 12, 16)))
+            v = draw(st.sampled_from(INTERESTING + tuple(range(0x14))))
+            data[at:at + 4] = (v & 0xFFFF_FFFF).to_bytes(4, "little")
+        elif op == "flip":
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "word":
             size = draw(st.sampled_from((4, 8)))
@@ -619,8 +624,16 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 @functools.cache
-def fuzz_seeds() -> list[bytes]:
-    return [pv_stream(pages=6, vcpus=1, batch=4), FIXTURE.read_bytes()]
+def fuzz_seeds() -> list[tuple[bytes, tuple[int, ...]]]:
+    """Valid streams, each with the offsets where its headers and records start."""
+    out = []
+    for seed in (pv_stream(pages=6, vcpus=1, batch=4), FIXTURE.read_bytes()):
+        bounds, at = [], 0
+        for item in read_all(seed)[0]:
+            bounds.append(at)
+            at += len(item.encode())
+        out.append((seed, tuple(bounds)))
+    return out
 
 
 @given(mutated())
@@ -643,8 +656,8 @@ def test_fuzz_hostile_streams_give_stream_errors(data: bytes) -> None:
 
 
 def test_fuzz_seeds_are_valid() -> None:
-    for seed in fuzz_seeds():
-        assert isinstance(read_all(seed)[0][-1], lx.LibxlEnd)
+    for seed, bounds in fuzz_seeds():
+        assert isinstance(read_all(seed)[0][-1], lx.LibxlEnd) and len(bounds) > 15
 
 
 def test_config_json_errors() -> None:
@@ -676,3 +689,22 @@ def test_real_page_tables_are_normalised_as_the_helpers_expect() -> None:
             assert not any(entries[256:272])
         mfns = s.localise_page_table(data, ptype, lambda pfn: pfn + 0x100000)
         assert s.normalise_page_table(mfns, ptype, lambda mfn: mfn - 0x100000) == data
+
+
+def test_hostile_stored_config() -> None:
+    for config in (b"[" * 100_000 + b"\0", b'{"a": ' + b"9" * 100_000 + b"}\0"):
+        hdr = lx.XlSaveHeader(config)
+        with pytest.raises(s.StreamError, match="not valid JSON"):
+            hdr.config_json()
+        # the file still reads: the config fails where it is used
+        data = hdr.encode() + pv_stream(pages=2)[len(lx.XlSaveHeader.for_config(
+            {"c_info": {"type": "pv", "name": "synth"},
+             "b_info": {"max_memkb": 8, "target_memkb": 8}}).encode()):]
+        items, r = read_all(data)
+        assert isinstance(items[-1], lx.LibxlEnd) and r.limits.max_pages is None
+
+
+def test_pfn_list_limit() -> None:
+    data = pv_stream(pages=2048)  # four p2m frames
+    with pytest.raises(s.StreamLimitError, match="X86_PV_P2M_FRAMES record of 40 bytes"):
+        read_all(data, s.Limits(max_pfn_list=3))

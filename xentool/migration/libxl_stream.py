@@ -47,6 +47,7 @@ Errors are :class:`~xentool.migration.stream.StreamError` and its subclasses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -188,8 +189,10 @@ class XlSaveHeader:
             raise StreamError("xl header: the stored config is not JSON")
         try:
             doc = json.loads(self.config_text())
-        except json.JSONDecodeError as e:
-            raise StreamError(f"xl header: stored config is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # hostile nesting or huge numbers too
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StreamError(f"xl header: stored config is not valid JSON: {first}"
+                              ) from None
         if not isinstance(doc, dict):
             raise StreamError("xl header: stored config is not a JSON object")
         return doc
@@ -549,12 +552,12 @@ class SaveFileReader:
     def __iter__(self) -> Iterator[SaveItem]:
         if self.expect_xl_header and self.xl_header is None:
             self.xl_header = XlSaveHeader.read(self.src)
-            pages = self.xl_header.guest_pages()
+            try:
+                pages = self.xl_header.guest_pages()
+            except StreamError:
+                pages = None  # a bad stored config fails where it is used, not here
             if self.limits.max_pages is None and pages is not None:
-                self.limits = Limits(self.limits.max_record_length,
-                                     self.limits.max_small_record, self.limits.max_batch,
-                                     self.limits.max_pfn, pages,
-                                     self.limits.max_page_records)
+                self.limits = dataclasses.replace(self.limits, max_pages=pages)
                 self.libxl.limits = self.limits
             yield self.xl_header
         yield self.libxl.read_header()

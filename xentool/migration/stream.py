@@ -922,6 +922,8 @@ class Limits:
     ``max_record_length``: any record body (Xen's own bound by default);
     ``max_small_record``: records other than PAGE_DATA, HVM_CONTEXT, TOOLSTACK,
     X86_PV_P2M_FRAMES, dirty-pfn lists and optional records (vCPU blobs, policies, ...);
+    ``max_pfn_list``: entries of X86_PV_P2M_FRAMES and CHECKPOINT_DIRTY_PFN_LIST (they
+    decode to Python ints, several times their size in the stream);
     ``max_batch``: pfns in one PAGE_DATA record;
     ``max_pfn``: the highest pfn accepted (e.g. from the guest's declared memory);
     ``max_pages``: distinct pfns the stream may populate (the guest's declared size);
@@ -930,7 +932,8 @@ class Limits:
     """
 
     max_record_length: int = REC_LENGTH_MAX
-    max_small_record: int = 1 << 20
+    max_small_record: int = 256 << 10
+    max_pfn_list: int = 1 << 20  # p2m frames of a 2 TiB guest
     max_batch: int = MAX_BATCH_SIZE
     max_pfn: int | None = None
     max_pages: int | None = None
@@ -950,8 +953,9 @@ _BITMAP_CHUNK_PFNS = 1 << 15
 
 
 class ExactReader:
-    """Reads exact byte counts from a binary file object, in bounded chunks, counting the
-    offset; the end of the data inside a read raises :class:`StreamTruncated`."""
+    """Reads exact byte counts from a blocking binary file object (a file, a pipe, a
+    socket's ``makefile("rb")``), in bounded chunks, counting the offset; the end of the
+    data inside a read raises :class:`StreamTruncated`.  Short reads are assembled."""
 
     def __init__(self, fp: BinaryIO, name: str, offset: int = 0) -> None:
         self.fp = fp
@@ -961,7 +965,7 @@ class ExactReader:
     def read(self, n: int, what: str) -> bytes:
         if n == 0:
             return b""
-        first = self.fp.read(min(n, _CHUNK))
+        first = self._chunk(min(n, _CHUNK))
         if len(first) == n:
             self.offset += n
             return first
@@ -971,10 +975,17 @@ class ExactReader:
                 raise StreamTruncated(f"{self.name}: truncated at offset "
                                       f"{self.offset + len(buf)}: {what} needs {n} bytes, "
                                       f"got {len(buf)}")
-            first = self.fp.read(min(n - len(buf), _CHUNK))
+            first = self._chunk(min(n - len(buf), _CHUNK))
             buf += first
         self.offset += n
         return bytes(buf)
+
+    def _chunk(self, n: int) -> bytes:
+        data: bytes | None = self.fp.read(n)
+        if data is None:  # a non-blocking source: the stream needs a blocking one
+            raise StreamError(f"{self.name}: offset {self.offset}: no data available "
+                              "from a non-blocking source")
+        return data
 
     def error(self, message: str, at: int | None = None) -> StreamError:
         return StreamError(f"{self.name}: offset {self.offset if at is None else at}: "
@@ -1091,6 +1102,8 @@ class StreamReader:
         lim = self.limits
         if rtype == RecordType.PAGE_DATA:
             cap = _PD_HDR.size + lim.max_batch * (8 + PAGE_SIZE)
+        elif rtype in (RecordType.X86_PV_P2M_FRAMES, RecordType.CHECKPOINT_DIRTY_PFN_LIST):
+            cap = _P2M_HDR.size + 8 * lim.max_pfn_list
         elif rtype in _LARGE or rtype & REC_TYPE_OPTIONAL:
             cap = lim.max_record_length
         else:
