@@ -4,6 +4,8 @@ linear p2m list (against hand-built page tables)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import struct
 from collections.abc import Sequence
 
@@ -186,3 +188,54 @@ def test_a_bad_walk_is_one_error() -> None:
         sv.p2m_list_frames(t.read, t.l4 << 12, VADDR, 1023, 1 << 40)  # 2nd leaf missing
     with pytest.raises(sv.SaveError, match="Bad virtual p2m address range"):
         sv.p2m_list_frames(t.read, t.l4 << 12, 0xFFFF800000000000, 511, 1 << 40)
+
+
+class FakeXc:
+    """Guest frames for PvSaver: frame m holds bytes of value m % 251; types by frame."""
+
+    def __init__(self, types: dict[int, int]) -> None:
+        self.types = types
+
+    def pfn_types(self, domid: int, mfns: Sequence[int]) -> list[int]:
+        return [self.types.get(m, sv.PFINFO_NOTAB) for m in mfns]
+
+    def map_foreign(self, domid: int, mfns: Sequence[int], writable: bool = True
+                    ) -> contextlib.AbstractContextManager[memoryview]:
+        data = b"".join(self.frame(m) for m in mfns)
+        return contextlib.nullcontext(memoryview(data))
+
+    @staticmethod
+    def frame(m: int) -> bytes:
+        if m == 0x1003:  # a page table with one entry, frame 0x1001 (pfn 1)
+            return page({0: (0x1001 << 12) | 1})
+        return bytes([m % 251]) * PAGE
+
+
+def test_page_data_records_list_every_frame_and_carry_data_for_real_pages() -> None:
+    xc = FakeXc({0x1002: sv.PFINFO_XTAB, 0x1003: sv.PFINFO_L1TAB})
+    out = io.BytesIO()
+    saver = sv.PvSaver(xc, 1, out)  # type: ignore[arg-type]
+    saver.p2m = [0x1000 + i for i in range(6)]
+    saver.m2p = {m: i for i, m in enumerate(saver.p2m)}
+    saver.send_pages(range(6))
+    data = out.getvalue()
+    rtype, length = struct.unpack_from("<II", data)
+    assert rtype == sv.REC_PAGE_DATA and len(data) == 8 + length
+    count, _ = struct.unpack_from("<II", data, 8)
+    words = struct.unpack_from(f"<{count}Q", data, 16)
+    assert [w & 0xFFFFFFFF for w in words] == list(range(6))
+    assert [w >> 32 for w in words] == [0, 0, sv.PFINFO_XTAB, sv.PFINFO_L1TAB, 0, 0]
+    pages = data[16 + 8 * count:]
+    assert len(pages) == 5 * PAGE  # the XTAB frame has no data
+    got = [pages[i * PAGE:(i + 1) * PAGE] for i in range(5)]
+    assert got[0] == FakeXc.frame(0x1000) and got[1] == FakeXc.frame(0x1001)
+    assert ptes(got[2])[0] == (1 << 12) | 1  # normalised: pfn 1, not frame 0x1001
+    assert got[3] == FakeXc.frame(0x1004) and got[4] == FakeXc.frame(0x1005)
+    assert (saver.stats.frames, saver.stats.pages, saver.stats.pagetables) == (6, 5, 1)
+
+
+def test_an_unknown_page_type_is_refused() -> None:
+    saver = sv.PvSaver(FakeXc({0x1000: 0x5 << 28}), 1, io.BytesIO())  # type: ignore[arg-type]
+    saver.p2m = [0x1000]
+    with pytest.raises(sv.SaveError, match="Unknown type"):
+        saver.send_pages([0])

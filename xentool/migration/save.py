@@ -45,6 +45,7 @@ from xentool.logs import get_logger
 if TYPE_CHECKING:
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Transaction
+    from xentool.journal import Journal
     from xentool.session import Session
 
 log = get_logger(__name__)
@@ -129,7 +130,12 @@ SHINFO_P2M_VADDR = 3120
 
 
 class SaveError(XentoolError):
-    """The save could not be made; the guest was resumed and the file removed."""
+    """The save could not be made; ``resumed``: the guest had been suspended and runs
+    again (the partial file is removed either way)."""
+
+    def __init__(self, message: str, resumed: bool = False) -> None:
+        super().__init__(message)
+        self.resumed = resumed
 
 
 def record(rtype: int, body: bytes = b"") -> bytes:
@@ -315,9 +321,10 @@ class PvSaver:
         self.max_pfn = 0
         self.shinfo = b""
 
-    def _write(self, data: bytes) -> None:
-        self.out.write(data)
-        self.stats.bytes += len(data)
+    def _write(self, data: bytes | memoryview) -> None:
+        if data:
+            self.out.write(data)
+            self.stats.bytes += len(data)
 
     def _read_frames(self, mfns: Sequence[int]) -> bytes:
         with self.xc.map_foreign(self.domid, mfns, writable=False) as view:
@@ -395,25 +402,26 @@ class PvSaver:
                 raise SaveError(f"Unknown type {t:#x} for pfn {pfn:#x}")
             if t not in NO_DATA_TYPES:
                 with_data.append((mfn, t))
-        pages: list[bytes] = []
+        head = struct.pack("<II", len(pfns), 0) + struct.pack(
+            f"<{len(pfns)}Q", *((t << 32) | p for p, t in zip(pfns, types, strict=True)))
+        # The body's length is a multiple of 8: no padding after the pages.
+        self._write(struct.pack("<II", REC_PAGE_DATA, len(head) + PAGE_SIZE * len(with_data))
+                    + head)
         if with_data:
             with self.xc.map_foreign(self.domid, [m for m, _ in with_data],
                                      writable=False) as view:
+                run = 0  # pages from here on are written straight from the mapping
                 for k, (_, t) in enumerate(with_data):
-                    page = bytes(view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
                     level = t & PFINFO_LTABTYPE_MASK
                     if PFINFO_L1TAB <= level <= PFINFO_L4TAB:
-                        page = normalise_pagetable(page, t, self.m2p)
+                        self._write(view[run * PAGE_SIZE:k * PAGE_SIZE])
+                        self._write(normalise_pagetable(
+                            bytes(view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]), t, self.m2p))
                         self.stats.pagetables += 1
-                    pages.append(page)
-        head = struct.pack("<II", len(pfns), 0) + struct.pack(
-            f"<{len(pfns)}Q", *((t << 32) | p for p, t in zip(pfns, types, strict=True)))
-        body_len = len(head) + PAGE_SIZE * len(pages)
-        self._write(struct.pack("<II", REC_PAGE_DATA, body_len) + head)
-        for page in pages:
-            self._write(page)  # body_len is a multiple of 8: no padding
+                        run = k + 1
+                self._write(view[run * PAGE_SIZE:])
         self.stats.frames += len(pfns)
-        self.stats.pages += len(pages)
+        self.stats.pages += len(with_data)
 
     def write_end_of_checkpoint(self) -> None:
         mode, nsec, khz, inc = self.xc.tsc_info(self.domid)
@@ -542,53 +550,65 @@ def save_domain(s: Session, domid: int, path: str, *, checkpoint: bool = False,
         if info.shutdown or info.dying:
             raise SaveError(f"domain {domid} is shut down: nothing to save")
         config = config_json(s, domid)
-        with Journal("save", record_dir=default_record_dir()) as j:
-            j.note("domid", domid)
-            j.note("uuid", str(info.uuid))
-            j.note("file", os.path.abspath(path))
-
-            def open_file() -> BinaryIO:
-                try:
-                    return open(path, "wb")
-                except OSError as e:
-                    raise SaveError(f"Failed to open temp file {path} for writing: "
-                                    f"{e.strerror}") from None
-
-            def drop(f: BinaryIO) -> None:
-                f.close()
-                _remove(path)
-
-            f = j.do("open file", open_file, undo=drop)
-            header = xl_header(config)
-            j.do("write header", lambda: f.write(header))
-            say(f"Saving to {path} new xl format (info 0x{XL_FLAG_STREAMV2 | XL_FLAG_JSON:x}"
-                f"/0x0/{len(header) - 48})")
-            j.do("suspend", lambda: suspend(s, domid), undo=lambda _: resume(s, domid))
-            saver = PvSaver(s.xc, domid, f)
-
-            def stream() -> SaveStats:
-                f.write(libxl_header() + record(LIBXL_REC_LIBXC_CONTEXT))
-                stats = saver.save_suspended()
-                f.write(record(LIBXL_REC_END))
-                return stats
-
-            def sync() -> None:
-                f.flush()
-                os.fsync(f.fileno())
-
-            try:
-                stats = j.do("write stream", stream)
-                j.do("sync file", sync)
-            except OSError as e:
-                raise SaveError(f"Failed to save domain {domid} to {path}: "
-                                f"{e.strerror}") from None
-            f.close()
+        j = Journal("save", record_dir=default_record_dir())
+        try:
+            stats = _save_steps(j, s, domid, path, config, info.uuid, say)
+        except SaveError as e:
+            e.resumed = "suspend" in j.steps_done
+            raise
+        except (XentoolError, OSError) as e:
+            # The journal has resumed the guest if it got as far as suspending it.
+            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SaveError(f"Failed to save domain {domid} to {path}: {cause}",
+                            resumed="suspend" in j.steps_done) from None
     if checkpoint or leave_paused:
         if leave_paused:
             s.xc.pause(domid)
         resume(s, domid)
     else:
         destroy_domain(s, domid)
+    return stats
+
+
+def _save_steps(j: Journal, s: Session, domid: int, path: str, config: bytes, uuid: object,
+            say: Progress) -> SaveStats:
+    with j:
+        j.note("domid", domid)
+        j.note("uuid", str(uuid))
+        j.note("file", os.path.abspath(path))
+
+        def open_file() -> BinaryIO:
+            try:
+                return open(path, "wb")
+            except OSError as e:
+                raise SaveError(f"Failed to open temp file {path} for writing: "
+                                f"{e.strerror}") from None
+
+        def drop(f: BinaryIO) -> None:
+            f.close()
+            _remove(path)
+
+        f = j.do("open file", open_file, undo=drop)
+        header = xl_header(config)
+        j.do("write header", lambda: f.write(header))
+        say(f"Saving to {path} new xl format (info 0x{XL_FLAG_STREAMV2 | XL_FLAG_JSON:x}"
+            f"/0x0/{len(header) - 48})")
+        j.do("suspend", lambda: suspend(s, domid), undo=lambda _: resume(s, domid))
+        saver = PvSaver(s.xc, domid, f)
+
+        def stream() -> SaveStats:
+            f.write(libxl_header() + record(LIBXL_REC_LIBXC_CONTEXT))
+            stats = saver.save_suspended()
+            f.write(record(LIBXL_REC_END))
+            return stats
+
+        def sync() -> None:
+            f.flush()
+            os.fsync(f.fileno())
+
+        stats = j.do("write stream", stream)
+        j.do("sync file", sync)
+        f.close()
     return stats
 
 

@@ -2,8 +2,8 @@
 
 Options and messages as xl 4.17's ``main_save``: ``-c`` leaves the domain running after the
 save, ``-p`` leaves it paused; without either the domain is destroyed once its state is in
-FILE.  On failure xl says "Failed to save domain, resuming domain"; xentool says why on the
-line after, and the guest runs again.
+FILE.  When the save fails once the guest was suspended, xl says "Failed to save domain,
+resuming domain"; xentool says so and why on one line, and the guest runs again.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def cmd_save(args: argparse.Namespace) -> int:
         try:
             save_domain(s, domid, args.file, checkpoint=args.checkpoint,
                         leave_paused=args.paused, progress=err)
-        except (SaveError, OSError) as e:
-            err("Failed to save domain, resuming domain")
-            raise XentoolError(str(e)) from None
+        except SaveError as e:
+            if e.resumed:
+                raise XentoolError(f"Failed to save domain, resuming domain: {e}") from None
+            raise
     return 0
