@@ -165,7 +165,7 @@ def read_libxl_record(src: sr.ExactReader) -> tuple[int, bytes]:
 
 
 #: libxl's on_* action names (IDL) as xl.cfg spells them.
-_ACTIONS = {"destroy": "destroy", "restart": "restart", "rename_restart": "rename-restart",
+_ACTIONS = {"destroy": "destroy", "restart": "restart", "restart_rename": "rename-restart",
             "preserve": "preserve", "coredump_destroy": "coredump-destroy",
             "coredump_restart": "coredump-restart", "soft_reset": "soft-reset"}
 #: What xentool turns back into xl.cfg; anything else non-empty at the top is refused.
@@ -468,9 +468,9 @@ class PvRestore:
         table.frombytes(page)
         if sys.byteorder != "little":
             table.byteswap()
-        missing = sorted({self._pfn(sr.pte_frame(pte), "page table entry")
-                          for pte in table if pte & sr.PTE_PRESENT
-                          and self.p2m[sr.pte_frame(pte)] == INVALID_MFN})
+        named = {self._pfn(sr.pte_frame(pte), f"L{sr.page_table_level(ptype)} entry "
+                           f"{pte:#018x}") for pte in table if pte & sr.PTE_PRESENT}
+        missing = sorted(pfn for pfn in named if self.p2m[pfn] == INVALID_MFN)
         self.populate(missing)
         try:
             return sr.localise_page_table(page, ptype, self._mfn_or_none)
