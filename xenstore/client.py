@@ -64,10 +64,18 @@ if TYPE_CHECKING:
         condition: threading.Condition
         target: _Reply | None
 
+    class _Connection(Protocol):
+        """pyxs.connection.PacketConnection, as far as Store looks at it."""
+
+        @property
+        def is_connected(self) -> bool: ...
+
+        def fileno(self) -> int: ...
+
     class _Router(Protocol):
         """pyxs.client.Router: owns the connection and its reader thread."""
 
-        connection: object
+        connection: _Connection
         thread: threading.Thread
 
         def start(self) -> None: ...
@@ -426,13 +434,22 @@ class Store(_Ops):
 
     # -- watches --------------------------------------------------------------------------
 
-    def watch(self, path: str, token: str | None = None,
-              timeout: float | None = None) -> Watch:
+    def watch(self, path: str, token: str | None = None, timeout: float | None = None,
+              events: queue.Queue[tuple[bytes, bytes]] | None = None) -> Watch:
         """Watch ``path`` (and everything below) or a special ``@introduceDomain`` /
-        ``@releaseDomain``. xenstored fires once at registration, then on every change."""
+        ``@releaseDomain``. xenstored fires once at registration, then on every change.
+        ``events``: a queue several watches share, so one thread waits for any of them
+        (each event names its path and token)."""
         if isinstance(self._router.connection, XenBusConnection):
             raise XenStoreError(errno.EOPNOTSUPP, path, "watches need the xenstored socket")
-        return Watch(self, path, token or f"xentool-{os.getpid()}-{next(self._tokens)}", timeout)
+        return Watch(self, path, token or f"xentool-{os.getpid()}-{next(self._tokens)}", timeout,
+                     events)
+
+    def fileno(self) -> int | None:
+        """The connection's descriptor (None once closed): a process forked from a threaded
+        one (xentoold's children) closes the connections of the threads it does not have."""
+        conn = self._router.connection
+        return conn.fileno() if conn.is_connected else None
 
     # -- domains --------------------------------------------------------------------------
 
@@ -563,11 +580,13 @@ class Watch:
     """A registered watch: iterate for ``WatchEvent``s; ``XenStoreError(ETIMEDOUT)`` when the
     deadline (``timeout`` seconds from creation) passes. Unregisters on ``close``/exit."""
 
-    def __init__(self, store: Store, path: str, token: str, timeout: float | None) -> None:
+    def __init__(self, store: Store, path: str, token: str, timeout: float | None,
+                 events: queue.Queue[tuple[bytes, bytes]] | None = None) -> None:
         self._store = store
         self.path = path
         self.token = token
-        self.events: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
+        self.events: queue.Queue[tuple[bytes, bytes]] = queue.Queue() if events is None \
+            else events
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._raw = _checked_path(path, watch=True)
         self._btoken = token.encode()
