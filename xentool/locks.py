@@ -105,6 +105,23 @@ def _local(path: Path) -> _Local:
         return _locals.setdefault(str(path), _Local())
 
 
+def forget_after_fork() -> None:
+    """In a child forked by a threaded process (xentoold, whose monitor thread takes
+    domain locks): the locks other threads held are not the child's.  Their descriptors
+    are closed without unlocking (the flock belongs to the open file, which the parent
+    still holds) and the in-process state starts afresh, so the child waits for such a
+    lock as any other process does instead of for a thread it does not have."""
+    global _locals_guard
+    _locals_guard = threading.Lock()
+    for st in _locals.values():
+        if st.fd is not None:
+            try:
+                os.close(st.fd)
+            except OSError:
+                pass
+    _locals.clear()
+
+
 class FileLock:
     """An exclusive ``flock`` on ``path``; ``with FileLock(p, what="..."):``."""
 
