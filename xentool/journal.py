@@ -181,12 +181,13 @@ def default_record_dir() -> Path:
 
 
 def half_built_domains(record_dir: Path | str | None = None) -> dict[int, OrphanRecord]:
-    """Domains that a killed ``create`` left, by the domid it ``note``d: for ``list`` to
-    flag them and for ``destroy`` to know they are debris."""
+    """Domains that a killed ``create`` (or ``restore``, which runs the create steps) left,
+    by the domid it ``note``d: for ``list`` to flag them and for ``destroy`` to know they
+    are debris."""
     out = {}
     for rec in orphan_records(record_dir or default_record_dir()):
         domid = rec.notes.get("domid")
-        if rec.op != "create":
+        if rec.op not in ("create", "restore"):
             continue
         if isinstance(domid, int):
             out[domid] = rec
