@@ -74,6 +74,10 @@ from xentool import client
 from xentool.client import FORWARDED_SIGNALS, MAX_MESSAGE, PROTOCOL, REQUEST_FDS, ProtocolError
 from xentool.errors import XentoolError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xentool.resident import Options, Services
+
 log = logging.getLogger(__name__)
 
 #: Seconds a stopping daemon waits for the commands in flight.
@@ -340,6 +344,8 @@ class Server:
         self.use_spare = True
         self.spare_after = 0.0
         self.stop_deadline = 0.0
+        #: The threads besides commands (xentool.resident), if any.
+        self.services: Services | None = None
 
     # -- set-up and tear-down ----------------------------------------------------------
 
@@ -450,6 +456,8 @@ class Server:
                                     len(self.by_pidfd))
                     return
             service.alive()
+            if self.services is not None:
+                self.services.check()
             self._spawn_spare()
             timeout = TICK
             if self.stopping:
@@ -677,6 +685,16 @@ class Server:
         """Close in the child every descriptor the daemon holds: a child must not keep the
         socket, the lock or another client's connection alive."""
         signal.set_wakeup_fd(-1)
+        from xentool import locks
+
+        # The daemon's threads are not in the child: their xenstored connections and the
+        # locks they held (the monitor's, a domain's it acts on) are not the child's.
+        if self.services is not None:
+            for fd in self.services.child_fds():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.services = None
+        locks.forget_after_fork()
         for other in self.conns.values():
             with contextlib.suppress(OSError):
                 os.close(other.sock.detach())
@@ -722,14 +740,23 @@ class Server:
 # -- the command --------------------------------------------------------------------------
 
 
-def _daemonize(log_file: str | None) -> None:
+def _daemonize(log_file: str | None, server: Server) -> None:
     """Go to the background: the command returns once the daemon listens (the socket is
-    already open, so a client that comes now waits in the backlog, it is not refused)."""
+    already open, so a client that comes now waits in the backlog, it is not refused)
+    and the pid file names the daemon, not the command."""
+    ready_r, ready_w = os.pipe()
     if os.fork() > 0:
+        os.close(ready_w)
+        with contextlib.suppress(OSError):
+            os.read(ready_r, 1)  # the daemon's byte, or EOF if it died first
         os._exit(0)
+    os.close(ready_r)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    server.write_pid()
+    os.write(ready_w, b"\0")
+    os.close(ready_w)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -746,14 +773,19 @@ def _daemonize(log_file: str | None) -> None:
 
 
 def serve(runner: Runner, *, path: str | None = None, foreground: bool = False,
-          log_file: str | None = "/var/log/xen/xentoold.log", allow_uid: int = 0) -> None:
+          log_file: str | None = "/var/log/xen/xentoold.log", allow_uid: int = 0,
+          options: Options | None = None) -> None:
     """Run xentoold until SIGTERM or SIGINT (``xentool daemon``).  Without ``foreground``
     it returns in the calling process once the daemon listens, and goes on in a detached
-    one that logs to ``log_file`` (when its directory exists)."""
+    one that logs to ``log_file`` (when its directory exists).  ``options``: the monitor
+    and sched-controller it runs besides (:mod:`xentool.resident`; None: neither).
+    SIGHUP reads the sched policy again."""
     from xentool import service
+    from xentool.resident import Services, describe
 
     server = Server(runner, path, allow_uid=allow_uid, listener=inherited_socket())
     server.lock()  # before going to the background: "already runs" is said here
+    services: Services | None = None
     try:
         # The socket appears once everything is imported: until then a client finds no
         # daemon and runs its command itself rather than wait (socket activation aside).
@@ -764,8 +796,7 @@ def serve(runner: Runner, *, path: str | None = None, foreground: bool = False,
                 log_file = None
             sys.stdout.flush()
             sys.stderr.flush()
-            _daemonize(log_file)
-            server.write_pid()
+            _daemonize(log_file, server)
         if failed:
             log.info("daemon: not preloaded (the commands that need them import them "
                      "again): %s", ", ".join(failed))
@@ -773,15 +804,26 @@ def serve(runner: Runner, *, path: str | None = None, foreground: bool = False,
         def on_signal(signum: int, frame: object) -> None:
             server.stop()
 
+        def on_hangup(signum: int, frame: object) -> None:
+            if server.services is not None:
+                server.services.reload()
+
         signal.set_wakeup_fd(server.wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        log.info("daemon: serving %s (pid %d)", server.path, os.getpid())
+        signal.signal(signal.SIGHUP, on_hangup)
+        # Threads only now: after going to the background (a fork keeps no thread).
+        if options is not None:
+            services = server.services = Services(options)
+            services.start()
+        log.info("daemon: serving %s (pid %d); running %s", server.path, os.getpid(),
+                 describe(options) if options is not None else "nothing else")
         service.ready(f"serving {server.path}")
         server.serve()
     finally:
         service.stopping()
+        if services is not None:
+            services.stop()
         signal.set_wakeup_fd(-1)
         server.close()
         log.info("daemon: stopped")

@@ -19,14 +19,42 @@ def configure_daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", metavar="PATH", default=None,
                    help="listen on PATH (default: $XENTOOL_DAEMON_SOCKET, else xentoold.sock "
                         "in the run directory, /run/xentool)")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="the daemon's settings (TOML: [monitor] enabled, stable_after, "
+                        "max_delay, max_fast_restarts; [sched] enabled, policy, resync; "
+                        "default /etc/xen/xentoold.toml if it exists); the options below "
+                        "override it")
+    p.add_argument("--monitor", dest="monitor", action="store_true", default=None,
+                   help="apply every domain's on_poweroff/on_reboot/on_crash actions, as "
+                        "'xentool monitor' does (the default)")
+    p.add_argument("--no-monitor", dest="monitor", action="store_false",
+                   help="leave them to 'xentool monitor'")
+    p.add_argument("--sched", dest="sched", action="store_true", default=None,
+                   help="keep CPU weights and caps as the sched policy says, as "
+                        "'xentool sched-controller' does; SIGHUP reads it again (the "
+                        "default)")
+    p.add_argument("--no-sched", dest="sched", action="store_false",
+                   help="leave them to 'xentool sched-controller'")
+    p.add_argument("--sched-policy", dest="policy", metavar="FILE", default=None,
+                   help="the sched policy (default /etc/xen/sched-policy.toml; while it "
+                        "does not exist, weights are left alone)")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from xentool import daemon, service
+    import logging
+
+    from xentool import daemon, resident, service
     from xentool.cli import main
 
+    options = resident.with_overrides(resident.load_options(args.config),
+                                      monitor=args.monitor, sched=args.sched,
+                                      policy=args.policy)
     service.journal_priorities()
-    daemon.serve(main, path=args.socket, foreground=args.foreground)
+    for name in ("xentool.daemon", "xentool.scheduler", "xentool.monitor"):
+        # What the services do is logged whatever -v says, as by their own commands.
+        if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+            logging.getLogger(name).setLevel(logging.INFO)
+    daemon.serve(main, path=args.socket, foreground=args.foreground, options=options)
     return 0
 
 
