@@ -34,6 +34,7 @@ from xentool.state import LIBXL_USERDATA_DIR
 if TYPE_CHECKING:
     from domain_builder.xenctrl import XenCtrl
     from xenstore.client import Store
+    from xentool.locks import FileLock
 
 log = get_logger("xentool.scheduler")
 
@@ -379,6 +380,15 @@ class XenBackend:
             return Params()
 
 
+def sched_lock() -> FileLock:
+    """The lock of the one sched-controller of a host (xentoold's, or ``xentool
+    sched-controller``'s): two would fight over the weights."""
+    from xentool.locks import FileLock
+    from xentool.state import run_dir
+
+    return FileLock(run_dir() / "sched-controller.lock", what="sched-controller", timeout=0)
+
+
 def serve(policy_path: str, policy: Policy, *, dry_run: bool = False, once: bool = False,
           resync: float = 30.0, report: Callable[[str], None] | None = None) -> None:
     """Run the controller on this host: one pass (``once``), or as a daemon until SIGTERM
@@ -423,10 +433,24 @@ def serve(policy_path: str, policy: Policy, *, dry_run: bool = False, once: bool
                 if "xs" in current:
                     current["xs"].close()
             return
+        from xentool.errors import XentoolError
+        from xentool.locks import LockTimeout
+
+        lock = sched_lock()
+        if not dry_run:
+            try:
+                lock.acquire()
+            except LockTimeout:
+                raise XentoolError(f"another sched-controller is already running "
+                                   f"({lock.holder() or 'unknown process'})") from None
         daemon = Daemon(ctl, policy_path, connect, resync=resync, poll=0.25)
         daemon.install_signals()
         slog.info("controlling weights with %s (%d rule(s))%s", policy_path,
                   len(policy.rules), ", dry run" if dry_run else "")
         service.ready(f"policy {policy_path}")
-        daemon.run()
+        try:
+            daemon.run()
+        finally:
+            if not dry_run:
+                lock.release()
         service.stopping()
