@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from xentool.migration import libxl_stream as lx
 from xentool.migration import restore as R
 from xentool.migration import stream as sr
 
@@ -147,8 +148,8 @@ def save_file(libxc: bytes, config: dict[str, object] | None = None) -> bytes:
                                 "b_info": {"max_memkb": 65536, "target_memkb": 65536,
                                            "max_vcpus": 1, "kernel": "/k"}}).encode() + b"\0"
     opt = struct.pack("<I", len(cfg)) + cfg
-    hdr = struct.pack("<32sIIII", R.XL_MAGIC, R.XL_BYTEORDER, 3, 0, len(opt))
-    libxl = struct.pack(">QII", R.LIBXL_IDENT, 2, 0)
+    hdr = struct.pack("<32sIIII", lx.XL_MAGIC, lx.XL_BYTEORDER, 3, 0, len(opt))
+    libxl = struct.pack(">QII", lx.LIBXL_IDENT, 2, 0)
     return (hdr + opt + libxl + struct.pack("<II", 1, 0) + libxc
             + struct.pack("<II", 0, 0))
 

@@ -25,8 +25,6 @@ or killed restore leaves nothing; errors are one line naming the file.
 
 from __future__ import annotations
 
-import json
-import struct
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from xentool.errors import XentoolError
 from xentool.logs import get_logger
+from xentool.migration import libxl_stream as lx
 from xentool.migration import stream as sr
 
 if TYPE_CHECKING:
@@ -50,114 +49,26 @@ class RestoreError(XentoolError):
 
 
 # ---------------------------------------------------------------------------------------
-# xl's save-file header and the libxl stream
-# TODO(codec): use xentool.migration.libxl_stream once it has landed.
-
-XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
-XL_BYTEORDER = 0x01020304
-XL_MANDATORY_FLAG_JSON = 1 << 0
-XL_MANDATORY_FLAG_STREAMV2 = 1 << 1
-XL_MANDATORY_FLAGS = XL_MANDATORY_FLAG_JSON | XL_MANDATORY_FLAG_STREAMV2
-_XL_HDR = struct.Struct("<32sIIII")
-#: xl's header says how long the configuration is; a bound keeps a hostile one cheap.
-MAX_CONFIG_BYTES = 1 << 20
-
-LIBXL_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
-LIBXL_VERSION = 2
-LIBXL_OPT_BIG_ENDIAN = 1 << 0
-LIBXL_OPT_LEGACY = 1 << 1
-_LIBXL_HDR = struct.Struct(">QII")
-_LIBXL_REC = struct.Struct("<II")
-LIBXL_REC_END = 0
-LIBXL_REC_LIBXC_CONTEXT = 1
-LIBXL_REC_EMULATOR_XENSTORE_DATA = 2
-LIBXL_REC_EMULATOR_CONTEXT = 3
-LIBXL_REC_CHECKPOINT_END = 4
-LIBXL_REC_CHECKPOINT_STATE = 5
-_LIBXL_REC_NAMES = {0: "END", 1: "LIBXC_CONTEXT", 2: "EMULATOR_XENSTORE_DATA",
-                    3: "EMULATOR_CONTEXT", 4: "CHECKPOINT_END", 5: "CHECKPOINT_STATE"}
+# xl's save-file header
 
 
-@dataclass(frozen=True)
-class SaveFileHeader:
-    """xl's ``struct save_file_header`` and the configuration in its optional data."""
-
-    mandatory_flags: int
-    optional_flags: int
-    optional_data_len: int
-    config: bytes | None
-
-    @property
-    def json(self) -> bool:
-        return bool(self.mandatory_flags & XL_MANDATORY_FLAG_JSON)
-
-    @property
-    def stream_version(self) -> int:
-        return 2 if self.mandatory_flags & XL_MANDATORY_FLAG_STREAMV2 else 1
-
-    def describe(self, path: str) -> str:
-        """The line xl prints on loading the file."""
-        return (f"Loading new save file {path} (new xl fmt info "
-                f"{self.mandatory_flags:#x}/{self.optional_flags:#x}/"
-                f"{self.optional_data_len})")
+def describe(header: lx.XlSaveHeader, path: str) -> str:
+    """The line xl prints on loading a save file."""
+    return (f"Loading new save file {path} (new xl fmt info {header.mandatory_flags:#x}/"
+            f"{header.optional_flags:#x}/{len(header.optional_data)})")
 
 
-def read_save_header(src: sr.ExactReader) -> SaveFileHeader:
-    """xl's header and optional data (create_domain in xl_vmcontrol.c): the checks xl
-    makes, with its messages."""
-    magic, order, mandatory, optional, optlen = _XL_HDR.unpack(
-        src.read(_XL_HDR.size, "xl save-file header"))
-    if magic != XL_MAGIC:
-        raise RestoreError(f"{src.name}: File has wrong magic number - corrupt or for a "
-                           "different tool?")
-    if order != XL_BYTEORDER:
-        raise RestoreError(f"{src.name}: File has wrong byte order")
-    bad = mandatory & ~XL_MANDATORY_FLAGS
-    if bad:
-        raise RestoreError(f"{src.name}: Savefile has mandatory flag(s) {bad:#x} which are "
-                           "not supported")
-    if not mandatory & XL_MANDATORY_FLAG_STREAMV2:
-        raise RestoreError(f"{src.name}: a legacy (pre-Xen 4.6) stream, which xentool "
-                           "cannot restore")
-    if optlen > MAX_CONFIG_BYTES + 4:
-        raise RestoreError(f"{src.name}: {optlen} bytes of optional data, over the "
-                           f"limit {MAX_CONFIG_BYTES + 4}")
-    opt = src.read(optlen, "xl save-file optional data")
-    config = None
-    if opt:
-        if len(opt) < 4:
-            raise RestoreError(f"{src.name}: Savefile truncated.")
-        (n,) = struct.unpack_from("<I", opt)
-        if n > len(opt) - 4:
-            raise RestoreError(f"{src.name}: Savefile truncated.")
-        config = opt[4:4 + n]
-    return SaveFileHeader(mandatory, optional, optlen, config)
-
-
-def read_libxl_header(src: sr.ExactReader) -> None:
-    ident, version, options = _LIBXL_HDR.unpack(src.read(_LIBXL_HDR.size,
-                                                         "libxl stream header"))
-    if ident != LIBXL_IDENT:
-        raise RestoreError(f"{src.name}: offset {src.offset - _LIBXL_HDR.size}: no libxl "
-                           f"stream (ident {ident:#018x})")
-    if version != LIBXL_VERSION:
-        raise RestoreError(f"{src.name}: libxl stream version {version}, expected "
-                           f"{LIBXL_VERSION}")
-    if options & LIBXL_OPT_BIG_ENDIAN:
-        raise RestoreError(f"{src.name}: a big-endian libxl stream")
-    if options & LIBXL_OPT_LEGACY:
-        raise RestoreError(f"{src.name}: a legacy libxc stream (converted from Xen < 4.6), "
-                           "which xentool cannot restore")
-
-
-def read_libxl_record(src: sr.ExactReader) -> tuple[int, bytes]:
-    """The next libxl record (type, body); the bodies a PV restore meets are small."""
-    at = src.offset
-    rtype, length = _LIBXL_REC.unpack(src.read(_LIBXL_REC.size, "libxl record header"))
-    if length > 1 << 20:
-        raise RestoreError(f"{src.name}: offset {at}: libxl record of {length} bytes")
-    body = src.read(length + sr.padding(length), "libxl record body")[:length]
-    return rtype, body
+def read_save_header(src: sr.ExactReader) -> lx.XlSaveHeader:
+    """xl's header, with xl's message for a file that is none."""
+    try:
+        return lx.XlSaveHeader.read(src)
+    except sr.StreamTruncated:
+        raise
+    except sr.StreamError as e:
+        if "wrong magic" in str(e):
+            raise RestoreError(f"{src.name}: File has wrong magic number - corrupt or for a "
+                               "different tool?") from None
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,7 +192,7 @@ def config_text_from_json(doc: dict[str, object], where: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def saved_config(header: SaveFileHeader, path: str, config_file: str | None
+def saved_config(header: lx.XlSaveHeader, path: str, config_file: str | None
                  ) -> tuple[DomainConfig, str, str]:
     """The configuration to restore with, as xl chooses it: ``config_file`` if given, else
     the one in the save file.  Returns (config, its xl.cfg text, its source name)."""
@@ -291,17 +202,11 @@ def saved_config(header: SaveFileHeader, path: str, config_file: str | None
     if config_file is not None:
         text = xlcfg.read_config_text(config_file)
         return xlcfg.loads(text, config_file), text, config_file
-    if header.config is None:
+    if not header.config:
         raise RestoreError(f"{path}: Config file not specified and none in save file")
-    raw = header.config.split(b"\0", 1)[0]
     try:
-        if header.json:
-            doc = json.loads(raw.decode("utf-8"))
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            text = config_text_from_json(doc, path)
-        else:
-            text = raw.decode("utf-8")
+        text = (config_text_from_json(header.config_json(), path) if header.json
+                else header.config_text())
         return xlcfg.loads(text, "<saved>"), text, "<saved>"
     except (ValueError, ConfigError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -670,23 +575,27 @@ def build_from_stream(fp: BinaryIO, src: sr.ExactReader, name: str, config: Doma
     store_evtchn = xc.evtchn_alloc_unbound(domid, 0)
     console_evtchn = xc.evtchn_alloc_unbound(domid, 0)
     job = PvRestore(xc, domid, name, max_vcpus, store_evtchn, console_evtchn)
-    read_libxl_header(src)
+    libxl = lx.LibxlStreamReader(
+        fp, limits=stream_limits(max(config.maxmem_kib, config.memory_kib)), source=src)
+    header = libxl.read_header()
+    if header.options & lx.LIBXL_OPT_BIG_ENDIAN:
+        raise RestoreError(f"{name}: a big-endian libxl stream")
+    if header.legacy:
+        raise RestoreError(f"{name}: a stream converted from the legacy (pre-Xen 4.6) "
+                           "format, which xentool cannot restore")
     rings: tuple[int, int] | None = None
     while True:
-        rtype, _ = read_libxl_record(src)
-        if rtype == LIBXL_REC_END:
+        rec = libxl.read_record()
+        if isinstance(rec, lx.LibxlEnd):
             break
-        if rtype == LIBXL_REC_LIBXC_CONTEXT:
+        if isinstance(rec, lx.LibxcContext):
             if rings is not None:
                 raise RestoreError(f"{name}: a second LIBXC_CONTEXT record")
-            limits = stream_limits(max(config.maxmem_kib, config.memory_kib))
-            reader = sr.StreamReader(fp, name=name, limits=limits, source=src)
-            job.run(reader)
+            job.run(libxl.libxc())
             rings = job.rings
-        else:
-            what = _LIBXL_REC_NAMES.get(rtype, f"{rtype:#x}")
-            raise RestoreError(f"{name}: a libxl {what} record, which a PV restore cannot "
-                               "use")
+        elif not isinstance(rec, lx.LibxlOptionalRecord):
+            raise RestoreError(f"{name}: a libxl {rec.type_name} record, which a PV "
+                               "restore cannot use")
     if rings is None:
         raise RestoreError(f"{name}: the libxl stream has no LIBXC_CONTEXT record")
     return BuiltPv(domid=domid, store_mfn=rings[0], store_evtchn=store_evtchn,
@@ -717,8 +626,8 @@ def restore(path: str, *, config_file: str | None = None, paused: bool = False,
         try:
             header = read_save_header(src)
             if not quiet:
-                print(header.describe(path), file=sys.stderr)
-                if header.config is not None:
+                print(describe(header, path), file=sys.stderr)
+                if header.config:
                     print(" Savefile contains xl domain config"
                           f"{' in JSON format' if header.json else ''}", file=sys.stderr)
             config, text, source_name = saved_config(header, path, config_file)
