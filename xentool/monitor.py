@@ -321,30 +321,42 @@ class Monitor:
             rec = self._take_updated_config(info, rec)
         now = self.clock()
         self.seen_alive.discard(info.uuid)  # gone by our hand: the record says what next
-        with self.ops.lock(info.domid):
-            if plan.then == "rename-restart":
-                keep = preserved_name(rec.name, now)
-                log.info("preserving domain %d as %s", info.domid, keep)
-                self.ops.preserve(info.domid, keep, str(uuidlib.uuid4()))
-            elif not self.ops.destroy(info.domid):
-                log.info("domain %d (%s) was destroyed by someone else meanwhile: not "
-                         "%sing it", info.domid, rec.name,
-                         "restart" if plan.then != "destroy" else "destroy")
-                return
+        delay: float | None = None
+        if plan.then != "destroy":
+            delay, fast = self.backoff.next(now - rec.started_at, rec.fast_restarts)
+            # Recorded before the domain goes: a monitor killed between the destroy and
+            # this write would leave the domain gone and its restart forgotten.  Killed
+            # before the destroy, the next monitor finds the domain still shut down.
+            write_record(dataclasses.replace(
+                rec, fast_restarts=fast, restart_at=None if delay is None else now + delay))
+        try:
+            with self.ops.lock(info.domid):
+                if plan.then == "rename-restart":
+                    keep = preserved_name(rec.name, now)
+                    log.info("preserving domain %d as %s", info.domid, keep)
+                    self.ops.preserve(info.domid, keep, str(uuidlib.uuid4()))
+                elif not self.ops.destroy(info.domid):
+                    log.info("domain %d (%s) was destroyed by someone else meanwhile: not "
+                             "%sing it", info.domid, rec.name,
+                             "restart" if plan.then != "destroy" else "destroy")
+                    if plan.then != "destroy":
+                        write_record(rec)  # no restart is due after all
+                    return
+        except Exception:
+            if plan.then != "destroy":
+                write_record(rec)  # not done: the next scan tries again from the start
+            raise
         if plan.then == "destroy":
             self._forget(rec)  # gone for good, by our hand: nothing left to act on
             return
-        delay, fast = self.backoff.next(now - rec.started_at, rec.fast_restarts)
         if delay is None:
             log.error("domain %s died %d times in a row less than %gs after its start: "
                       "not restarting it again", rec.name, fast - 1,
                       self.backoff.stable_after)
-            write_record(dataclasses.replace(rec, fast_restarts=fast, restart_at=None))
             return
         if delay:
             log.warning("domain %s restarts too quickly (%d in a row): next start in %gs",
                         rec.name, fast, delay)
-        write_record(dataclasses.replace(rec, fast_restarts=fast, restart_at=now + delay))
 
     def _take_updated_config(self, info: DomainState, rec: DomainRecord) -> DomainRecord:
         """A restart creates the domain from what ``config-update`` stored, as xl's

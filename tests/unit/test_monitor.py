@@ -509,3 +509,34 @@ def test_watchers_and_the_host_monitor_see_each_others_locks(tmp_path: Path,
         p.wait()
     assert not m.host_monitor_running()
     assert isinstance(m._watch_lock(U1), FileLock)
+
+
+class Killed(BaseException):
+    """The monitor's process dies here (SIGKILL): no handler of the monitor runs."""
+
+
+@pytest.mark.parametrize("where", ["after the destroy", "before the destroy"])
+def test_a_monitor_killed_mid_restart_leaves_the_restart_to_the_next(world, where) -> None:
+    ops, clock, mon = world
+    records.write_record(rec(started_at=clock.t - 1000))
+    d = ops.add(U1, reason=1)
+    real_destroy = ops.destroy
+
+    def destroy(domid: int) -> bool:
+        if where == "after the destroy":
+            real_destroy(domid)
+        raise Killed
+
+    ops.destroy = destroy  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        mon.scan()
+    ops.destroy = real_destroy  # type: ignore[method-assign]
+    assert (d.domid in {x.domid for x in ops.domains()}) == (where == "before the destroy")
+    # A new monitor (the daemon started again) knows only the domains and the records.
+    again = m.Monitor(ops, backoff=mon.backoff, clock=clock)
+    again.scan()
+    again.scan()
+    assert [c for c in ops.calls if c[0] == "create"] == [("create", "g")]
+    new = [x for x in ops.domains() if x.uuid == U1]
+    assert len(new) == 1 and new[0].domid != d.domid and not new[0].shutdown
+    assert records.load_domain_config(U1).restart_at is None
