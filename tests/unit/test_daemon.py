@@ -531,8 +531,56 @@ def test_the_installed_script_imports_only_the_client() -> None:
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                  if n.module is not None}
-    assert imported == {"sys", "xentool.client"}
-    r = subprocess.run([sys.executable, str(launcher), "--version"], capture_output=True,
-                       text=True, timeout=60, cwd="/",
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "XENTOOL_NO_DAEMON": "1"})
-    assert (r.returncode, r.stdout, r.stderr) == (0, f"xentool {__version__}\n", "")
+    # os to find the package, site only where the package is not found without it.
+    assert imported == {"sys", "os", "site", "xentool.client"}
+    # Isolated and without site, as the kernel starts it (setuptools keeps the flags when
+    # it rewrites the interpreter).
+    assert launcher.read_text().splitlines()[0] == "#!/usr/bin/python3 -IS"
+    for flags in (["-I", "-S"], []):
+        r = subprocess.run([sys.executable, *flags, str(launcher), "--version"],
+                           capture_output=True, text=True, timeout=60, cwd="/",
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "XENTOOL_NO_DAEMON": "1"})
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"xentool {__version__}\n", ""), flags
+
+
+def test_the_launcher_forwards_without_site_and_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Through a daemon and in-process, the launcher started as installed (-I -S) and as a
+    plain script give the same output and exit status; forwarding, it imports neither
+    site nor anything the client leaves out."""
+    launcher = str(ROOT / "bin/xentool")
+    sock = str(tmp_path / "d" / "xentoold.sock")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XENTOOL_", "PYTHON"))}
+    env.update(XENTOOL_DAEMON_SOCKET=sock)
+    r = subprocess.run([sys.executable, launcher, "daemon", "--socket", sock, "--no-monitor",
+                        "--no-sched"], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    pid = int(Path(sock).with_suffix(".pid").read_text())
+    try:
+        for argv in (["--version"], ["help", "list"], ["frobnicate"], ["list", "--bogus"],
+                     ["help"]):
+            seen = set()
+            for mode in ({}, {"XENTOOL_NO_DAEMON": "1"}):
+                for flags in (["-I", "-S"], []):
+                    p = subprocess.run([sys.executable, *flags, launcher, *argv],
+                                       env={**env, **mode}, capture_output=True, timeout=60,
+                                       cwd=tmp_path)
+                    seen.add((p.returncode, p.stdout, p.stderr))
+            assert len(seen) == 1, (argv, seen)
+            assert argv != ["frobnicate"] or seen.pop()[0] == 2
+        code = ("import runpy, sys; sys.argv = [sys.argv[1], '--version']\n"
+                "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                "except SystemExit:\n    pass\n"
+                "sys.stderr.write(' '.join(sorted(sys.modules)))\n")
+        # As the kernel starts it, but with runpy to see what it imported: runpy's own
+        # modules aside, no site and nothing the forwarding path leaves out.
+        p = subprocess.run([sys.executable, "-I", "-S", "-c", code, launcher], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert p.stdout == f"xentool {__version__}\n", p.stderr
+        loaded = set(p.stderr.split())
+        assert "xentool.client" in loaded and "site" not in loaded, loaded
+        assert not {m for m in loaded if m == "xentool.cli" or m.startswith((
+            "xentool.cli.", "domain_builder", "xenstore", "cffi", "pyxs", "logging",
+            "argparse"))}, loaded
+    finally:
+        os.kill(pid, signal.SIGTERM)
