@@ -69,6 +69,8 @@ RECONNECT_S = 1.0
 RECONNECT_MAX_S = 30.0
 #: A service that failed is started again after RECONNECT_S, doubled up to this.
 RESTART_MAX_S = 300.0
+#: How long the monitor waits for the table's first look before its first scan.
+LOOK_WAIT_S = 30.0
 #: How often a service waiting for its lock (another process holds it) tries again.
 LOCK_RETRY_S = 5.0
 
@@ -247,6 +249,8 @@ class Services:
         self.monitor_wake = threading.Event()
         self.sched_wake = threading.Event()
         self.reload_event = threading.Event()
+        #: Set once the table has been read at the start: the monitor acts after that.
+        self.looked = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
         self._targets: dict[str, Callable[[], None]] = {"domains": self._domains_main}
         if options.monitor:
@@ -364,7 +368,8 @@ class Services:
                         while not self.stop_event.is_set():
                             changes = self.table.update(xc.domains())
                             if first:
-                                self._rebuilt(store)
+                                self._rebuilt()
+                                self.looked.set()
                                 first = False
                             self._dispatch(changes)
                             if rel.get(timeout=POLL_S) is not None:
@@ -379,7 +384,7 @@ class Services:
                 finally:
                     self._close_store(store)
 
-    def _rebuilt(self, store: Store) -> None:
+    def _rebuilt(self) -> None:
         """Say what the daemon found at its start: the domains, those with a record."""
         from xentool.records import record_path
 
@@ -409,6 +414,9 @@ class Services:
         lock = monitor._monitor_lock()
         if not _take(lock, self.stop_event, "monitor"):
             return
+        # The view first (what happened while no daemon ran), then the actions on it; a
+        # table that cannot be read (no xenstored) does not hold the monitor up for long.
+        self.looked.wait(LOOK_WAIT_S)
         try:
             o = self.options
             backoff = monitor.Backoff(stable_after=o.stable_after, max_delay=o.max_delay,

@@ -148,6 +148,7 @@ def test_the_table_follows_the_watches(services: tuple[Services, FakeXc, Store])
     s, xc, xs = services
     _wait(s.sched_wake, "dom0 at the first look")
     assert set(s.table.snapshot()) == {0}
+    assert s.looked.is_set()  # the monitor may act now
     xc.infos.append(Info(5, "u5"))
     xs.introduce_domain(5, 0xFEFFF, 1)
     _wait(s.sched_wake, "the sched-controller woken by @introduceDomain")
