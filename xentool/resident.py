@@ -252,7 +252,10 @@ class Services:
         #: Set once the table has been read at the start: the monitor acts after that.
         self.looked = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
-        self._targets: dict[str, Callable[[], None]] = {"domains": self._domains_main}
+        # The table only feeds the services: with neither, the daemon watches nothing.
+        self._targets: dict[str, Callable[[], None]] = {}
+        if options.monitor or options.sched:
+            self._targets["domains"] = self._domains_main
         if options.monitor:
             self._targets["monitor"] = self._monitor_main
         if options.sched:

@@ -130,6 +130,7 @@ def services(fake_xenstored: tuple[Server, str]) -> Iterator[tuple[Services, Fak
     xc = FakeXc()
     s = Services(Options(monitor=False, sched=False),
                  connect=lambda: Store.connect(path, timeout=5), xenctrl=lambda: xc)
+    s._targets = {"domains": s._domains_main}  # the table alone
     with Store.connect(path, timeout=5) as other:
         s.start()
         try:
@@ -241,7 +242,8 @@ def _other_process_takes(path: Path) -> None:
 
 def test_services_start_no_monitor_or_sched_when_off() -> None:
     s = Services(Options(monitor=False, sched=False))
-    assert set(s._targets) == {"domains"}
+    assert s._targets == {}
+    assert set(Services(Options(monitor=False))._targets) == {"domains", "sched"}
     s = Services(Options())
     assert set(s._targets) == {"domains", "monitor", "sched"}
     assert s.threads == {}
