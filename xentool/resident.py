@@ -264,7 +264,6 @@ class Services:
         self._xenctrl = xenctrl
         self._stores: set[Store] = set()
         self._stores_lock = threading.Lock()
-        self._died: set[str] = set()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -318,11 +317,10 @@ class Services:
     def child_fds(self) -> list[int]:
         """Descriptors of the threads' xenstored connections: a forked child closes them
         (it has not the threads; and a command that outlives the daemon must not keep the
-        daemon's watches registered)."""
-        with self._stores_lock:
-            stores = list(self._stores)
+        daemon's watches registered).  Called in the child, where no other thread runs:
+        without the lock, which a thread may have held at the fork."""
         fds = []
-        for s in stores:
+        for s in list(self._stores):
             with contextlib.suppress(Exception):
                 fd = s.fileno()
                 if fd is not None:
