@@ -1,48 +1,22 @@
-"""The pure side of ``xentool save``: the framing xl/libxl/libxc expect, the machine to
-pseudo-physical rewriting of page tables and vCPU contexts, and the walk of a guest's
-linear p2m list (against hand-built page tables)."""
+"""The pure side of ``xentool save``: PAGE_DATA batches (types, which frames carry data,
+page tables made pseudo-physical), the machine to pseudo-physical rewriting of vCPU
+contexts, and the walk of a guest's linear p2m list (against hand-built page tables)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import struct
+import types
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 
 from xentool.migration import save as sv
+from xentool.migration import stream as st
 
 PAGE = 4096
-
-
-def test_records_are_padded_to_8_bytes() -> None:
-    assert sv.record(0x10) == struct.pack("<II", 0x10, 0)
-    r = sv.record(2, b"abc")
-    assert r[:8] == struct.pack("<II", 2, 3) and r[8:11] == b"abc" and len(r) == 16
-    assert len(sv.record(1, b"x" * 8)) == 16
-
-
-def test_headers_as_the_specs_lay_them_out() -> None:
-    ih = sv.image_header()
-    assert len(ih) == 24 and ih[:8] == b"\xff" * 8 and ih[8:12] == b"XENF"
-    assert struct.unpack(">IH", ih[12:18]) == (3, 0)  # version 3, little-endian stream
-    assert sv.domain_header(4, 17) == struct.pack("<IHHII", 1, 12, 0, 4, 17)
-    assert sv.libxl_header() == b"LibxlFmt" + struct.pack(">II", 2, 0)
-
-
-def test_xl_header_carries_the_config_with_its_nul() -> None:
-    cfg = b'{"c_info": {"name": "g"}}\n'
-    h = sv.xl_header(cfg)
-    assert h[:32] == b"Xen saved domain, xl format\n \0 \r"
-    order, mandatory, optional, optlen = struct.unpack("<IIII", h[32:48])
-    assert (order, mandatory, optional) == (0x01020304, 3, 0)
-    assert optlen == len(h) - 48 == 4 + len(cfg) + 1
-    (n,) = struct.unpack("<I", h[48:52])
-    assert h[52:52 + n] == cfg + b"\0"
-    # No configuration: only the stream flag and an empty optional block.
-    bare = sv.xl_header(None)
-    assert struct.unpack("<IIII", bare[32:48]) == (0x01020304, 2, 0, 4)
 
 
 M2P = {0x1000 + i: i for i in range(64)}
@@ -57,33 +31,6 @@ def page(entries: dict[int, int]) -> bytes:
 
 def ptes(data: bytes) -> list[int]:
     return list(struct.unpack("<512Q", data))
-
-
-def test_l4_frames_become_pfns_and_xen_slots_are_cleared() -> None:
-    nx = 1 << 63
-    src = page({0: (0x1005 << 12) | 0x67, 256: (0x9999 << 12) | 0x63,
-                272: (0x1001 << 12) | 0x63, 273: nx | (0x1007 << 12) | 0x63,
-                300: 0x1006 << 12})  # not present: left as it is
-    out = ptes(sv.normalise_pagetable(src, sv.PFINFO_L4TAB | sv.PFINFO_LPINTAB, M2P))
-    assert out[0] == (5 << 12) | 0x67
-    assert out[256] == 0 and out[272] == 0  # Xen's slots, 256..272 as libxc takes them
-    assert out[273] == nx | (7 << 12) | 0x63
-    assert out[300] == 0x1006 << 12
-
-
-def test_lower_levels_keep_every_slot() -> None:
-    src = page({256: (0x1002 << 12) | 1, 511: (0x1003 << 12) | 1})
-    out = ptes(sv.normalise_pagetable(src, sv.PFINFO_L1TAB, M2P))
-    assert out[256] == (2 << 12) | 1 and out[511] == (3 << 12) | 1
-
-
-def test_foreign_frames_and_superpages_are_refused() -> None:
-    with pytest.raises(sv.SaveError, match=r"Bad mfn 0x5 for L1\[3\]"):
-        sv.normalise_pagetable(page({3: (5 << 12) | 1}), sv.PFINFO_L1TAB, M2P)
-    with pytest.raises(sv.SaveError, match="superpage"):
-        sv.normalise_pagetable(page({0: (0x1000 << 12) | 0x81}), sv.PFINFO_L2TAB, M2P)
-    # In an L1 bit 7 is PAT, not a superpage.
-    sv.normalise_pagetable(page({0: (0x1000 << 12) | 0x81}), sv.PFINFO_L1TAB, M2P)
 
 
 LAYOUT = sv.VcpuLayout(size=256, rdx=8, ctrlreg=64, gdt_frames=128, gdt_ents=120)
@@ -197,7 +144,7 @@ class FakeXc:
         self.types = types
 
     def pfn_types(self, domid: int, mfns: Sequence[int]) -> list[int]:
-        return [self.types.get(m, sv.PFINFO_NOTAB) for m in mfns]
+        return [self.types.get(m, st.XEN_DOMCTL_PFINFO_NOTAB) for m in mfns]
 
     def map_foreign(self, domid: int, mfns: Sequence[int], writable: bool = True
                     ) -> contextlib.AbstractContextManager[memoryview]:
@@ -212,7 +159,7 @@ class FakeXc:
 
 
 def test_page_data_records_list_every_frame_and_carry_data_for_real_pages() -> None:
-    xc = FakeXc({0x1002: sv.PFINFO_XTAB, 0x1003: sv.PFINFO_L1TAB})
+    xc = FakeXc({0x1002: st.XEN_DOMCTL_PFINFO_XTAB, 0x1003: st.XEN_DOMCTL_PFINFO_L1TAB})
     out = io.BytesIO()
     saver = sv.PvSaver(xc, 1, out)  # type: ignore[arg-type]
     saver.p2m = [0x1000 + i for i in range(6)]
@@ -220,11 +167,12 @@ def test_page_data_records_list_every_frame_and_carry_data_for_real_pages() -> N
     saver.send_pages(range(6))
     data = out.getvalue()
     rtype, length = struct.unpack_from("<II", data)
-    assert rtype == sv.REC_PAGE_DATA and len(data) == 8 + length
+    assert rtype == st.RecordType.PAGE_DATA and len(data) == 8 + length
     count, _ = struct.unpack_from("<II", data, 8)
     words = struct.unpack_from(f"<{count}Q", data, 16)
     assert [w & 0xFFFFFFFF for w in words] == list(range(6))
-    assert [w >> 32 for w in words] == [0, 0, sv.PFINFO_XTAB, sv.PFINFO_L1TAB, 0, 0]
+    assert [w >> 32 for w in words] == [0, 0, st.XEN_DOMCTL_PFINFO_XTAB,
+                                        st.XEN_DOMCTL_PFINFO_L1TAB, 0, 0]
     pages = data[16 + 8 * count:]
     assert len(pages) == 5 * PAGE  # the XTAB frame has no data
     got = [pages[i * PAGE:(i + 1) * PAGE] for i in range(5)]
@@ -239,3 +187,110 @@ def test_an_unknown_page_type_is_refused() -> None:
     saver.p2m = [0x1000]
     with pytest.raises(sv.SaveError, match="Unknown type"):
         saver.send_pages([0])
+
+
+class FakeGuest:
+    """A 16-page 64-bit PV guest for PvSaver, suspended: pfn i is frame 0x1000 + i; its
+    p2m list (one page, pfn 4) is mapped at VADDR by page tables in pfns 0-3 (L4 .. L1);
+    pfn 5 is the start info; the shared info frame is 0x3000."""
+
+    SHINFO_MFN = 0x3000
+    LAYOUT: ClassVar[dict[str, int]] = {"size": 5168, "rdx": 616, "ctrlreg": 4984, "gdt_frames": 4832, "gdt_ents": 4960}
+
+    def __init__(self) -> None:
+        mfn = [0x1000 + i for i in range(16)]
+        self.frames: dict[int, bytes] = {m: bytes([i]) * PAGE for i, m in enumerate(mfn)}
+        self.frames[mfn[0]] = page({VADDR >> 39 & 511: (mfn[1] << 12) | 0x67,
+                                    256: (0x7777 << 12) | 0x63})  # a Xen slot
+        self.frames[mfn[1]] = page({VADDR >> 30 & 511: (mfn[2] << 12) | 0x67})
+        self.frames[mfn[2]] = page({VADDR >> 21 & 511: (mfn[3] << 12) | 0x67})
+        self.frames[mfn[3]] = page({VADDR >> 12 & 511: (mfn[4] << 12) | 0x67})
+        self.frames[mfn[4]] = struct.pack("<512Q", *(mfn + [sv.INVALID_MFN] * 496))
+        shinfo = bytearray(PAGE)
+        struct.pack_into("<Q", shinfo, sv.SHINFO_MAX_PFN, 16)
+        struct.pack_into("<QQ", shinfo, sv.SHINFO_P2M_CR3, mfn[0] << 12, VADDR)
+        self.frames[self.SHINFO_MFN] = bytes(shinfo)
+        self.types = {mfn[0]: st.XEN_DOMCTL_PFINFO_L4TAB | st.XEN_DOMCTL_PFINFO_LPINTAB,
+                      mfn[1]: st.XEN_DOMCTL_PFINFO_L3TAB, mfn[2]: st.XEN_DOMCTL_PFINFO_L2TAB,
+                      mfn[3]: st.XEN_DOMCTL_PFINFO_L1TAB}
+        vcpu = bytearray(5168)
+        struct.pack_into("<Q", vcpu, self.LAYOUT["rdx"], mfn[5])
+        struct.pack_into("<Q", vcpu, self.LAYOUT["ctrlreg"] + 24, mfn[0] << 12)
+        self.vcpu = bytes(vcpu)
+
+    def domain_info(self, domid: int) -> object:
+        return types.SimpleNamespace(hvm=False, shared_info_frame=self.SHINFO_MFN,
+                                     max_vcpu_id=1)
+
+    def vcpu_info(self, domid: int, vcpu: int) -> object:
+        return types.SimpleNamespace(online=vcpu == 0)  # vCPU 1 is offline: no records
+
+    def guest_width(self, domid: int) -> int:
+        return 8
+
+    def maximum_ram_page(self) -> int:
+        return 1 << 20
+
+    def version(self) -> object:
+        return types.SimpleNamespace(major=4, minor=17)
+
+    def cpu_policy_serialised(self, domid: int) -> tuple[bytes, bytes]:
+        return struct.pack("<6I", 0, 0xFFFFFFFF, 0xD, 1, 2, 3), struct.pack("<IIQ", 0xCE, 0, 1)
+
+    def tsc_info(self, domid: int) -> tuple[int, int, int, int]:
+        return 0, 123456789, 2000000, 1
+
+    def vcpu_context_offsets(self) -> dict[str, int]:
+        return self.LAYOUT
+
+    def vcpu_context_raw(self, domid: int, vcpu: int) -> bytes:
+        return self.vcpu
+
+    def ext_vcpu_context(self, domid: int, vcpu: int) -> bytes:
+        return b"\x01" * 40
+
+    def vcpu_xsave(self, domid: int, vcpu: int) -> bytes:
+        return b""
+
+    def vcpu_msrs(self, domid: int, vcpu: int) -> bytes:
+        return struct.pack("<IIQ", 0xC0000103, 0, 7)
+
+    def pfn_types(self, domid: int, mfns: Sequence[int]) -> list[int]:
+        return [self.types.get(m, st.XEN_DOMCTL_PFINFO_NOTAB) if m in self.frames
+                else st.XEN_DOMCTL_PFINFO_XTAB for m in mfns]
+
+    def map_foreign(self, domid: int, mfns: Sequence[int], writable: bool = True
+                    ) -> contextlib.AbstractContextManager[memoryview]:
+        return contextlib.nullcontext(memoryview(b"".join(self.frames[m] for m in mfns)))
+
+
+def test_a_whole_stream_reads_back_with_the_codec() -> None:
+    guest = FakeGuest()
+    out = io.BytesIO()
+    stats = sv.PvSaver(guest, 7, out).save_suspended()  # type: ignore[arg-type]
+    out.seek(0)
+    reader = st.StreamReader(out)
+    _, dhdr = reader.read_headers()
+    assert (dhdr.type, dhdr.xen_major, dhdr.xen_minor) == (st.DomainType.X86_PV, 4, 17)
+    recs = list(reader)
+    names = [type(r).__name__ for r in recs]
+    assert names == ["X86PvInfo", "X86CpuidPolicy", "X86MsrPolicy", "StaticDataEnd",
+                     "X86PvP2mFrames", "PageData", "X86TscInfo", "SharedInfo",
+                     "X86PvVcpuBasic", "X86PvVcpuExtended", "X86PvVcpuMsrs", "End"]
+    p2m = recs[4]
+    assert isinstance(p2m, st.X86PvP2mFrames)
+    assert (p2m.end_pfn, p2m.p2m_pfns) == (15, (4,))
+    pd = recs[5]
+    assert isinstance(pd, st.PageData) and pd.pfns == tuple(range(16))
+    contents = {pfn: bytes(data) for pfn, _, data in pd.pages() if data is not None}
+    l4 = ptes(contents[0])
+    assert l4[VADDR >> 39 & 511] == (1 << 12) | 0x67 and l4[256] == 0
+    assert ptes(contents[3])[VADDR >> 12 & 511] == (4 << 12) | 0x67
+    assert contents[9] == bytes([9]) * PAGE
+    basic = recs[8]
+    assert isinstance(basic, st.X86PvVcpuBasic) and basic.vcpu_id == 0
+    assert struct.unpack_from("<Q", basic.context, FakeGuest.LAYOUT["rdx"])[0] == 5
+    tsc = recs[6]
+    assert isinstance(tsc, st.X86TscInfo) and (tsc.nsec, tsc.khz) == (123456789, 2000000)
+    assert (stats.frames, stats.pages, stats.pagetables) == (16, 16, 4)
+    assert stats.bytes == len(out.getvalue())

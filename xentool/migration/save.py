@@ -30,7 +30,6 @@ domain and file): :func:`recover_killed_saves` finishes the rollback.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import time
@@ -41,6 +40,37 @@ from typing import TYPE_CHECKING, BinaryIO
 from xenstore.paths import domain_path
 from xentool.errors import DomainNotFound, XentoolError
 from xentool.logs import get_logger
+from xentool.migration.libxl_stream import (
+    LibxcContext,
+    LibxlEnd,
+    LibxlStreamWriter,
+    XlSaveHeader,
+)
+from xentool.migration.stream import (
+    MAX_BATCH_SIZE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    DomainHeader,
+    DomainType,
+    End,
+    SharedInfo,
+    StaticDataEnd,
+    StreamWriter,
+    X86CpuidPolicy,
+    X86MsrPolicy,
+    X86PvInfo,
+    X86PvP2mFrames,
+    X86PvVcpuBasic,
+    X86PvVcpuExtended,
+    X86PvVcpuMsrs,
+    X86PvVcpuXsave,
+    X86TscInfo,
+    normalise_page_table,
+    page_table_level,
+    page_type_has_data,
+    page_type_known,
+    pte_frame,
+)
 
 if TYPE_CHECKING:
     from domain_builder.xenctrl import XenCtrl
@@ -52,74 +82,12 @@ log = get_logger(__name__)
 
 Progress = Callable[[str], None]
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 INVALID_MFN = (1 << 64) - 1
-#: Frames per PAGE_DATA record (libxc's MAX_BATCH_SIZE).
-BATCH = 1024
 #: libxl's waits: the guest's acknowledgement of the request, then its suspension.
 ACK_TIMEOUT = 60.0
 SUSPEND_TIMEOUT = 60.0
 
-# -- the formats (TODO(codec): from xentool.migration.stream / libxl_stream once they land) --
-
-XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
-XL_BYTEORDER = 0x01020304
-XL_FLAG_JSON = 1 << 0
-XL_FLAG_STREAMV2 = 1 << 1
-
-LIBXL_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
-LIBXL_VERSION = 2
-LIBXL_REC_END = 0
-LIBXL_REC_LIBXC_CONTEXT = 1
-
-IHDR_MARKER = 0xFFFFFFFFFFFFFFFF
-IHDR_ID = 0x58454E46  # "XENF"
-IHDR_VERSION = 3
-DHDR_TYPE_X86_PV = 1
-
-REC_END = 0x00
-REC_PAGE_DATA = 0x01
-REC_X86_PV_INFO = 0x02
-REC_X86_PV_P2M_FRAMES = 0x03
-REC_X86_PV_VCPU_BASIC = 0x04
-REC_X86_PV_VCPU_EXTENDED = 0x05
-REC_X86_PV_VCPU_XSAVE = 0x06
-REC_SHARED_INFO = 0x07
-REC_X86_TSC_INFO = 0x08
-REC_X86_PV_VCPU_MSRS = 0x0C
-REC_STATIC_DATA_END = 0x10
-REC_X86_CPUID_POLICY = 0x11
-REC_X86_MSR_POLICY = 0x12
-
-# XEN_DOMCTL_PFINFO_*: a frame's type, in the top nibble of its 32-bit type word.
-PFINFO_LTAB_SHIFT = 28
-PFINFO_NOTAB = 0x0 << 28
-PFINFO_L1TAB = 0x1 << 28
-PFINFO_L2TAB = 0x2 << 28
-PFINFO_L3TAB = 0x3 << 28
-PFINFO_L4TAB = 0x4 << 28
-PFINFO_LTABTYPE_MASK = 0x7 << 28
-PFINFO_LPINTAB = 0x1 << 31
-PFINFO_BROKEN = 0xD << 28
-PFINFO_XALLOC = 0xE << 28
-PFINFO_XTAB = 0xF << 28
-PFINFO_LTAB_MASK = 0xF << 28
-
-#: Frames whose contents are not in the stream (no page, or not the guest's).
-NO_DATA_TYPES = frozenset({PFINFO_XTAB, PFINFO_XALLOC, PFINFO_BROKEN})
-KNOWN_TYPES = frozenset({PFINFO_NOTAB, PFINFO_L1TAB, PFINFO_L2TAB, PFINFO_L3TAB, PFINFO_L4TAB,
-                         PFINFO_L1TAB | PFINFO_LPINTAB, PFINFO_L2TAB | PFINFO_LPINTAB,
-                         PFINFO_L3TAB | PFINFO_LPINTAB, PFINFO_L4TAB | PFINFO_LPINTAB,
-                         PFINFO_XTAB, PFINFO_XALLOC, PFINFO_BROKEN})
-
-PTE_FRAME_MASK = 0x000FFFFFFFFFF000
-PAGE_PRESENT = 1 << 0
-PAGE_PSE = 1 << 7
-# x86_64 Xen's own slots of every L4: HYPERVISOR_VIRT_START..END, both ends included as
-# libxc's normalise_pagetable takes them.
-XEN_L4_FIRST = (0xFFFF800000000000 >> 39) & 511
-XEN_L4_LAST = (0xFFFF880000000000 >> 39) & 511
+#: GDT entries a guest may have (Xen keeps the rest).
 FIRST_RESERVED_GDT_ENTRY = 14 * 512
 
 # struct shared_info (x86_64): offsets in arch_shared_info.
@@ -138,62 +106,7 @@ class SaveError(XentoolError):
         self.resumed = resumed
 
 
-def record(rtype: int, body: bytes = b"") -> bytes:
-    """One record (libxc and libxl share the framing): type, length, body padded to 8."""
-    return struct.pack("<II", rtype, len(body)) + body + b"\0" * (-len(body) % 8)
-
-
-def image_header() -> bytes:
-    return struct.pack(">QIIHHI", IHDR_MARKER, IHDR_ID, IHDR_VERSION, 0, 0, 0)
-
-
-def domain_header(xen_major: int, xen_minor: int) -> bytes:
-    return struct.pack("<IHHII", DHDR_TYPE_X86_PV, PAGE_SHIFT, 0, xen_major, xen_minor)
-
-
-def libxl_header() -> bytes:
-    return struct.pack(">QII", LIBXL_IDENT, LIBXL_VERSION, 0)
-
-
-def xl_header(config_json: bytes | None) -> bytes:
-    """xl's save-file header and its optional data (the configuration, NUL-terminated)."""
-    flags = XL_FLAG_STREAMV2 | (XL_FLAG_JSON if config_json else 0)
-    data = config_json + b"\0" if config_json else b""
-    opt = struct.pack("<I", len(data)) + data
-    return XL_MAGIC + struct.pack("<IIII", XL_BYTEORDER, flags, 0, len(opt)) + opt
-
-
 # -- machine <-> pseudo-physical (pure) ------------------------------------------------------
-
-
-def pte_to_frame(pte: int) -> int:
-    return (pte & PTE_FRAME_MASK) >> PAGE_SHIFT
-
-
-def merge_pte(pte: int, frame: int) -> int:
-    return (pte & ~PTE_FRAME_MASK) | (frame << PAGE_SHIFT)
-
-
-def normalise_pagetable(page: bytes, ptype: int, m2p: Mapping[int, int]) -> bytes:
-    """A 64-bit guest's page-table page with its present entries' machine frames made
-    pseudo-physical and Xen's L4 slots cleared (the restoring Xen rebuilds them)."""
-    level = ptype & PFINFO_LTABTYPE_MASK
-    ptes = list(struct.unpack("<512Q", page))
-    first, last = (XEN_L4_FIRST, XEN_L4_LAST) if level == PFINFO_L4TAB else (512, -1)
-    name = level >> PFINFO_LTAB_SHIFT
-    for i, pte in enumerate(ptes):
-        if first <= i <= last:
-            ptes[i] = 0
-            continue
-        if not pte & PAGE_PRESENT:
-            continue
-        if level > PFINFO_L1TAB and pte & PAGE_PSE:
-            raise SaveError(f"Cannot migrate superpage (L{name}[{i}]: {pte:#018x})")
-        pfn = m2p.get(pte_to_frame(pte))
-        if pfn is None:
-            raise SaveError(f"Bad mfn {pte_to_frame(pte):#x} for L{name}[{i}]")
-        ptes[i] = merge_pte(pte, pfn)
-    return struct.pack("<512Q", *ptes)
 
 
 @dataclass(frozen=True)
@@ -272,7 +185,7 @@ def p2m_list_frames(read: Callable[[Sequence[int]], bytes], p2m_cr3: int, p2m_va
         saved_mfn, saved_idx = 0, 0
         for idx in range(idx_start, idx_end + 1):
             (pte,) = struct.unpack_from("<Q", ptes, idx * 8)
-            mfn = pte_to_frame(pte)
+            mfn = pte_frame(pte)
             if mfn == 0 or mfn > max_mfn:
                 raise SaveError(f"Bad mfn {mfn:#x} during page table walk for vaddr "
                                 f"{off + (idx << shift):#x} at level {level} of p2m list")
@@ -315,16 +228,12 @@ class PvSaver:
     stats: SaveStats = field(default_factory=SaveStats)
 
     def __post_init__(self) -> None:
+        self.w = StreamWriter(self.out)
         self.p2m: list[int] = []
         self.m2p: dict[int, int] = {}
         self.p2m_pfns: list[int] = []
         self.max_pfn = 0
         self.shinfo = b""
-
-    def _write(self, data: bytes | memoryview) -> None:
-        if data:
-            self.out.write(data)
-            self.stats.bytes += len(data)
 
     def _read_frames(self, mfns: Sequence[int]) -> bytes:
         with self.xc.map_foreign(self.domid, mfns, writable=False) as view:
@@ -369,26 +278,24 @@ class PvSaver:
     # -- records ---------------------------------------------------------------------------
     def write_headers(self) -> None:
         ver = self.xc.version()
-        self._write(image_header() + domain_header(ver.major, ver.minor))
+        self.w.write_headers(DomainHeader(DomainType.X86_PV, ver.major, ver.minor))
 
     def write_static_data(self) -> None:
-        self._write(record(REC_X86_PV_INFO, struct.pack("<BB6x", 8, 4)))
+        self.w.write(X86PvInfo(guest_width=8, pt_levels=4))
         leaves, msrs = self.xc.cpu_policy_serialised(self.domid)
         if leaves:
-            self._write(record(REC_X86_CPUID_POLICY, leaves))
+            self.w.write(X86CpuidPolicy.decode_body(leaves))
         if msrs:
-            self._write(record(REC_X86_MSR_POLICY, msrs))
-        self._write(record(REC_STATIC_DATA_END))
+            self.w.write(X86MsrPolicy.decode_body(msrs))
+        self.w.write(StaticDataEnd())
 
     def write_p2m_frames(self) -> None:
-        body = struct.pack("<II", 0, self.max_pfn) + struct.pack(
-            f"<{len(self.p2m_pfns)}Q", *self.p2m_pfns)
-        self._write(record(REC_X86_PV_P2M_FRAMES, body))
+        self.w.write(X86PvP2mFrames(0, self.max_pfn, tuple(self.p2m_pfns)))
 
     def send_pages(self, pfns: Sequence[int]) -> None:
-        """PAGE_DATA records for ``pfns`` (ascending), BATCH frames each."""
-        for i in range(0, len(pfns), BATCH):
-            self._send_batch(pfns[i:i + BATCH])
+        """PAGE_DATA records for ``pfns`` (ascending), MAX_BATCH_SIZE frames each."""
+        for i in range(0, len(pfns), MAX_BATCH_SIZE):
+            self._send_batch(pfns[i:i + MAX_BATCH_SIZE])
 
     def send_all_pages(self) -> None:
         self.send_pages(range(self.max_pfn + 1))
@@ -398,58 +305,57 @@ class PvSaver:
         types = self.xc.pfn_types(self.domid, mfns)
         with_data = []
         for pfn, mfn, t in zip(pfns, mfns, types, strict=True):
-            if t not in KNOWN_TYPES:
+            if not page_type_known(t):
                 raise SaveError(f"Unknown type {t:#x} for pfn {pfn:#x}")
-            if t not in NO_DATA_TYPES:
+            if page_type_has_data(t):
                 with_data.append((mfn, t))
-        head = struct.pack("<II", len(pfns), 0) + struct.pack(
-            f"<{len(pfns)}Q", *((t << 32) | p for p, t in zip(pfns, types, strict=True)))
-        # The body's length is a multiple of 8: no padding after the pages.
-        self._write(struct.pack("<II", REC_PAGE_DATA, len(head) + PAGE_SIZE * len(with_data))
-                    + head)
-        if with_data:
+        if not with_data:
+            self.w.write_page_data(pfns, types, b"")
+        else:
             with self.xc.map_foreign(self.domid, [m for m, _ in with_data],
                                      writable=False) as view:
-                run = 0  # pages from here on are written straight from the mapping
-                for k, (_, t) in enumerate(with_data):
-                    level = t & PFINFO_LTABTYPE_MASK
-                    if PFINFO_L1TAB <= level <= PFINFO_L4TAB:
-                        self._write(view[run * PAGE_SIZE:k * PAGE_SIZE])
-                        self._write(normalise_pagetable(
-                            bytes(view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]), t, self.m2p))
-                        self.stats.pagetables += 1
-                        run = k + 1
-                self._write(view[run * PAGE_SIZE:])
+                tables = [k for k, (_, t) in enumerate(with_data) if page_table_level(t)]
+                data: memoryview | bytearray = view
+                if tables:  # rewritten in a copy: the guest's own pages stay as they are
+                    data = bytearray(view)
+                    for k in tables:
+                        at = slice(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)
+                        data[at] = normalise_page_table(data[at], with_data[k][1],
+                                                        self.m2p.get)
+                    self.stats.pagetables += len(tables)
+                self.w.write_page_data(pfns, types, data)
         self.stats.frames += len(pfns)
         self.stats.pages += len(with_data)
 
     def write_end_of_checkpoint(self) -> None:
         mode, nsec, khz, inc = self.xc.tsc_info(self.domid)
-        self._write(record(REC_X86_TSC_INFO, struct.pack("<IIQII", mode, khz, nsec, inc, 0)))
+        self.w.write(X86TscInfo(mode=mode, khz=khz, nsec=nsec, incarnation=inc))
         info = self.xc.domain_info(self.domid)
         assert info is not None
-        self._write(record(REC_SHARED_INFO, self._read_frames([info.shared_info_frame])))
+        self.w.write(SharedInfo(self._read_frames([info.shared_info_frame])))
         lay = VcpuLayout(**self.xc.vcpu_context_offsets())
         for vcpu in range(info.max_vcpu_id + 1):
             if not self.xc.vcpu_info(self.domid, vcpu).online:
                 continue
-            hdr = struct.pack("<II", vcpu, 0)
             raw = self.xc.vcpu_context_raw(self.domid, vcpu)
-            self._write(record(REC_X86_PV_VCPU_BASIC,
-                               hdr + normalise_vcpu(raw, vcpu, lay, self.m2p)))
-            for rtype, data in ((REC_X86_PV_VCPU_EXTENDED,
-                                 self.xc.ext_vcpu_context(self.domid, vcpu)),
-                                (REC_X86_PV_VCPU_XSAVE, self.xc.vcpu_xsave(self.domid, vcpu)),
-                                (REC_X86_PV_VCPU_MSRS, self.xc.vcpu_msrs(self.domid, vcpu))):
-                if data:
-                    self._write(record(rtype, hdr + data))
+            self.w.write(X86PvVcpuBasic(vcpu, normalise_vcpu(raw, vcpu, lay, self.m2p)))
+            ext = self.xc.ext_vcpu_context(self.domid, vcpu)
+            if ext:
+                self.w.write(X86PvVcpuExtended(vcpu, ext))
+            xsave = self.xc.vcpu_xsave(self.domid, vcpu)
+            if xsave:
+                self.w.write(X86PvVcpuXsave(vcpu, xsave))
+            msrs = self.xc.vcpu_msrs(self.domid, vcpu)
+            if msrs:
+                self.w.write(X86PvVcpuMsrs(vcpu, msrs))
 
     def write_end(self) -> None:
-        self._write(record(REC_END))
+        self.w.write(End())
 
     def save_suspended(self) -> SaveStats:
         """The whole libxc stream of a domain that is already suspended."""
         t0 = time.monotonic()
+        start = self.w.offset
         self.setup()
         self.write_headers()
         self.write_static_data()
@@ -458,6 +364,7 @@ class PvSaver:
         self.write_end_of_checkpoint()
         self.write_end()
         self.stats.seconds = time.monotonic() - t0
+        self.stats.bytes = self.w.offset - start
         return self.stats
 
 
@@ -516,14 +423,14 @@ def resume(s: Session, domid: int) -> None:
 
 def config_json(s: Session, domid: int) -> bytes:
     """The configuration xl puts in the save file: libxl_retrieve_domain_configuration's,
-    domid zeroed (xl save without -D)."""
+    domid zeroed (xl save without -D), printed as libxl prints it, NUL-terminated."""
     from xentool.retrieve import retrieve
 
     doc = retrieve(s, domid).config
     c_info = doc.get("c_info")
     if isinstance(c_info, dict):
         c_info["domid"] = 0
-    return json.dumps(doc, indent=4).encode()
+    return XlSaveHeader.for_config(doc).config
 
 
 def _remove(path: str) -> None:
@@ -589,17 +496,19 @@ def _save_steps(j: Journal, s: Session, domid: int, path: str, config: bytes, uu
             _remove(path)
 
         f = j.do("open file", open_file, undo=drop)
-        header = xl_header(config)
-        j.do("write header", lambda: f.write(header))
-        say(f"Saving to {path} new xl format (info 0x{XL_FLAG_STREAMV2 | XL_FLAG_JSON:x}"
-            f"/0x0/{len(header) - 48})")
+        header = XlSaveHeader(config)
+        j.do("write header", lambda: f.write(header.encode()))
+        say(f"Saving to {path} new xl format (info 0x{header.mandatory_flags:x}"
+            f"/0x{header.optional_flags:x}/{len(header.optional_data)})")
         j.do("suspend", lambda: suspend(s, domid), undo=lambda _: resume(s, domid))
         saver = PvSaver(s.xc, domid, f)
 
         def stream() -> SaveStats:
-            f.write(libxl_header() + record(LIBXL_REC_LIBXC_CONTEXT))
+            libxl = LibxlStreamWriter(f)
+            libxl.write_header()
+            libxl.write(LibxcContext())
             stats = saver.save_suspended()
-            f.write(record(LIBXL_REC_END))
+            libxl.write(LibxlEnd())
             return stats
 
         def sync() -> None:
