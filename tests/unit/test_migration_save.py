@@ -195,7 +195,8 @@ class FakeGuest:
     pfn 5 is the start info; the shared info frame is 0x3000."""
 
     SHINFO_MFN = 0x3000
-    LAYOUT: ClassVar[dict[str, int]] = {"size": 5168, "rdx": 616, "ctrlreg": 4984, "gdt_frames": 4832, "gdt_ents": 4960}
+    LAYOUT: ClassVar[dict[str, int]] = {"size": 5168, "rdx": 616, "ctrlreg": 4984,
+                                        "gdt_frames": 4832, "gdt_ents": 4960}
 
     def __init__(self) -> None:
         mfn = [0x1000 + i for i in range(16)]
