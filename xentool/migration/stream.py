@@ -19,9 +19,9 @@ Errors, all under :class:`StreamError` (a :class:`xentool.errors.XentoolError` a
 * :class:`StreamLimitError` -- a record, batch or page count over a :class:`Limits` bound;
 * :class:`PageTableError` -- a page-table entry that cannot be translated (see below).
 
-Headers: :class:`ImageHeader` (``version``, ``options``) and :class:`DomainHeader`
-(``type``, ``page_shift``, ``xen_major``, ``xen_minor``); each has ``SIZE``, ``encode()``
-and ``decode(data)``.
+Headers: :class:`ImageHeader` ``(version=3, options=0)`` and :class:`DomainHeader`
+``(type, xen_major, xen_minor, page_shift=12)`` (``type`` a :class:`DomainType`); each has
+``SIZE``, ``encode()`` and ``decode(data)``.
 
 Records: frozen dataclasses deriving from :class:`Record`, each with ``TYPE`` (a
 :class:`RecordType`), ``encode()`` (the whole record: header, body, padding),
@@ -50,14 +50,23 @@ Records: frozen dataclasses deriving from :class:`Record`, each with ``TYPE`` (a
                                        module does not know; a reader may skip it
 =====================================  =======================================================
 
+Helpers: :func:`decode_record` ``(type, body, ctx=DecodeContext())``, :func:`record_bytes`
+``(type, parts)``, :func:`padding` ``(length)``, :func:`check_page_batch`, and
+:func:`record_type_name`.
+
 Streams: :class:`StreamReader` ``(fp, name=..., limits=Limits())`` reads the headers
 (:meth:`~StreamReader.read_headers`) and yields validated records (iterating stops after
 END, or after CHECKPOINT so that a checkpointed stream's upper layer can take its turn;
 iterate again to go on).  It reads exactly what it needs from ``fp`` (so a libxl stream can
 continue after the libxc END), in chunks, so a length that the stream does not back with
 data costs no memory, and a short stream raises :class:`StreamTruncated` instead of
-waiting.  :class:`StreamWriter` ``(fp)`` writes headers and records, and
-:meth:`~StreamWriter.write_page_data` writes a batch of pages without copying them.
+waiting (``fp`` must be blocking; a peer that stops sending is the transport's timeout
+to handle).  Its counters ``pages_populated`` (distinct pfns), ``page_entries`` and
+``data_pages`` let restore check it got the whole guest.  :class:`Limits` holds the bounds
+(record length, batch size, highest pfn, distinct pages, ...).  :class:`StreamWriter`
+``(fp)`` writes headers (:meth:`~StreamWriter.write_headers`) and records
+(:meth:`~StreamWriter.write`), and :meth:`~StreamWriter.write_page_data` writes a batch
+of pages straight from a buffer (a foreign mapping) without copying it.
 
 Page types and page tables: the ``XEN_DOMCTL_PFINFO_*`` constants (the values of Xen's
 ``public/domctl.h``, as ``xc_get_pfn_type_batch`` returns them; the stream carries them in
