@@ -582,10 +582,21 @@ class ForeignMapping:
 # --------------------------------------------------------------------------------------
 
 
-class XenCtrl:
-    """An open libxenctrl interface.  Use as ``with XenCtrl() as xc: ...``."""
+#: xenctrl.h XC_OPENFLAG_NON_REENTRANT: the handle is used by one thread only.
+_OPENFLAG_NON_REENTRANT = 1 << 1
 
-    def __init__(self) -> None:
+
+class XenCtrl:
+    """An open libxenctrl interface.  Use as ``with XenCtrl() as xc: ...``.
+
+    ``one_thread``: only one thread uses this handle.  libxencall then takes no lock of
+    its own for the hypercall buffers; without it, it takes a process-wide one, which a
+    process forked while another thread held it (xentoold's children, forked while its
+    monitor makes a hypercall) would find taken forever.
+    """
+
+    def __init__(self, *, one_thread: bool = False) -> None:
+        self._flags = _OPENFLAG_NON_REENTRANT if one_thread else 0
         self._xch: Any = None
         self._fmem: Any = None
         self._cpumap_size: int | None = None
@@ -614,7 +625,7 @@ class XenCtrl:
         if not os.access(PRIVCMD, os.R_OK | os.W_OK):
             raise XenError("xc_interface_open", 13,
                            f"cannot open {PRIVCMD}: this command must be run as root")
-        xch = _lib.xc_interface_open(_ffi.NULL, _ffi.NULL, 0)
+        xch = _lib.xc_interface_open(_ffi.NULL, _ffi.NULL, self._flags)
         if xch == _ffi.NULL:
             raise XenError("xc_interface_open", _ffi.errno or 5)
         ver = _lib.xc_version(xch, _lib.XENVER_version, _ffi.NULL)
