@@ -354,7 +354,7 @@ class Services:
         if self._xenctrl is None:
             from domain_builder.xenctrl import XenCtrl
 
-            self._xenctrl = XenCtrl
+            self._xenctrl = lambda: XenCtrl(one_thread=True)
         with self._xenctrl() as xc:
             delay = RECONNECT_S
             first = True
@@ -422,7 +422,7 @@ class Services:
             o = self.options
             backoff = monitor.Backoff(stable_after=o.stable_after, max_delay=o.max_delay,
                                       max_fast_restarts=o.max_fast_restarts)
-            with Session() as s:
+            with Session(one_thread=True) as s:
                 mon = monitor.Monitor(monitor.XenOps(s), backoff=backoff,
                                       skip=monitor._watched)
                 log.info("daemon: monitor: watching all domains")
@@ -463,7 +463,7 @@ class Services:
 
         path = self.options.policy
         try:
-            with XenCtrl() as xc:
+            with XenCtrl(one_thread=True) as xc:
                 ctl = Controller(XenBackend(xc, store), Policy(source=path))
                 policy: Policy | None = None
                 stamp: FileStamp | None = None

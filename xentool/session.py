@@ -85,7 +85,9 @@ class Session:
     ``with Session() as s: s.xc.pause(s.resolve("guest"))``
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, one_thread: bool = False) -> None:
+        #: Used by one thread of a process that forks (xentoold's monitor): see XenCtrl.
+        self.one_thread = one_thread
         self._xc: XenCtrl | None = None
         self._xs: Store | None = None
         self._reader: XenStoreReader | None = None
@@ -116,7 +118,7 @@ class Session:
         if self._xc is None:
             from domain_builder.xenctrl import XenCtrl
 
-            xc = XenCtrl()
+            xc = XenCtrl(one_thread=True) if self.one_thread else XenCtrl()
             xc.open()
             self._xc = xc
         return self._xc
