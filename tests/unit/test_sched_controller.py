@@ -368,3 +368,30 @@ def test_daemon_polls_where_watches_are_unavailable(xc: FakeXc, tmp_path: Path) 
         assert wait_until(lambda: xc.params[4] == SchedCredit(512, 0)) < 1.0
     finally:
         run.stop()
+
+
+def test_a_second_controller_waits_for_the_first_one(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """xentoold's controller and 'xentool sched-controller' take turns on one lock."""
+    from xentool.scheduler.controller import _wait_for, sched_lock
+    from xentool.state import RUN_DIR_ENV
+
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run"))
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with sched_lock():
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert held.wait(10)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    assert _wait_for(sched_lock(), stop) is False  # stopped while the first one ran
+    release.set()
+    t.join(10)
+    lock = sched_lock()
+    assert _wait_for(lock, threading.Event()) is True
+    lock.release()

@@ -433,24 +433,36 @@ def serve(policy_path: str, policy: Policy, *, dry_run: bool = False, once: bool
                 if "xs" in current:
                     current["xs"].close()
             return
-        from xentool.errors import XentoolError
-        from xentool.locks import LockTimeout
-
-        lock = sched_lock()
-        if not dry_run:
-            try:
-                lock.acquire()
-            except LockTimeout:
-                raise XentoolError(f"another sched-controller is already running "
-                                   f"({lock.holder() or 'unknown process'})") from None
         daemon = Daemon(ctl, policy_path, connect, resync=resync, poll=0.25)
         daemon.install_signals()
+        service.ready(f"policy {policy_path}")
+        lock = sched_lock()
+        if not dry_run and not _wait_for(lock, daemon.stop):
+            return
         slog.info("controlling weights with %s (%d rule(s))%s", policy_path,
                   len(policy.rules), ", dry run" if dry_run else "")
-        service.ready(f"policy {policy_path}")
         try:
             daemon.run()
         finally:
             if not dry_run:
                 lock.release()
         service.stopping()
+
+
+def _wait_for(lock: FileLock, stop: threading.Event) -> bool:
+    """Take the sched-controller lock, waiting while another controller (xentoold's)
+    holds it, so the two take turns rather than fight; False if stopped first."""
+    from xentool.locks import LockTimeout
+
+    said = False
+    while not stop.is_set():
+        try:
+            lock.acquire()
+            return True
+        except LockTimeout:
+            if not said:
+                log.warning("another sched-controller runs (%s): waiting for it to end",
+                            lock.holder() or "unknown process")
+                said = True
+        stop.wait(5.0)
+    return False
