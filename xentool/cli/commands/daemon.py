@@ -42,6 +42,7 @@ def configure_daemon(p: argparse.ArgumentParser) -> None:
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     from xentool import daemon, resident, service
     from xentool.cli import main
@@ -49,6 +50,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     options = resident.with_overrides(resident.load_options(args.config),
                                       monitor=args.monitor, sched=args.sched,
                                       policy=args.policy)
+    # The daemon works from / once in the background: a relative path would move.
+    options = resident.with_overrides(options, policy=os.path.abspath(options.policy))
     service.journal_priorities()
     for name in ("xentool.daemon", "xentool.scheduler", "xentool.monitor"):
         # What the services do is logged whatever -v says, as by their own commands.
