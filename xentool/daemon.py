@@ -41,7 +41,9 @@ daemon→client  ``{"op": "exit", "code": N}`` or ``{"op": "exit", "signal": N}`
                the child ended; then the daemon closes the connection.
 =============  ====================================================================
 
-SIGTERM or SIGINT stop the daemon: it stops listening at once, waits up to
+Besides commands, the daemon runs the host's monitor and sched-controller as threads of
+its own process (never of the children), see :mod:`xentool.resident`; SIGHUP reads the
+sched policy again.  SIGTERM or SIGINT stop the daemon: it stops listening at once, waits up to
 ``STOP_GRACE`` seconds for the commands in flight to end (their clients still get their
 exit status), and leaves any still running to finish on their own.  With systemd's socket
 activation (``LISTEN_FDS``) it serves the socket it is given and leaves the file to
