@@ -461,13 +461,13 @@ def save_domain(s: Session, domid: int, path: str, *, checkpoint: bool = False,
         try:
             stats = _save_steps(j, s, domid, path, config, info.uuid, say)
         except SaveError as e:
-            e.resumed = "suspend" in j.steps_done
+            e.resumed = bool(j.notes.get("suspending"))
             raise
         except (XentoolError, OSError) as e:
             # The journal has resumed the guest if it got as far as suspending it.
             cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise SaveError(f"Failed to save domain {domid} to {path}: {cause}",
-                            resumed="suspend" in j.steps_done) from None
+            raise SaveError(f"{path}: {cause}",
+                            resumed=bool(j.notes.get("suspending"))) from None
     if checkpoint or leave_paused:
         if leave_paused:
             s.xc.pause(domid)
@@ -500,7 +500,17 @@ def _save_steps(j: Journal, s: Session, domid: int, path: str, config: bytes, uu
         j.do("write header", lambda: f.write(header.encode()))
         say(f"Saving to {path} new xl format (info 0x{header.mandatory_flags:x}"
             f"/0x{header.optional_flags:x}/{len(header.optional_data)})")
-        j.do("suspend", lambda: suspend(s, domid), undo=lambda _: resume(s, domid))
+        def suspend_step() -> None:
+            j.note("suspending", True)
+            try:
+                suspend(s, domid)
+            except BaseException:
+                # The guest may have taken the request after all: the step has no undo
+                # yet, so take it back here.
+                resume(s, domid)
+                raise
+
+        j.do("suspend", suspend_step, undo=lambda _: resume(s, domid))
         saver = PvSaver(s.xc, domid, f)
 
         def stream() -> SaveStats:
