@@ -448,6 +448,8 @@ def save_domain(s: Session, domid: int, path: str, *, checkpoint: bool = False,
     from xentool.locks import domain_lock
 
     say = progress or (lambda msg: log.info("%s", msg))
+    if domid == 0:
+        raise SaveError("cannot save domain 0: it runs this toolstack")
     with domain_lock(domid):
         info = s.xc.domain_info(domid)
         if info is None:
