@@ -530,6 +530,9 @@ def _save_steps(j: Journal, s: Session, domid: int, path: str, config: bytes, uu
         stats = j.do("write stream", stream)
         j.do("sync file", sync)
         f.close()
+    log.info("domain %d saved: %d frames, %d with data (%d page tables), %d bytes of "
+             "stream in %.2f s", domid, stats.frames, stats.pages, stats.pagetables,
+             stats.bytes, stats.seconds)
     return stats
 
 
