@@ -42,7 +42,9 @@ API
   :class:`~xentool.migration.stream.DomainHeader` and records up to their END), ending
   with :class:`LibxlEnd`; ``libxc_reader`` is the libxc reader (with its page counts).
 
-Errors are :class:`~xentool.migration.stream.StreamError` and its subclasses.
+The ``MIGRATE_*`` constants are the fixed messages of ``xl migrate``'s handshake around
+the stream (see their comment).  Errors are :class:`~xentool.migration.stream.StreamError`
+and its subclasses.
 """
 
 from __future__ import annotations
@@ -210,6 +212,20 @@ class XlSaveHeader:
             return (kb + LIBXL_MAXMEM_CONSTANT_KB) * 1024 // PAGE_SIZE
         return None
 
+
+# --- xl migrate's handshake (tools/xl/xl.h, xl_migrate.c) --------------------------------
+#
+# The receiver (``xl migrate-receive`` at the end of the ssh command) writes the banner;
+# the sender then sends the xl header and the libxl stream.  When the guest is restored,
+# the receiver sends READY; the sender renames its domain away and sends PERMISSION_TO_GO;
+# the receiver unpauses and sends REPORT and one status byte (0: running).  On a non-zero
+# status the receiver sends PERMISSION_TO_GO back and the sender resumes its guest.  The
+# banner goes without its NUL, the other messages with it.
+
+MIGRATE_RECEIVER_BANNER = b"xl migration receiver ready, send binary domain data.\n"
+MIGRATE_RECEIVER_READY = b"domain received, ready to unpause\0"
+MIGRATE_PERMISSION_TO_GO = b"domain is yours, you are cleared to unpause\0"
+MIGRATE_REPORT = b"my copy unpause results are as follows\0"
 
 # --- libxl stream -----------------------------------------------------------------------
 
