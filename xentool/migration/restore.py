@@ -217,6 +217,8 @@ def saved_config(header: lx.XlSaveHeader, path: str, config_file: str | None
 # Filling the domain from the libxc stream
 
 INVALID_MFN = (1 << 64) - 1
+#: The page types that get a frame (libxc's page_type_to_populate).
+_POPULATES = frozenset(n << 28 for n in range(16) if sr.page_type_populates(n << 28))
 VGCF_ONLINE = 1 << 5
 #: FIRST_RESERVED_GDT_ENTRY: a PV guest's GDT ends below Xen's 14 pages of it.
 MAX_GDT_ENTRIES = 14 * 512
@@ -345,16 +347,14 @@ class PvRestore:
         return pfn
 
     def page_data(self, rec: sr.PageData) -> None:
-        todo: list[int] = []
-        seen: set[int] = set()
+        self._pfn(max(rec.pfns), "PAGE_DATA")
+        p2m, types = self.p2m, self.types
+        todo: dict[int, None] = {}  # ordered, without repeats
         for pfn, ptype in zip(rec.pfns, rec.types, strict=True):
-            self._pfn(pfn, "PAGE_DATA")
-            self.types[pfn] = ptype
-            if (sr.page_type_populates(ptype) and self.p2m[pfn] == INVALID_MFN
-                    and pfn not in seen):
-                seen.add(pfn)
-                todo.append(pfn)
-        self.populate(todo)
+            types[pfn] = ptype
+            if p2m[pfn] == INVALID_MFN and ptype in _POPULATES:
+                todo[pfn] = None
+        self.populate(list(todo))
         pages = [(pfn, ptype, data) for pfn, ptype, data in rec.pages() if data is not None]
         if not pages:
             return
@@ -373,9 +373,12 @@ class PvRestore:
         table.frombytes(page)
         if sys.byteorder != "little":
             table.byteswap()
-        named = {self._pfn(sr.pte_frame(pte), f"L{sr.page_table_level(ptype)} entry "
-                           f"{pte:#018x}") for pte in table if pte & sr.PTE_PRESENT}
-        missing = sorted(pfn for pfn in named if self.p2m[pfn] == INVALID_MFN)
+        named = {(pte & sr.PTE_FRAME_MASK) >> sr.PAGE_SHIFT for pte in table
+                 if pte & sr.PTE_PRESENT}
+        if named:
+            self._pfn(max(named), f"L{sr.page_table_level(ptype)} entry")
+        p2m = self.p2m
+        missing = sorted(pfn for pfn in named if p2m[pfn] == INVALID_MFN)
         self.populate(missing)
         try:
             return sr.localise_page_table(page, ptype, self._mfn_or_none)
