@@ -585,6 +585,13 @@ def test_xl_samples_parse_fully(path: Path) -> None:
     # a saved (not live) guest sends each of its pages once: all its memory
     assert r.libxc_reader.pages_populated == r.libxc_reader.page_entries
     assert r.libxc_reader.pages_populated * 4 == b_info["target_memkb"]
+    # the vCPU contexts point at pages of the right types: GDTs normal, cr3/cr1 top tables
+    items = read_all(data)[0]
+    types = {p: t for i in items if isinstance(i, s.PageData)
+             for p, t in zip(i.pfns, i.types, strict=True)}
+    width = next(i for i in items if isinstance(i, s.X86PvInfo)).guest_width
+    for v in (i for i in items if isinstance(i, s.X86PvVcpuBasic)):
+        s.localise_vcpu_context(v.context, v.vcpu_id, width, lambda p: p, types.get)
 
 
 # --- fuzz -------------------------------------------------------------------------------
@@ -710,3 +717,103 @@ def test_pfn_list_limit() -> None:
     data = pv_stream(pages=2048)  # four p2m frames
     with pytest.raises(s.StreamLimitError, match="X86_PV_P2M_FRAMES record of 40 bytes"):
         read_all(data, s.Limits(max_pfn_list=3))
+
+
+# --- vCPU context and shared info ------------------------------------------------------
+
+
+def fixture_records() -> list[lx.SaveItem]:
+    return read_all(FIXTURE.read_bytes())[0]
+
+
+def test_vcpu_context_layout_matches_xl_streams() -> None:
+    """xl normalised these contexts: vCPU 0's cr3 is the pinned L4 table's pfn."""
+    items = fixture_records()
+    l4 = next(p for i in items if isinstance(i, s.PageData)
+              for p, t in zip(i.pfns, i.types, strict=True) if s.page_table_level(t) == 4)
+    vcpus = [i for i in items if isinstance(i, s.X86PvVcpuBasic)]
+    lay = s.VCPU_CONTEXT_LAYOUT[8]
+    ctx0 = vcpus[0].context
+    assert struct.unpack_from("<Q", ctx0, lay.cr3)[0] == l4 << 12
+    assert struct.unpack_from("<Q", ctx0, lay.flags)[0] & s.VGCF_ONLINE
+    shift = 0x100000
+    for v in vcpus:
+        local = s.localise_vcpu_context(v.context, v.vcpu_id, 8, lambda p: p + shift)
+        cr3 = struct.unpack_from("<Q", local, lay.cr3)[0]
+        assert cr3 == struct.unpack_from("<Q", v.context, lay.cr3)[0] + (shift << 12)
+        ents = struct.unpack_from("<Q", local, lay.gdt_ents)[0]
+        assert 0 < ents <= 512  # Linux: one GDT page
+        gdt = struct.unpack_from("<Q", local, lay.gdt_frames)[0]
+        assert gdt == struct.unpack_from("<Q", v.context, lay.gdt_frames)[0] + shift
+        assert struct.unpack_from("<Q", local, lay.gdt_frames + 8)[0] == 0  # unused frame
+        assert s.normalise_vcpu_context(local, v.vcpu_id, 8, lambda m: m - shift) == \
+            v.context
+
+
+def blank_context(width: int, **fields: int) -> bytearray:
+    lay = s.VCPU_CONTEXT_LAYOUT[width]
+    buf = bytearray(lay.size)
+    for name, value in fields.items():
+        struct.pack_into(lay.word, buf, getattr(lay, name), value)
+    return buf
+
+
+def test_vcpu_context_32_bit_and_errors() -> None:
+    lay = s.VCPU_CONTEXT_LAYOUT[4]
+    # a 32-bit cr3 holds the frame folded: (frame << 12) | (frame >> 20)
+    ctx = blank_context(4, edx=0x11, gdt_ents=513, gdt_frames=0x22, cr3=s.frame_to_cr3(
+        0x1234_5678, 4) or 0)
+    struct.pack_into("<I", ctx, lay.gdt_frames + 4, 0x23)
+    pfn = s.normalise_vcpu_context(ctx, 0, 4, lambda m: m - 0x10)
+    assert struct.unpack_from("<I", pfn, lay.edx)[0] == 0x1
+    assert struct.unpack_from("<2I", pfn, lay.gdt_frames) == (0x12, 0x13)  # two frames
+    assert s.cr3_to_frame(struct.unpack_from("<I", pfn, lay.cr3)[0], 4) == 0x1234_5668
+    types = {0x12: 0, 0x13: 0, 0x1234_5668: s.XEN_DOMCTL_PFINFO_L3TAB | 1 << 31}
+    back = s.localise_vcpu_context(pfn, 0, 4, lambda p: p + 0x10, types.get)
+    assert back == bytes(ctx[:lay.flags]) + struct.pack("<I", s.VGCF_ONLINE) + bytes(
+        ctx[lay.flags + 4:])
+    # vCPUs other than 0 keep edx
+    assert struct.unpack_from("<I", s.normalise_vcpu_context(
+        ctx, 1, 4, lambda m: m), lay.edx)[0] == 0x11
+    with pytest.raises(s.StreamError, match=r"vcpu 0: cr3 pfn 0x12345668 has page type "
+                       r"0x0, expected 0x30000000"):
+        s.localise_vcpu_context(pfn, 0, 4, lambda p: p, lambda p: 0)
+    with pytest.raises(s.StreamError, match="vcpu 2: GDT frame 0x22 not in the guest"):
+        s.normalise_vcpu_context(ctx, 2, 4, lambda m: None if m == 0x22 else m)
+    with pytest.raises(s.StreamError, match="vcpu 1: 7169 GDT entries, max 7168"):
+        s.normalise_vcpu_context(blank_context(4, gdt_ents=7169), 1, 4, lambda m: m)
+    with pytest.raises(s.StreamError, match="vcpu context of 5168 bytes, expected 2800"):
+        s.normalise_vcpu_context(bytes(5168), 0, 4, lambda m: m)
+
+
+def test_vcpu_cr1_64_bit() -> None:
+    lay = s.VCPU_CONTEXT_LAYOUT[8]
+    assert lay.cr1 is not None and s.VCPU_CONTEXT_LAYOUT[4].cr1 is None
+    ctx = blank_context(8, cr3=0x5000, cr1=0x7000)
+    pfn = s.normalise_vcpu_context(ctx, 1, 8, lambda m: m + 1)
+    assert struct.unpack_from("<Q", pfn, lay.cr1)[0] == (0x8 << 12) | 1
+    back = s.localise_vcpu_context(pfn, 1, 8, lambda p: p - 1)
+    assert struct.unpack_from("<Q", back, lay.cr1)[0] == 0x7000
+    # cr1 0: no user page tables, left alone both ways
+    assert struct.unpack_from("<Q", s.normalise_vcpu_context(
+        blank_context(8, cr3=0x5000), 1, 8, lambda m: m + 1), lay.cr1)[0] == 0
+
+
+def test_shared_info_from_xl_stream() -> None:
+    items = fixture_records()
+    saved = next(i for i in items if isinstance(i, s.SharedInfo)).data
+    p2m = next(i for i in items if isinstance(i, s.X86PvP2mFrames))
+    arch = s.shared_info_arch(saved, 8)
+    assert arch.max_pfn == p2m.end_pfn + 1  # the guest's p2m size, as xl's saver read it
+    assert arch.p2m_vaddr >> 47 == 0x1FFFF  # a kernel address: the linear p2m list
+    current = bytes([0x5A]) * s.PAGE_SIZE
+    new = s.restored_shared_info(saved, current, 8)
+    for v in range(32):
+        at = v * 64
+        assert new[at:at + 8] == saved[at:at + 8] and new[at + 16:at + 64] == saved[
+            at + 16:at + 64]
+        assert new[at + 8:at + 16] == bytes(8)  # evtchn_pending_sel
+    assert new[2048:2560] == bytes(512) and new[2560:3072] == b"\xff" * 512
+    assert new[3072:3088] == current[3072:3088]  # wallclock of the new domain
+    assert s.shared_info_arch(new, 8) == arch._replace(pfn_to_mfn_frame_list_list=0)
+    assert new[3136:] == current[3136:]

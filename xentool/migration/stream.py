@@ -74,7 +74,11 @@ bits 60-63 of each pfn word), :func:`page_type_known`, :func:`page_type_has_data
 :func:`page_type_populates`, :func:`page_table_level`; :func:`normalise_page_table` (save:
 machine frames to pseudo-physical, Xen's own slots cleared) and
 :func:`localise_page_table` (restore: back), :func:`pte_frame`, :func:`pte_with_frame`,
-:func:`cr3_to_frame` and :func:`frame_to_cr3`.
+:func:`cr3_to_frame` and :func:`frame_to_cr3`; for the vCPU records,
+:func:`normalise_vcpu_context` and :func:`localise_vcpu_context` (start info, GDT frames,
+cr3, cr1, online flag; offsets in :data:`VCPU_CONTEXT_LAYOUT`); for SHARED_INFO,
+:func:`shared_info_arch` (max_pfn, p2m frame list, linear p2m) and
+:func:`restored_shared_info` (the page libxc writes into the restored guest).
 """
 
 from __future__ import annotations
@@ -1336,3 +1340,202 @@ def localise_page_table(page: bytes | bytearray | memoryview, ptype: int,
     table = _entries(page)
     _rewrite(table, level, pfn_to_mfn, "pfn", check_pse=False)
     return _bytes(table)
+
+
+# --- vCPU context ---------------------------------------------------------------------
+
+VGCF_ONLINE = 1 << 5
+FIRST_RESERVED_GDT_ENTRY = 14 * PAGE_SIZE // 8  # GDT entries a PV guest may own
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuContextLayout:
+    """Offsets in ``vcpu_guest_context`` (the X86_PV_VCPU_BASIC blob) of the fields that
+    hold frames, for one guest width; ``word`` is the struct format of a field."""
+
+    size: int
+    word: str
+    flags: int
+    edx: int  # vCPU 0: the start info frame, at suspend
+    gdt_frames: int  # 16 words
+    gdt_ents: int
+    cr1: int | None  # 64-bit only: the user page tables (bit 0: valid)
+    cr3: int
+
+
+VCPU_CONTEXT_LAYOUT = {
+    8: VcpuContextLayout(5168, "<Q", 512, 520 + 12 * 8, 4832, 4960, 4984 + 8, 4984 + 24),
+    4: VcpuContextLayout(2800, "<I", 512, 516 + 2 * 4, 2640, 2704, None, 2716 + 12),
+}
+
+
+def _vcpu_layout(context: bytes | bytearray | memoryview, guest_width: int
+                 ) -> VcpuContextLayout:
+    lay = VCPU_CONTEXT_LAYOUT.get(guest_width)
+    if lay is None:
+        raise StreamError(f"guest width {guest_width}, expected 4 or 8")
+    if len(context) != lay.size:
+        raise StreamError(f"vcpu context of {len(context)} bytes, expected {lay.size} for "
+                          f"guest width {guest_width}")
+    return lay
+
+
+def _gdt_frames(buf: bytearray, lay: VcpuContextLayout, vcpu_id: int) -> range:
+    size = struct.calcsize(lay.word)
+    (ents,) = struct.unpack_from(lay.word, buf, lay.gdt_ents)
+    if ents > FIRST_RESERVED_GDT_ENTRY:
+        raise StreamError(f"vcpu {vcpu_id}: {ents} GDT entries, max "
+                          f"{FIRST_RESERVED_GDT_ENTRY}")
+    return range(lay.gdt_frames, lay.gdt_frames + size * ((ents + 511) // 512), size)
+
+
+def _translate(frame: int, translate: Callable[[int], int | None], what: str,
+               vcpu_id: int) -> int:
+    got = translate(frame)
+    if got is None:
+        raise StreamError(f"vcpu {vcpu_id}: {what} frame {frame:#x} not in the guest's "
+                          "physmap")
+    return got
+
+
+def normalise_vcpu_context(context: bytes | bytearray | memoryview, vcpu_id: int,
+                           guest_width: int, mfn_to_pfn: Callable[[int], int | None]
+                           ) -> bytes:
+    """A vCPU's ``vcpu_guest_context`` as the stream carries it (save side): machine
+    frames turned into pfns in vCPU 0's start info pointer (``edx`` at suspend), the GDT
+    frames in use, cr3 and, for a 64-bit guest, a valid cr1 (set to ``pfn << 12 | 1``).
+    ``mfn_to_pfn`` returns None for a frame outside the guest (a :class:`StreamError`)."""
+    lay = _vcpu_layout(context, guest_width)
+    buf = bytearray(context)
+
+    def rewrite(at: int, what: str) -> None:
+        (mfn,) = struct.unpack_from(lay.word, buf, at)
+        struct.pack_into(lay.word, buf, at, _translate(mfn, mfn_to_pfn, what, vcpu_id))
+
+    if vcpu_id == 0:
+        rewrite(lay.edx, "start info")
+    for at in _gdt_frames(buf, lay, vcpu_id):
+        rewrite(at, "GDT")
+    (cr3,) = struct.unpack_from(lay.word, buf, lay.cr3)
+    mfn = cr3_to_frame(cr3, guest_width)
+    if mfn is None:
+        raise StreamError(f"vcpu {vcpu_id}: cr3 {cr3:#x} holds no frame")
+    pfn = _translate(mfn, mfn_to_pfn, "cr3", vcpu_id)
+    struct.pack_into(lay.word, buf, lay.cr3, frame_to_cr3(pfn, guest_width) or 0)
+    if lay.cr1 is not None:
+        (cr1,) = struct.unpack_from(lay.word, buf, lay.cr1)
+        if cr1:
+            pfn = _translate(cr1 >> PAGE_SHIFT, mfn_to_pfn, "cr1", vcpu_id)
+            struct.pack_into(lay.word, buf, lay.cr1, 1 | (pfn << PAGE_SHIFT) & _U64)
+    return bytes(buf)
+
+
+def localise_vcpu_context(context: bytes | bytearray | memoryview, vcpu_id: int,
+                          guest_width: int, pfn_to_mfn: Callable[[int], int | None],
+                          page_type: Callable[[int], int | None] | None = None) -> bytes:
+    """A vCPU's context from the stream made ready for XEN_DOMCTL_setvcpucontext (restore
+    side): marked online, pfns turned into machine frames in vCPU 0's start info
+    pointer, the GDT frames in use, cr3 and a valid cr1 (bit 0).  With ``page_type``
+    (pfn to its ``XEN_DOMCTL_PFINFO_*`` type from the stream), the GDT frames must be
+    normal pages and cr3/cr1 top-level page tables, as libxc requires."""
+    lay = _vcpu_layout(context, guest_width)
+    buf = bytearray(context)
+    top = XEN_DOMCTL_PFINFO_L1TAB * (4 if guest_width == 8 else 3)
+
+    def check(pfn: int, what: str, want: int, mask: int) -> None:
+        if page_type is None:
+            return
+        ptype = page_type(pfn)
+        if ptype is None or ptype & mask != want:
+            shown = "none" if ptype is None else f"{ptype:#x}"
+            raise StreamError(f"vcpu {vcpu_id}: {what} pfn {pfn:#x} has page type {shown}, "
+                              f"expected {want:#x}")
+
+    (flags,) = struct.unpack_from(lay.word, buf, lay.flags)
+    struct.pack_into(lay.word, buf, lay.flags, flags | VGCF_ONLINE)
+    if vcpu_id == 0:
+        (pfn,) = struct.unpack_from(lay.word, buf, lay.edx)
+        struct.pack_into(lay.word, buf, lay.edx,
+                         _translate(pfn, pfn_to_mfn, "start info", vcpu_id))
+    for at in _gdt_frames(buf, lay, vcpu_id):
+        (pfn,) = struct.unpack_from(lay.word, buf, at)
+        check(pfn, "GDT", XEN_DOMCTL_PFINFO_NOTAB, XEN_DOMCTL_PFINFO_LTAB_MASK)
+        struct.pack_into(lay.word, buf, at, _translate(pfn, pfn_to_mfn, "GDT", vcpu_id))
+    (cr3,) = struct.unpack_from(lay.word, buf, lay.cr3)
+    pfn3 = cr3_to_frame(cr3, guest_width)
+    if pfn3 is None:
+        raise StreamError(f"vcpu {vcpu_id}: cr3 {cr3:#x} holds no frame")
+    check(pfn3, "cr3", top, XEN_DOMCTL_PFINFO_LTABTYPE_MASK)
+    mfn = _translate(pfn3, pfn_to_mfn, "cr3", vcpu_id)
+    cr3_new = frame_to_cr3(mfn, guest_width)
+    if cr3_new is None:
+        raise StreamError(f"vcpu {vcpu_id}: cr3 frame {mfn:#x} does not fit a 32-bit cr3")
+    struct.pack_into(lay.word, buf, lay.cr3, cr3_new)
+    if lay.cr1 is not None:
+        (cr1,) = struct.unpack_from(lay.word, buf, lay.cr1)
+        if cr1 & 1:
+            check(cr1 >> PAGE_SHIFT, "cr1", top, XEN_DOMCTL_PFINFO_LTABTYPE_MASK)
+            mfn = _translate(cr1 >> PAGE_SHIFT, pfn_to_mfn, "cr1", vcpu_id)
+            struct.pack_into(lay.word, buf, lay.cr1, (mfn << PAGE_SHIFT) & _U64)
+    return bytes(buf)
+
+
+# --- shared info ------------------------------------------------------------------------
+
+
+class SharedInfoArch(NamedTuple):
+    """``arch_shared_info``: where the guest keeps its p2m (save reads it)."""
+
+    max_pfn: int
+    pfn_to_mfn_frame_list_list: int
+    nmi_reason: int
+    p2m_cr3: int
+    p2m_vaddr: int
+    p2m_generation: int
+
+
+_LEGACY_VCPUS = 32
+_VCPU_INFO_SIZE = 64
+# per width: (pending_sel offset in vcpu_info, evtchn_pending/mask words, arch offset)
+_SHINFO = {8: (8, 64, 3088), 4: (4, 32, 2316)}
+
+
+def _shinfo(guest_width: int) -> tuple[str, int, int, int, int, int]:
+    if guest_width not in _SHINFO:
+        raise StreamError(f"guest width {guest_width}, expected 4 or 8")
+    sel, words, arch = _SHINFO[guest_width]
+    word = "<Q" if guest_width == 8 else "<I"
+    pending = _LEGACY_VCPUS * _VCPU_INFO_SIZE
+    mask = pending + words * guest_width
+    return word, sel, pending, mask, words * guest_width, arch
+
+
+def shared_info_arch(data: bytes | bytearray | memoryview, guest_width: int
+                     ) -> SharedInfoArch:
+    """The ``arch`` part of a shared info page."""
+    word, _, _, _, _, arch = _shinfo(guest_width)
+    if len(data) != PAGE_SIZE:
+        raise StreamError(f"shared info of {len(data)} bytes, expected {PAGE_SIZE}")
+    return SharedInfoArch(*struct.unpack_from("<6" + word[1], data, arch))
+
+
+def restored_shared_info(saved: bytes | bytearray | memoryview,
+                         current: bytes | bytearray | memoryview, guest_width: int) -> bytes:
+    """The shared info page to write into a restored guest, as libxc builds it: the new
+    domain's page (``current``) with the saved ``vcpu_info`` array and ``arch`` part,
+    the p2m frame-list-list cleared (the guest sets it again), no event pending (nor
+    pending selector) and every event channel masked.  Wallclock stays the new one."""
+    word, sel, pending, mask, size, arch = _shinfo(guest_width)
+    if len(saved) != PAGE_SIZE or len(current) != PAGE_SIZE:
+        raise StreamError(f"shared info pages of {len(saved)} and {len(current)} bytes, "
+                          f"expected {PAGE_SIZE}")
+    buf = bytearray(current)
+    buf[:pending] = saved[:pending]
+    arch_end = arch + 6 * guest_width + (4 if guest_width == 4 else 0)  # + i386 wc_sec_hi
+    buf[arch:arch_end] = saved[arch:arch_end]
+    struct.pack_into(word, buf, arch + guest_width, 0)  # pfn_to_mfn_frame_list_list
+    buf[pending:pending + size] = bytes(size)
+    for v in range(_LEGACY_VCPUS):
+        struct.pack_into(word, buf, v * _VCPU_INFO_SIZE + sel, 0)
+    buf[mask:mask + size] = b"\xff" * size
+    return bytes(buf)
