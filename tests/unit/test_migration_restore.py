@@ -272,3 +272,22 @@ def test_stored_config_becomes_xl_cfg() -> None:
     assert cfg.on_reboot.libxl_name == "restart_rename"
     with pytest.raises(R.RestoreError, match="vfbs"):
         R.config_text_from_json({**doc, "vfbs": [{"devid": 0}]}, "f")
+
+
+def test_a_config_file_replaces_the_saved_one(tmp_path: Path) -> None:
+    """As ``xl restore CFG FILE``: the file's settings, not the saved ones; a save file
+    without a stored config needs one."""
+    cfg = tmp_path / "other.cfg"
+    cfg.write_text('name = "other"\ntype = "pv"\nkernel = "/k2"\nmemory = 96\n')
+    path = tmp_path / "g.save"
+    path.write_bytes(save_file(libxc_stream(guest_pages())))
+    with open(path, "rb") as fp:
+        header = R.read_save_header(sr.ExactReader(fp, str(path)))
+    config, text, source = R.saved_config(header, str(path), str(cfg))
+    assert text == cfg.read_text()
+    assert (config.name, config.kernel, config.memory, source) == ("other", "/k2", 96, str(cfg))
+    saved, _, source = R.saved_config(header, str(path), None)
+    assert (saved.name, saved.kernel, saved.memory, source) == ("g1", "/k", 64, "<saved>")
+    bare = lx.XlSaveHeader(b"")
+    with pytest.raises(R.RestoreError, match="Config file not specified and none in save"):
+        R.saved_config(bare, str(path), None)
