@@ -277,6 +277,7 @@ class PvRestore:
         if info is None:
             raise self.fail(f"domain {self.domid} vanished")
         self.shared_info_mfn = info.shared_info_frame
+        log.info("found x86 PV domain from Xen %d.%d", dhdr.xen_major, dhdr.xen_minor)
         for rec in reader:
             self.record(rec)
             if isinstance(rec, sr.Checkpoint):
@@ -284,6 +285,9 @@ class PvRestore:
         if not reader.finished:
             raise self.fail("the libxc stream has no END record")
         self.rings = self.complete()
+        log.info("restored %d pages; XenStore: mfn %#x, evt %d; console: mfn %#x, evt %d",
+                 self.populated, self.rings[0], self.store_evtchn, self.rings[1],
+                 self.console_evtchn)
 
     def record(self, rec: sr.Record) -> None:
         if isinstance(rec, sr.PageData):
