@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .helpers import GuestKit, wait_for_console, xentool, xl
+from .helpers import GuestKit, console_log, console_session, wait_for_console, xentool, xl
 from .test_create_faults import create_env, settle, snapshot
 
 if TYPE_CHECKING:
@@ -164,6 +164,46 @@ def test_pvh_guest_boots_with_disk_and_vif_like_under_xl(kit: GuestKit, tmp_path
     assert xt_view["disks"] == ["xvda 16384 ro=0"] and \
         xt_view["nics"] == ["eth0 00:16:3e:5a:00:01"]
     assert xt_view == xl_view
+
+
+def test_pvh_guest_console_network_scheduler_and_reboot(kit: GuestKit, tmp_path: Path,
+                                                         guest_name: str) -> None:
+    """The rest of what an operator does with a guest, on a PVH one: `create -c` shows its
+    console, a vif plugged at run time connects and unplugs, a credit2 weight is set, and
+    `reboot` brings the guest back (on_reboot="restart") as PVH, with its devices."""
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(pvh_cfg(kit, guest_name, more=devices(tmp_path)))
+    before = snapshot()
+    seen, rc = console_session("create", "-c", str(cfg), pattern=READY)
+    try:
+        assert rc == 0 and "XENTOOL-CPUS 1" in seen, seen[-2000:]
+        wait_connected(guest_name)
+        xentool("network-attach", guest_name, "mac=00:16:3e:5a:00:02", "bridge=xenbr0")
+        wait_for("the plugged vif connected", lambda: [
+            r.split()[4] for r in xl("network-list", guest_name).stdout.splitlines()[1:]]
+            == ["4", "4"])
+        xentool("network-detach", guest_name, "00:16:3e:5a:00:02")
+        assert len(xl("network-list", guest_name).stdout.splitlines()) == 2
+
+        xentool("sched-credit2", "-d", guest_name, "-w", "512")
+        row = xl("sched-credit2", "-d", guest_name).stdout.splitlines()[1].split()
+        assert row[0] == guest_name and row[2] == "512", row
+
+        first = info(guest_name).domid
+        r = xentool("reboot", "-w", guest_name, timeout=300)
+        assert r.stderr.splitlines()[-1] == \
+            f"Domain {first} has been shut down, reason code 1"
+        wait_for("the guest restarted", lambda: guest_name in xl("list").stdout
+                 and int(xl("domid", guest_name).stdout) != first, timeout=180)
+        wait_for("the marker of the second boot", lambda: console_log(guest_name)
+                 .read_text(errors="replace").count(READY) >= 2, timeout=240)
+        assert json.loads(xl("list", "-l", guest_name).stdout)[0]["config"]["c_info"][
+            "type"] == "pvh"
+        blocks, nics = wait_connected(guest_name)
+        assert [b.split()[3] for b in blocks] == ["4"] and [n.split()[4] for n in nics] == ["4"]
+    finally:
+        destroy(guest_name)
+    assert not settle(before), "the PVH guest left something behind"
 
 
 def test_pvh_guest_with_maxmem_above_memory_balloons(kit: GuestKit, tmp_path: Path,
