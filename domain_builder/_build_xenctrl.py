@@ -503,6 +503,12 @@ ffibuilder.cdef(
     int xentool_save_cpu_policy(xc_interface *xch, uint32_t domid, uint8_t *leaves,
                                 uint32_t *nr_leaves, uint8_t *msrs, uint32_t *nr_msrs);
 
+    /* ---- migration: live ------------------------------------------------------------- */
+    /* Log-dirty mode for the pre-copy rounds of a live migration (set_source below). */
+    int xentool_logdirty(xc_interface *xch, uint32_t domid, int enable);
+    long long xentool_logdirty_clean(xc_interface *xch, uint32_t domid, uint8_t *bitmap,
+                                     unsigned long pages, uint32_t *dirty);
+
     /* ---- libxenhypfs: hypervisor runtime parameters (set-parameters) ------------------ */
     typedef struct xenhypfs_handle xenhypfs_handle;
     xenhypfs_handle *xenhypfs_open(void *logger, unsigned int open_flags);
@@ -847,6 +853,40 @@ ffibuilder.set_source(
             rc = xc_cpu_policy_serialise(xch, p, (xen_cpuid_leaf_t *)leaves, nr_leaves,
                                          (xen_msr_entry_t *)msrs, nr_msrs);
         xc_cpu_policy_destroy(p);
+        return rc;
+    }
+
+    /* ---- migration: live ------------------------------------------------------------- */
+    /* enable 0: log-dirty (and any shadow mode) off, as libxc leaves a PV guest after a
+       save. */
+    static int xentool_logdirty(xc_interface *xch, uint32_t domid, int enable)
+    {
+        return xc_shadow_control(xch, domid,
+                                 enable ? XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY
+                                        : XEN_DOMCTL_SHADOW_OP_OFF, NULL, 0);
+    }
+
+    /* The dirty bitmap of the first `pages` pfns into bitmap (a bit per pfn, 64-bit
+       words, little-endian on x86), cleared in Xen; *dirty: Xen's dirty count. */
+    static long long xentool_logdirty_clean(xc_interface *xch, uint32_t domid,
+                                            uint8_t *bitmap, unsigned long pages,
+                                            uint32_t *dirty)
+    {
+        DECLARE_HYPERCALL_BUFFER(void, buf);
+        size_t bytes = ((pages + 63) / 64) * 8;
+        xc_shadow_op_stats_t stats;
+        long long rc;
+
+        buf = xc_hypercall_buffer_alloc(xch, buf, bytes ? bytes : 8);
+        if (!buf)
+            return -1;
+        rc = xc_logdirty_control(xch, domid, XEN_DOMCTL_SHADOW_OP_CLEAN,
+                                 HYPERCALL_BUFFER(buf), pages, 0, &stats);
+        if (rc >= 0) {
+            memcpy(bitmap, buf, bytes);
+            *dirty = stats.dirty_count;
+        }
+        xc_hypercall_buffer_free(xch, buf);
         return rc;
     }
     """,

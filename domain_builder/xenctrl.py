@@ -1572,6 +1572,23 @@ class XenCtrl:
                 "gdt_frames": _lib.XENTOOL_SAVE_OFF_GDT_FRAMES,
                 "gdt_ents": _lib.XENTOOL_SAVE_OFF_GDT_ENTS}
 
+    # -- migration: live ------------------------------------------------------------------
+    def logdirty(self, domid: int, enable: bool) -> None:
+        """Log-dirty mode on (ENABLE_LOGDIRTY) or shadow mode off (SHADOW_OP_OFF)."""
+        self._check("xc_shadow_control", _lib.xentool_logdirty(self._h, domid, int(enable)),
+                    f"domain {domid}")
+
+    def logdirty_clean(self, domid: int, pages: int) -> tuple[bytes, int]:
+        """The dirty bitmap of pfns 0..pages-1 (bit i of byte i // 8 for pfn i), cleared
+        in Xen (SHADOW_OP_CLEAN), and the number of pages Xen counted dirty."""
+        nbytes = (pages + 63) // 64 * 8
+        buf = _ffi.new("uint8_t[]", max(8, nbytes))
+        dirty = _ffi.new("uint32_t *")
+        self._check("xc_logdirty_control",
+                    _lib.xentool_logdirty_clean(self._h, domid, buf, pages, dirty),
+                    f"domain {domid}")
+        return bytes(_ffi.buffer(buf, nbytes)), int(dirty[0])
+
 
 def _dominfo(d: Any) -> DomainInfo:
     return _module.DomainInfo(
