@@ -612,12 +612,15 @@ def build_from_stream(fp: BinaryIO, src: sr.ExactReader, name: str, config: Doma
 
 def restore(path: str, *, config_file: str | None = None, paused: bool = False,
             handle_signals: bool = False, gconf: GlobalConfig | None = None,
-            record: bool = False, quiet: bool = False, debug: bool = False) -> int:
+            record: bool = False, quiet: bool = False, debug: bool = False,
+            stream: BinaryIO | None = None, name_suffix: str = "") -> int:
     """Restore the guest saved in ``path`` (``xl restore``); returns its domid.
 
     ``config_file`` replaces the configuration in the file, as with xl.  The guest runs
     unless ``paused``.  With ``record`` it gets a record so its on_* actions are applied.
-    On any failure nothing is left behind (the create journal)."""
+    On any failure nothing is left behind (the create journal).  ``stream``: read that
+    instead of opening ``path`` (migrate-receive's stdin; ``path`` names it in messages);
+    ``name_suffix`` goes after the saved name (``--incoming``)."""
     import contextlib
 
     from xentool import create as cr
@@ -625,7 +628,8 @@ def restore(path: str, *, config_file: str | None = None, paused: bool = False,
     from xentool.devices import preflight
 
     try:
-        fp = open(path, "rb")  # noqa: SIM115  (closed below, after the domain exists)
+        # closed below, after the domain exists
+        fp = stream if stream is not None else open(path, "rb")  # noqa: SIM115
     except OSError as e:
         raise RestoreError(f"Can't open restore file: {e.strerror}: {path}") from None
     with fp:
@@ -650,6 +654,10 @@ def restore(path: str, *, config_file: str | None = None, paused: bool = False,
         gconf = gconf or GlobalConfig()
         gconf.check_applicable()
         config = apply_global_defaults(config, gconf)
+        if name_suffix:
+            import dataclasses
+
+            config = dataclasses.replace(config, name=config.name + name_suffix)
         if debug:  # xl restore -d: the configuration as libxl JSON
             from xentool.config.libxl_json import dumps, to_libxl
 
