@@ -52,8 +52,9 @@ SOCKET_ENV = "XENTOOL_DAEMON_SOCKET"
 NO_DAEMON_ENV = "XENTOOL_NO_DAEMON"
 #: The signals passed on to the command: those a journaled operation rolls back on.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: Verbs that are services of their own and always run in their own process.
-LOCAL_VERBS = ("monitor", "sched-controller", "daemon")
+#: Verbs that are services of their own and always run in their own process (migrate
+#: and migrate-receive: their transport is a pipe to a child they own).
+LOCAL_VERBS = ("monitor", "sched-controller", "daemon", "migrate", "migrate-receive")
 #: Largest message either side accepts (a request carries the whole environment).
 MAX_MESSAGE = 1 << 20
 #: File descriptors sent with a request: stdin, stdout, stderr, working directory.

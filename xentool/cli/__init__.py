@@ -94,6 +94,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("reboot", "domain_ops", "Issue a reboot signal to a domain"),
     Verb("rename", "domain_ops", "Rename a domain"),
     Verb("save", "save", "Save a domain state to restore later"),
+    Verb("migrate", "migrate", "Migrate a domain to another host"),
+    Verb("migrate-receive", "migrate", "Restore a domain from a saved state"),
     Verb("config-update", "stored", "Update a running domain's saved configuration, used "
          "when rebuilding the domain after reboot"),
     Verb("mem-set", "domain_ops", "Set the current memory usage for a domain"),
