@@ -54,7 +54,7 @@ from xentool.migration.libxl_stream import (
     XlSaveHeader,
 )
 from xentool.migration.save import PvSaver, SaveError, SaveStats, resume, suspend
-from xentool.migration.stream import PageTableError
+from xentool.migration.stream import PageTableError, page_table_level
 
 if TYPE_CHECKING:
     from xentool.journal import Journal
@@ -70,6 +70,8 @@ DIRTY_THRESHOLD = 50
 MAX_ROUNDS = 5
 #: libxl's ERROR_FAIL, the status byte a receiver reports on failure (as -rc).
 STATUS_FAIL = 3
+#: How long a failed sender waits for the receiving end to clean up and exit (xl: 2 s).
+FAILURE_WAIT = 60.0
 #: What xl calls the stream in its receiver's messages.
 INCOMING = "incoming migration stream"
 
@@ -165,8 +167,17 @@ def send_round(saver: PvSaver, pfns: Sequence[int]) -> set[int]:
         try:
             saver.send_pages(batch)
         except (PageTableError, SaveError) as e:
-            log.debug("deferring %d pages from %#x: %s", len(batch), batch[0], e)
-            later.update(batch)
+            # Send the rest of the batch now, its page tables later (a running Linux maps
+            # frames outside its p2m, e.g. shared info, until it suspends).
+            types = saver.xc.pfn_types(saver.domid, [saver.p2m[p] for p in batch])
+            tables = [p for p, t in zip(batch, types, strict=True) if page_table_level(t)]
+            rest = [p for p, t in zip(batch, types, strict=True) if not page_table_level(t)]
+            log.debug("deferring %d page tables from %#x: %s", len(tables), batch[0], e)
+            later.update(tables)
+            try:
+                saver.send_pages(rest)
+            except (PageTableError, SaveError):
+                later.update(rest)
     return later
 
 
@@ -301,7 +312,6 @@ def migrate_domain(s: Session, domid: int, command: str, *, config_file: str | N
     """``xl migrate``: see the module docstring.  ``command`` is the rune (:func:`rune`).
     Raises MigrateError (the guest runs here) or HandshakeLost."""
     from xentool.control import rename_domain
-    from xentool.destroy import destroy_domain
     from xentool.journal import Journal, default_record_dir
 
     emit = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -318,8 +328,9 @@ def migrate_domain(s: Session, domid: int, command: str, *, config_file: str | N
     name = s.name(domid) or ""
     header = config_for(s, domid, config_file)
 
+    # Buffered: a raw pipe write interrupted by a signal may write part of a record.
     child = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, bufsize=0)
+                             stdout=subprocess.PIPE)
     assert child.stdin is not None and child.stdout is not None
     send = cast(BinaryIO, child.stdin)
     recv = cast(BinaryIO, child.stdout)
@@ -347,7 +358,7 @@ def migrate_domain(s: Session, domid: int, command: str, *, config_file: str | N
             _close(send)
             cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             emit(f"migration sender: {cause}")
-            _reap(child)
+            _reap(child, FAILURE_WAIT)
             raise MigrateError("Migration failed, resuming at sender.") from None
         emit("migration sender: Giving target permission to start.")
         try:
@@ -367,7 +378,7 @@ def migrate_domain(s: Session, domid: int, command: str, *, config_file: str | N
                     rename_domain(s, domid, name, away)
                 resume(s, domid)
                 emit("migration sender: Resumed OK.")
-                _reap(child)
+                _reap(child, FAILURE_WAIT)
                 raise MigrateError("Migration failed due to problems at target.")
         except (OSError, MigrateError) as e:
             if isinstance(e, MigrateError) and "problems at target" in str(e):
@@ -381,7 +392,7 @@ def migrate_domain(s: Session, domid: int, command: str, *, config_file: str | N
                 " would probably result in SEVERE DATA LOSS and it is now your\n"
                 " responsibility to avoid that.  Sorry.") from None
         emit("migration sender: Target reports successful startup.")
-        destroy_domain(s, domid)
+        destroy_source(s, domid, str(info.uuid))
         _reap(child)
         return Outcome(stats, name)
     finally:
@@ -389,6 +400,20 @@ def migrate_domain(s: Session, domid: int, command: str, *, config_file: str | N
         _close(recv)
         if child.poll() is None:
             _reap(child)
+
+
+def destroy_source(s: Session, domid: int, uuid: str) -> None:
+    """Destroy the migrated-away copy.  When the guest arrived on this same host (the same
+    uuid runs in another domain), the ``/vm/<uuid>`` node and the record are the new
+    copy's: the old one lets go of them instead of removing them."""
+    from xenstore.paths import domain_path
+    from xentool.destroy import destroy_domain
+
+    twin = any(str(d.uuid) == uuid and d.domid != domid and not d.dying
+               for d in s.xc.domains())
+    if twin:
+        s.xs.rm(f"{domain_path(domid)}/vm", missing_ok=True)
+    destroy_domain(s, domid, forget=not twin)
 
 
 def _close(fp: BinaryIO) -> None:
@@ -447,7 +472,6 @@ def migrate_receive(*, debug: bool = False, monitor: bool = True, foreground: bo
     from xentool import Host
     from xentool.cli.commands.create import _global_config
     from xentool.control import rename_domain
-    from xentool.destroy import destroy_domain
     from xentool.migration.restore import restore
     from xentool.session import Session
 
@@ -470,6 +494,8 @@ def migrate_receive(*, debug: bool = False, monitor: bool = True, foreground: bo
         say("migration target: Domain creation failed (code -3).")
         return 1
     with Session() as s:
+        info = s.xc.domain_info(domid)
+        uuid = str(info.uuid) if info is not None else ""
         incoming = s.name(domid) or ""
         name = incoming.removesuffix("--incoming")
         say("migration target: Transfer complete, requesting permission to start domain.")
@@ -481,7 +507,7 @@ def migrate_receive(*, debug: bool = False, monitor: bool = True, foreground: bo
             # The sender is gone or refused: the guest is still its own.
             say(f"migration target: {e.strerror if isinstance(e, OSError) else e}")
             say("migration target: Failure, destroying our copy.")
-            destroy_domain(s, domid)
+            destroy_source(s, domid, uuid)
             return 1
         say("migration target: Got permission, starting domain.")
         try:
@@ -501,11 +527,11 @@ def migrate_receive(*, debug: bool = False, monitor: bool = True, foreground: bo
             _write(out, MIGRATE_REPORT + bytes([rc]))
         except OSError:
             if rc:
-                destroy_domain(s, domid)
+                destroy_source(s, domid, uuid)
             return 1
         if rc:
             say("migration target: Failure, destroying our copy.")
-            destroy_domain(s, domid)
+            destroy_source(s, domid, uuid)
             say("migration target: Cleanup OK, granting sender permission to resume.")
             try:
                 _write(out, MIGRATE_PERMISSION_TO_GO)
