@@ -57,6 +57,7 @@ from xentool.migration.save import PvSaver, SaveError, SaveStats, resume, suspen
 from xentool.migration.stream import PageTableError, page_table_level
 
 if TYPE_CHECKING:
+    from xentool.config.xlconf import GlobalConfig
     from xentool.journal import Journal
     from xentool.session import Session
 
@@ -464,13 +465,13 @@ def recover_killed_migrations(s: Session) -> list[int]:
 # -- the receiver ----------------------------------------------------------------------------
 
 
-def migrate_receive(*, debug: bool = False, monitor: bool = True, foreground: bool = False,
-                    pause_after: bool = False, proto_in: int = 0, proto_out: int = 1) -> int:
+def migrate_receive(gconf: GlobalConfig, *, debug: bool = False, monitor: bool = True,
+                    foreground: bool = False, pause_after: bool = False, proto_in: int = 0,
+                    proto_out: int = 1) -> int:
     """``xl migrate-receive``: the stream on ``proto_in``, the acks on ``proto_out``; the
     guest arrives as NAME--incoming and runs as NAME once the sender says so.  Returns
     the process's exit status."""
     from xentool import Host
-    from xentool.cli.commands.create import _global_config
     from xentool.control import rename_domain
     from xentool.migration.restore import restore
     from xentool.session import Session
@@ -482,9 +483,6 @@ def migrate_receive(*, debug: bool = False, monitor: bool = True, foreground: bo
     inp = io.FileIO(proto_in, "rb", closefd=False)
     say("migration target: Ready to receive domain.")
     _write(out, MIGRATE_RECEIVER_BANNER)
-    gconf = _global_config()
-    if gconf is None:
-        return 1
     try:
         domid = restore(INCOMING, stream=io.FileIO(proto_in, "rb", closefd=False),
                         paused=True, handle_signals=True, gconf=gconf, record=monitor,

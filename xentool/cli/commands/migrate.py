@@ -82,17 +82,21 @@ def configure_migrate_receive(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate_receive(args: argparse.Namespace) -> int:
+    from xentool.cli.commands.create import _global_config
     from xentool.migration.migrate import migrate_receive
 
     if args.remus:
         raise XentoolError("migrate-receive -r: Remus checkpoint streams are not supported")
+    gconf = _global_config()
+    if gconf is None:
+        return 1
     # The acks go on the real stdout; anything else printed goes to stderr, so nothing
     # stray can land in the protocol.
     sys.stdout.flush()
     proto_out = os.dup(1)
     os.dup2(2, 1)
     try:
-        return migrate_receive(debug=args.debug, monitor=not args.no_monitor,
+        return migrate_receive(gconf, debug=args.debug, monitor=not args.no_monitor,
                                foreground=args.foreground, pause_after=args.pause_after,
                                proto_in=0, proto_out=proto_out)
     finally:
