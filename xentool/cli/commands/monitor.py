@@ -35,10 +35,17 @@ def configure_monitor(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
+    import logging
+
     from xentool import service
     from xentool.monitor import Backoff, serve
 
     service.journal_priorities()
+    if service.stderr_is_journal():
+        # Under systemd every action it carries out is logged (at notice), whatever -v says.
+        mlog = logging.getLogger("xentool.monitor")
+        if mlog.getEffectiveLevel() > logging.INFO:
+            mlog.setLevel(logging.INFO)
 
     if args.stable_after < 0 or args.max_delay < 0 or args.max_fast_restarts < 0:
         raise XentoolError("--stable-after, --max-delay and --max-fast-restarts must not be "
