@@ -204,7 +204,17 @@ class FileLock:
         """flock the directory: makes 'claim' and 'break' atomic with respect to each other."""
         guard = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(guard, fcntl.LOCK_EX)
-        return guard  # closing it drops the flock
+        return guard  # _unguard drops the flock
+
+    @staticmethod
+    def _unguard(guard: int) -> None:
+        # Unlock before close, as release() does: a process forked meanwhile by another
+        # thread (xentoold's children) holds a copy of the descriptor, which would keep
+        # the directory locked, and every later claim waiting, for as long as it lives.
+        try:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+        finally:
+            os.close(guard)
 
     def _lock_file(self, deadline: float | None) -> int:
         warned = False
@@ -246,7 +256,7 @@ class FileLock:
             os.pwrite(fd, Holder.me().line().encode(), 0)
             return True
         finally:
-            os.close(guard)
+            self._unguard(guard)
 
     def _break_if_stale(self, busy_ino: int) -> Holder | str | None:
         """The live holder of a busy lock; None if it was stale and has been broken.
@@ -271,7 +281,7 @@ class FileLock:
             os.unlink(self.path)
             return None
         finally:
-            os.close(guard)
+            self._unguard(guard)
 
 
 def create_lock(timeout: float | None = DEFAULT_TIMEOUT) -> FileLock:
