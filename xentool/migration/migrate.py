@@ -32,6 +32,7 @@ not).
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import subprocess
@@ -148,6 +149,7 @@ class LiveStats:
     final: int = 0  # pages sent while the guest was suspended
     deferred: int = 0  # pages a round left to the final one
     downtime: float = 0.0  # from the suspend to the end of the stream
+    live: bool = True  # pre-copy rounds were made
     seconds: float = 0.0
     save: SaveStats | None = None
 
@@ -194,18 +196,27 @@ def send_live(j: Journal, s: Session, domid: int, out: BinaryIO, *, live: bool =
     saver = PvSaver(xc, domid, out)
     stats = LiveStats(rounds=[])
 
-    def logdirty_on() -> None:
+    def logdirty_on() -> bool:
+        """Whether log-dirty mode is on: a Xen without shadow paging has none for PV
+        guests (EOPNOTSUPP), and the migration is then stop-and-copy."""
         try:
             xc.logdirty(domid, True)
-        except XentoolError:
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                return False
             # Already in a shadow mode (libxc: turn it off and try again).
             xc.logdirty(domid, False)
             xc.logdirty(domid, True)
+        return True
 
     def logdirty_off() -> None:
         info = xc.domain_info(domid)
         if info is not None and not info.dying:
-            xc.logdirty(domid, False)
+            try:
+                xc.logdirty(domid, False)
+            except OSError as e:
+                if e.errno != errno.EOPNOTSUPP:  # no shadow paging: nothing to turn off
+                    raise
 
     def suspend_step() -> None:
         j.note("suspending", True)
@@ -216,8 +227,12 @@ def send_live(j: Journal, s: Session, domid: int, out: BinaryIO, *, live: bool =
             raise
 
     final: set[int] = set()
+    if live and not j.do("log-dirty on", logdirty_on, undo=lambda _: logdirty_off()):
+        log.warning("domain %d: Xen has no log-dirty mode for PV guests (built without "
+                    "shadow paging): migrating with the guest suspended throughout", domid)
+        live = False
+    stats.live = live
     if live:
-        j.do("log-dirty on", logdirty_on, undo=lambda _: logdirty_off())
         j.do("setup", saver.setup)
         def static_data() -> None:
             saver.write_headers()

@@ -63,8 +63,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         except MigrateError as e:
             raise XentoolError(str(e)) from None
     st = out.stats
-    print(f"Migration successful. (pre-copy rounds {st.rounds}, final {st.final} pages, "
-          f"downtime {st.downtime:.2f}s, total {st.seconds:.2f}s)", file=sys.stderr)
+    how = (f"pre-copy rounds {st.rounds}, final {st.final} pages" if st.live
+           else "stop-and-copy")
+    print(f"Migration successful. ({how}, downtime {st.downtime:.2f}s, total "
+          f"{st.seconds:.2f}s)", file=sys.stderr)
     return 0
 
 
