@@ -192,23 +192,34 @@ class Xentoold:
     nothing outside the tests is routed through it); ``env(via=...)`` is the environment
     of a command that goes through it or runs in-process."""
 
-    def __init__(self) -> None:
+    #: Without a monitor or sched-controller of its own: the suites that need one start
+    #: it themselves (test_daemon.py's services tests start a daemon that runs them).
+    ARGS: tuple[str, ...] = ("--no-monitor", "--no-sched")
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
         import tempfile
 
         self.dir = Path(tempfile.mkdtemp(prefix="xentoold-test-"))
         self.sock = str(self.dir / "xentoold.sock")
         self.log = self.dir / "daemon.log"
-        env = {k: v for k, v in os.environ.items() if k != "XENTOOL_DAEMON_SOCKET"}
-        with open(self.log, "w") as log:
+        self.args = args or self.ARGS
+        self.daemon_env = {k: v for k, v in (os.environ if env is None else env).items()
+                           if k != "XENTOOL_DAEMON_SOCKET"}
+        self.start()
+
+    def start(self) -> None:
+        """Start it (again, after it was killed: same socket, same log)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock)  # a killed one's: wait for the new one's
+        with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "xentool", "-v", "daemon", "--foreground",
-                 "--socket", self.sock], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=env)
+                 "--socket", self.sock, *self.args], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log, env=self.daemon_env)
         deadline = time.monotonic() + 120
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"xentoold did not start:\n{self.log.read_text()}")
+                raise RuntimeError(f"xentoold did not start:\n{self.stop()}")
             time.sleep(0.1)
 
     def stop(self) -> str:
