@@ -152,3 +152,134 @@ def test_create_interrupted_by_sigint_rolls_back(xd: Daemon, kit: GuestKit, cfg_
         assert "Traceback" not in err
         assert err.splitlines()[-1] == "xentool: interrupted"
     assert results[True][0] == results[False][0]
+
+
+# -- the services: the monitor and the sched-controller inside xentoold ---------------------
+
+
+class HostDaemon(Xentoold):
+    """A xentoold that runs its monitor and sched-controller, with its own state and run
+    directories (records, locks): nothing else in dom0 is handled by it, and it meets no
+    other monitor.  Commands go through it with the same directories."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dirs = {"XENTOOL_STATE_DIR": str(tmp / "state"),
+                     "XENTOOL_RUN_DIR": str(tmp / "run")}
+        self.policy = tmp / "sched-policy.toml"
+        config = tmp / "xentoold.toml"
+        # Restarts at once (no crash-loop back-off for the test's quick reboots).
+        config.write_text("[monitor]\nstable_after = 0\n\n[sched]\nresync = 600\n")
+        super().__init__("--config", str(config), "--sched-policy", str(self.policy),
+                         env={**os.environ, **self.dirs})
+        try:
+            self.wait_log("daemon: monitor: watching all domains")
+        except BaseException:
+            print(f"xentoold log:\n{self.stop()}")
+            raise
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, line: str, count: int = 1, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.text().count(line) < count:
+            assert self.proc.poll() is None, self.text()
+            assert time.monotonic() < deadline, f"no {line!r} in:\n{self.text()}"
+            time.sleep(0.2)
+
+    def xentool(self, *args: str, via: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "xentool", *args], capture_output=True,
+                           text=True, timeout=300, env=self.env(via, **self.dirs))
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r
+
+
+def _domain(name: str) -> tuple[int, str] | None:
+    """(domid, xl's state column) of ``name``, or None."""
+    for line in xl("list").stdout.splitlines()[1:]:
+        cols = line.split()
+        if cols and cols[0] == name:
+            return int(cols[1]), cols[4]
+    return None
+
+
+def _restarted(name: str, old: int, timeout: float = 180) -> int:
+    """The domid of ``name`` once it runs again under another domid than ``old``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        d = _domain(name)
+        if d is not None and d[0] != old and "s" not in d[1]:
+            return d[0]
+        assert time.monotonic() < deadline, f"{name} not restarted: {xl('list').stdout}"
+        time.sleep(0.3)
+
+
+def _weight(name: str) -> int:
+    return int(xl("sched-credit2", "-d", name).stdout.splitlines()[1].split()[2])
+
+
+def test_daemon_monitor_restarts_across_a_sigkill_and_reloads_the_policy(
+        kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
+    """A guest created through xentoold with on_reboot="restart" is restarted by the
+    daemon's monitor; with the daemon killed (SIGKILL) the guest's next reboot waits, and
+    the daemon started again restarts it; its sched-controller applies the policy at its
+    start and again on SIGHUP (only then: the file's stamp is kept)."""
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(kit.tiny_cfg(guest_name, wait=True, more='on_reboot = "restart"\n'))
+    tmp_path.joinpath("sched-policy.toml").write_text(
+        f'[[rule]]\nmatch = "{guest_name}"\nweight = 777\n')
+    d = HostDaemon(tmp_path)
+    try:
+        d.xentool("create", "-q", str(cfg))
+        first = _domain(guest_name)
+        assert first is not None
+        # A second monitor on the same directories is refused: the daemon's holds the lock.
+        r = subprocess.run([sys.executable, "-m", "xentool", "monitor", "--once"],
+                           capture_output=True, text=True, timeout=120,
+                           env=d.env(False, **d.dirs))
+        assert r.returncode != 0 and "another monitor is already running" in r.stderr, r
+
+        d.xentool("reboot", "-F", guest_name)
+        second = _restarted(guest_name, first[0])
+        d.wait_log("shut down (reboot): action restart")
+
+        d.proc.kill()
+        d.proc.wait(30)
+        d.xentool("reboot", "-F", guest_name, via=False)
+        time.sleep(3)  # nobody handles it while the daemon is down
+        now = _domain(guest_name)
+        assert now is not None and now[0] == second and "s" in now[1], xl("list").stdout
+        d.start()
+        d.wait_log("daemon: monitor: watching all domains", 2)
+        assert "1 with a xentool record, 1 shut down and waiting" in d.text(), d.text()
+        _restarted(guest_name, second)
+        d.wait_log("shut down (reboot): action restart", 2)
+
+        deadline = time.monotonic() + 60
+        while _weight(guest_name) != 777:
+            assert time.monotonic() < deadline, d.text()
+            time.sleep(0.3)
+        # Same size and stamp: only SIGHUP makes the daemon read it again.
+        st = d.policy.stat()
+        with open(d.policy, "r+") as f:
+            f.write(d.policy.read_text().replace("777", "555"))
+        os.utime(d.policy, ns=(st.st_atime_ns, st.st_mtime_ns))
+        time.sleep(3)
+        assert _weight(guest_name) == 777
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while _weight(guest_name) != 555:
+            assert time.monotonic() < deadline, d.text()
+            time.sleep(0.3)
+        assert "Traceback" not in d.text(), d.text()
+    finally:
+        log = d.text()
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            d.proc.wait(60)
+        subprocess.run([sys.executable, "-m", "xentool", "destroy", guest_name],
+                       capture_output=True, text=True, timeout=120,
+                       env=d.env(False, **d.dirs))
+        d.stop()
+        print(f"xentoold log:\n{log}")
+    assert list((tmp_path / "state").rglob("*.json")) == []
