@@ -103,7 +103,7 @@ BUDGET: dict[str, float] = {
     "test_hardening.py": 120, "test_xenstore_perms.py": 45, "test_daemon.py": 380,
     "test_pvh.py": 560, "test_hostile_guest.py": 115,
     "test_op_faults.py": 540, "test_storm.py": 360, "test_save.py": 600,
-    "test_migrate.py": 600, "test_restore.py": 480,
+    "test_migrate.py": 600, "test_restore.py": 540,
 }
 
 
