@@ -47,6 +47,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -385,6 +386,7 @@ class Monitor:
                     continue
                 log.info("restarting domain %s", rec.name)
                 self.ops.create(rec)
+                log.info("restarted domain %s", rec.name)
             except Exception as e:  # one failed restart must not stop the others
                 log.error("restarting domain %s failed: %s", rec.name, e)
 
@@ -487,10 +489,17 @@ class XenOps:
         argv = restart_argv(rec, str(cfg), self.create_cmd)
         cwd = rec.cwd if os.path.isdir(rec.cwd) else "/"
         log.debug("running %s", shlex.join(argv))
-        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
-                           stdin=subprocess.DEVNULL)
+        # Its errors to a file, not a pipe, and in a session of its own: a monitor killed
+        # meanwhile (SIGKILL, or a signal to its group) must not kill the create by a
+        # broken pipe or the signal, which would roll the domain back and lose it.
+        with tempfile.TemporaryFile("w+") as err:
+            r = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=err, timeout=600,
+                               start_new_session=True)
+            err.seek(0)
+            stderr = err.read()
         if r.returncode != 0:
-            detail = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+            detail = (stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
             raise XentoolError(f"{shlex.join(argv)}: {detail}")
 
 
