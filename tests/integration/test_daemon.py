@@ -241,7 +241,7 @@ def test_daemon_monitor_restarts_across_a_sigkill_and_reloads_the_policy(
 
         d.xentool("reboot", "-F", guest_name)
         second = _restarted(guest_name, first[0])
-        d.wait_log("shut down (reboot): action restart")
+        d.wait_log(f"restarted domain {guest_name}")  # the create is over
 
         d.proc.kill()
         d.proc.wait(30)
@@ -253,7 +253,7 @@ def test_daemon_monitor_restarts_across_a_sigkill_and_reloads_the_policy(
         d.wait_log("daemon: monitor: watching all domains", 2)
         assert "1 with a xentool record, 1 shut down and waiting" in d.text(), d.text()
         _restarted(guest_name, second)
-        d.wait_log("shut down (reboot): action restart", 2)
+        d.wait_log(f"restarted domain {guest_name}", 2)
 
         deadline = time.monotonic() + 60
         while _weight(guest_name) != 777:
