@@ -125,12 +125,14 @@ def test_localhost_live_migrations(kit: GuestKit, tmp_path: Path, guest_name: st
 
 def test_xl_migrate_to_xentool_and_back(kit: GuestKit, tmp_path: Path,
                                         guest_name: str) -> None:
-    """``xl migrate`` to ``xentool migrate-receive``, then ``xentool migrate`` to ``xl
-    migrate-receive``: the stream and the handshake are xl's both ways."""
+    """``xentool migrate`` to ``xl migrate-receive``, then ``xl migrate`` to ``xentool
+    migrate-receive``: the stream and the handshake are xl's both ways.  xl migrates only
+    live and needs log-dirty mode, which a Xen without shadow paging (the testbed's) lacks
+    for PV guests: that direction is then skipped, once the guest is seen running on."""
     checksum = start_stateful(kit, tmp_path, guest_name)
     uuid = uuid_of(guest_name)
     try:
-        for sender, receiver in (("xl", XENTOOL_RECEIVER), ("xentool", XL_RECEIVER)):
+        for sender, receiver in (("xentool", XL_RECEIVER), ("xl", XENTOOL_RECEIVER)):
             old = domid_of(guest_name)
             last = last_counter(guest_name)
             offsets = sizes(guest_name)
@@ -142,6 +144,12 @@ def test_xl_migrate_to_xentool_and_back(kit: GuestKit, tmp_path: Path,
                 r = run_migrate("-s", "", guest_name, receiver)
             print(f"{sender} migrate -> {receiver.split()[1]}: "
                   f"{time.monotonic() - t0:.1f}s, exit {r.returncode}")
+            if sender == "xl" and "Failed to enable logdirty: 95" in r.stderr:
+                assert domid_of(guest_name) == old
+                log = target_log(guest_name)
+                assert_continues(log, offsets[log], last, checksum)
+                pytest.skip("xl migrate: no log-dirty mode for PV guests on this Xen "
+                            "(EOPNOTSUPP); xentool -> xl migrate-receive passed")
             assert r.returncode == 0, r.stderr
             assert "Migration successful." in r.stderr, r.stderr
             check_moved(guest_name, old, uuid, offsets, last, checksum)
