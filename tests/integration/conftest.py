@@ -99,7 +99,7 @@ BUDGET: dict[str, float] = {
     "test_sched_controller.py": 60, "test_sched_fairshare.py": 300, "test_testbed.py": 20,
     "test_xenstore_live.py": 40, "test_cpupool_verbs.py": 240, "test_host_verbs.py": 300,
     "test_xl_conf.py": 240, "test_mixed_use.py": 200, "test_state_parity.py": 280,
-    "test_hardening.py": 120, "test_xenstore_perms.py": 45, "test_daemon.py": 380,
+    "test_hardening.py": 120, "test_xenstore_perms.py": 45, "test_daemon.py": 400,
     "test_pvh.py": 560, "test_hostile_guest.py": 115,
     "test_op_faults.py": 540, "test_storm.py": 360, "test_save.py": 360,
     "test_migrate.py": 600, "test_restore.py": 540,
