@@ -15,10 +15,15 @@ from .helpers import GuestKit, Xentoold, domain_names, xl
 # Suites written against the real hypervisor that have not yet passed end to end in the testbed.
 # `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
 # they are being finished; their status is tracked in the issues, not hidden here.
-UNPROVEN: set[str] = set()
+UNPROVEN: set[str] = {"test_migrate.py"}
 
 # Single tests of those suites that have passed, as "file.py::test_name" (all parameters).
-PROVEN: set[str] = set()
+PROVEN: set[str] = {
+    "test_migrate.py::test_localhost_live_migrations",
+    "test_migrate.py::test_xl_migrate_to_xentool_and_back",
+    "test_migrate.py::test_migrate_refuses_domain_0_and_unknown_domains",
+}
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -102,7 +107,7 @@ BUDGET: dict[str, float] = {
     "test_hardening.py": 120, "test_xenstore_perms.py": 45, "test_daemon.py": 400,
     "test_pvh.py": 560, "test_hostile_guest.py": 115,
     "test_op_faults.py": 540, "test_storm.py": 360, "test_save.py": 360,
-    "test_migrate.py": 600, "test_restore.py": 540,
+    "test_migrate.py": 280, "test_restore.py": 540,
 }
 
 
