@@ -325,13 +325,22 @@ class Monitor:
         delay: float | None = None
         if plan.then != "destroy":
             delay, fast = self.backoff.next(now - rec.started_at, rec.fast_restarts)
-            # Recorded before the domain goes: a monitor killed between the destroy and
-            # this write would leave the domain gone and its restart forgotten.  Killed
-            # before the destroy, the next monitor finds the domain still shut down.
-            write_record(dataclasses.replace(
-                rec, fast_restarts=fast, restart_at=None if delay is None else now + delay))
         try:
             with self.ops.lock(info.domid):
+                if plan.then != "destroy":
+                    if load_domain_config(rec.uuid) is None:
+                        # `xentool destroy` held the lock: the domain and its record are
+                        # gone, and writing the record again would resurrect it
+                        log.info("domain %d (%s) was destroyed by someone else meanwhile: "
+                                 "not restarting it", info.domid, rec.name)
+                        return
+                    # Recorded before the domain goes: a monitor killed between the
+                    # destroy and this write would leave the domain gone and its restart
+                    # forgotten.  Killed before the destroy, the next monitor finds the
+                    # domain still shut down.
+                    write_record(dataclasses.replace(
+                        rec, fast_restarts=fast,
+                        restart_at=None if delay is None else now + delay))
                 if plan.then == "rename-restart":
                     keep = preserved_name(rec.name, now)
                     log.info("preserving domain %d as %s", info.domid, keep)

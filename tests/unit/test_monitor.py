@@ -315,6 +315,27 @@ def test_domain_destroyed_by_someone_else_is_not_restarted(world) -> None:
     assert records.load_domain_config(U1).restart_at is None
 
 
+def test_xentool_destroy_racing_a_restart_leaves_no_record(world, monkeypatch) -> None:
+    """`xentool destroy` holds the domain's lock, destroys it and removes its record while
+    the monitor waits for that lock to restart it: the monitor must not write it back."""
+    ops, clock, mon = world
+    records.write_record(rec(started_at=clock.t - 1000))
+    ops.add(U1, reason=1)
+    real_lock = ops.lock
+
+    @contextlib.contextmanager
+    def lock_after_a_destroy(domid: int) -> Iterator[None]:
+        ops.gone_before_destroy.add(domid)
+        records.remove_domain_config(U1)
+        with real_lock(domid):
+            yield
+
+    monkeypatch.setattr(ops, "lock", lock_after_a_destroy)
+    mon.scan()
+    assert records.load_domain_config(U1) is None
+    assert not [c for c in ops.calls if c[0] != "destroy"], ops.calls
+
+
 def test_foreign_suspended_and_running_domains_are_ignored(world) -> None:
     ops, _clock, mon = world
     ops.add(U2, reason=0)  # no record: xl's
