@@ -26,47 +26,9 @@ from xentool.journal import traced_steps
 
 from .helpers import GuestKit, console_log, console_session, wait_for_console, xentool, xl
 from .test_create_faults import settle, snapshot
+from .test_save import assert_continues, counters, domid_of
 
 pytestmark = pytest.mark.xen
-
-COUNTER = re.compile(r"XENTOOL-COUNTER (\d+)")
-BOOT_MARK = "XENTOOL-GUEST-UP"
-
-
-def counters(text: str) -> list[int]:
-    return [int(n) for n in COUNTER.findall(text)]
-
-
-def since(name: str, offset: int) -> str:
-    with open(console_log(name), "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
-
-
-def assert_continues(name: str, offset: int, last: int, checksum: str,
-                     timeout: float = 180) -> list[int]:
-    """After ``offset`` in the console log: the counter goes on past ``last`` without
-    starting again, no second boot, and the tmpfs file's checksum still holds."""
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = since(name, offset)
-        if f"XENTOOL-STATE-OK {checksum}" in text or "XENTOOL-STATE-BAD" in text:
-            break
-        time.sleep(1)
-    seen = counters(text)
-    assert seen, f"no counter after the restore:\n{text[-2000:]}"
-    assert BOOT_MARK not in text, f"the guest booted again:\n{text[-2000:]}"
-    assert seen[0] > last, f"the counter restarted: {last} before, {seen[:5]} after"
-    assert seen == sorted(seen), f"the counter went backwards: {seen}"
-    assert f"XENTOOL-STATE-OK {checksum}" in text, f"checksum lost:\n{text[-2000:]}"
-    assert "XENTOOL-STATE-BAD" not in text
-    return seen
-
-
-def domid_of(name: str) -> int | None:
-    r = xl("domid", name, check=False)
-    return int(r.stdout) if r.returncode == 0 else None
 
 
 def backend_states(domid: int) -> dict[str, str]:

@@ -57,14 +57,15 @@ def since(name: str, offset: int) -> str:
 
 
 def assert_continues(name: str, offset: int, last: int, checksum: str,
-                     timeout: float = 180) -> None:
+                     timeout: float = 180) -> list[int]:
     """After ``offset`` in the console log: the counter goes on past ``last`` without
     starting again, no boot, and the file's checksum still holds."""
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
         text = since(name, offset)
-        if "XENTOOL-STATE-" in text.split("XENTOOL-COUNTER", 1)[-1] and counters(text):
+        if counters(text) and (f"XENTOOL-STATE-OK {checksum}" in text
+                               or "XENTOOL-STATE-BAD" in text):
             break
         time.sleep(1)
     seen = counters(text)
@@ -74,6 +75,7 @@ def assert_continues(name: str, offset: int, last: int, checksum: str,
     assert seen == sorted(seen), f"the counter went backwards: {seen}"
     assert f"XENTOOL-STATE-OK {checksum}" in text, f"checksum lost:\n{text[-2000:]}"
     assert "XENTOOL-STATE-BAD" not in text
+    return seen
 
 
 def domid_of(name: str) -> int | None:
