@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A shell starts a background job with SIGINT ignored (contrib/check runs the unit tests
+# so), and Python then leaves it ignored; the tests of Ctrl-C handling, and the commands
+# they start, need the interpreter's usual handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def in_dom0() -> bool:
