@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, Xentoold, domain_names, xl
+from .helpers import (
+    FAULT_OFFSET,
+    FAULT_STRIDE,
+    FULL_FAULT_WALK,
+    GuestKit,
+    Xentoold,
+    domain_names,
+    xl,
+)
 
 # Suites written against the real hypervisor that have not yet passed end to end in the testbed.
 # `contrib/check` leaves them out unless XENTOOL_ALL_TESTS=1, so that main stays green while
@@ -111,20 +119,61 @@ BUDGET: dict[str, float] = {
 }
 
 
+def _suite(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
+def _suite_line(suite: str) -> str:
+    seconds, budget = _SUITE_SECONDS.get(suite, 0.0), BUDGET.get(suite)
+    mark = "no budget" if budget is None else (
+        f"/ {budget:6.0f} s" + ("  OVER BUDGET" if seconds > budget else ""))
+    return f"{seconds:8.1f} s  {mark}  {suite}"
+
+
+_running: list[str] = []  # the suite whose tests run now
+
+
+def _finish_suite(config: pytest.Config) -> None:
+    """Print a suite's time as soon as it is done, so that a run cut short by its time
+    limit still tells where the time went."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if _running and reporter is not None:
+        reporter.write_line(f"== suite done: {_suite_line(_running.pop())}")
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    suite = _suite(nodeid)
+    if _running and _running[0] != suite:
+        _finish_suite(_CONFIG[0])
+    if not _running:
+        _running.append(suite)
+
+
+_CONFIG: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG.append(config)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    suite = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    suite = _suite(report.nodeid)
     _SUITE_SECONDS[suite] = _SUITE_SECONDS.get(suite, 0.0) + report.duration
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _SUITE_SECONDS:
         return
+    _finish_suite(terminalreporter.config)
     terminalreporter.section("time per suite (setup + call + teardown) / CI budget")
-    for suite, seconds in sorted(_SUITE_SECONDS.items(), key=lambda kv: -kv[1]):
-        budget = BUDGET.get(suite)
-        mark = "no budget" if budget is None else (
-            f"/ {budget:6.0f} s" + ("  OVER BUDGET" if seconds > budget else ""))
-        terminalreporter.write_line(f"{seconds:8.1f} s  {mark}  {suite}")
+    for suite in sorted(_SUITE_SECONDS, key=lambda x: -_SUITE_SECONDS[x]):
+        terminalreporter.write_line(_suite_line(suite))
     terminalreporter.write_line(f"{sum(_SUITE_SECONDS.values()):8.1f} s  in all "
                                 f"(budget of these suites "
                                 f"{sum(BUDGET.get(x, 0) for x in _SUITE_SECONDS):.0f} s)")
+    if FULL_FAULT_WALK:
+        terminalreporter.write_line("fault walks: every point (XENTOOL_FULL_FAULT_WALK=1)")
+    else:
+        terminalreporter.write_line(
+            f"fault walks: every {FAULT_STRIDE}th step from offset {FAULT_OFFSET} "
+            f"(XENTOOL_FAULT_OFFSET={FAULT_OFFSET} takes the same points again)")
