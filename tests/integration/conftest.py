@@ -138,6 +138,8 @@ def _finish_suite(config: pytest.Config) -> None:
     limit still tells where the time went."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if _running and reporter is not None:
+        # On a line of its own: after -q's dots the reporter does not know it is mid-line.
+        reporter.write("\n")
         reporter.write_line(f"== suite done: {_suite_line(_running.pop())}")
 
 
