@@ -21,7 +21,7 @@ name is used; the ``xentool`` command starts as fast as before.
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BuildError", "BusyError", "ConfigError", "DeviceError", "Domain", "DomainConfig",

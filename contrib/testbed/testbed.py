@@ -804,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="contrib/testbed/run",
         description="Run a command as root inside a Xen 4.17 dom0 booted under QEMU.",
         epilog="example: contrib/testbed/run -- xl info; "
-               "contrib/testbed/run --production -- systemctl status xentool-monitor")
+               "contrib/testbed/run --production -- systemctl status xentoold")
     p.add_argument("--keep", action="store_true",
                    help="leave the VM running afterwards; later runs reuse it")
     p.add_argument("--stop", action="store_true", help="stop a kept VM and exit")
@@ -815,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="boot dom0 as a production Debian dom0: systemd as PID 1, Debian's "
                         "xen.service, xentool installed with apt from the package "
                         "contrib/build-deb makes of HEAD (built first if missing or stale), "
-                        "its units enabled")
+                        "xentoold enabled")
     p.add_argument("--accel", default=os.environ.get("XENTOOL_TESTBED_ACCEL", "tcg"),
                    help="tcg (default; works everywhere) or kvm (hosts with VMX/SVM)")
     p.add_argument("--timeout", type=float, default=DEFAULT_JOB_TIMEOUT,

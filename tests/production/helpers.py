@@ -19,9 +19,10 @@ T = TypeVar("T")
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 XENTOOL = "/usr/bin/xentool"
-MONITOR = "xentool-monitor.service"
-SCHED = "xentool-sched.service"
-UNITS = (MONITOR, SCHED)
+#: The host's one xentool daemon: commands, the monitor and the sched-controller.
+DAEMON = "xentoold.service"
+SOCKET = "xentoold.socket"
+UNITS = (DAEMON, SOCKET)
 POLICY = Path("/etc/xen/sched-policy.toml")
 
 #: "systemd-analyze security" exposure per unit, printed at the end of the run (conftest).
@@ -127,9 +128,3 @@ def processes_named(*words: str) -> list[int]:
             if want in cmdline:
                 pids.append(int(d.name))
     return pids
-
-
-def unit_of(pid: int) -> str:
-    """The systemd unit whose cgroup holds `pid` (last component of its cgroup path)."""
-    cgroup = Path(f"/proc/{pid}/cgroup").read_text().strip().split(":", 2)[-1]
-    return cgroup.rsplit("/", 1)[-1]

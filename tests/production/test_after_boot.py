@@ -1,6 +1,7 @@
-"""The units after boot: started by systemd after Debian's xen.service (which started
-xenstored and xenconsoled), and answering: the monitor carries out a guest's on_poweroff,
-the controller applies the policy.  First in the run, so it sees them as the boot left them."""
+"""xentoold after boot: started by systemd after Debian's xen.service (which started
+xenstored and xenconsoled), and answering: commands are forwarded to it, its monitor carries
+out a guest's on_poweroff, its sched-controller applies the policy.  First in the run, so it
+sees the daemon as the boot left it."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import pytest
 from integration.helpers import GuestKit
 
 from .helpers import (
-    MONITOR,
+    DAEMON,
     POLICY,
-    SCHED,
+    SOCKET,
     UNITS,
+    XENTOOL,
     domains,
     logged,
     processes_named,
     run,
     sched_params,
     show,
-    unit_of,
     wait_for,
     xentool,
 )
@@ -32,7 +33,7 @@ def status(unit: str) -> str:
     return run("systemctl", "status", "--no-pager", "-n", "20", unit, check=False).stdout
 
 
-def test_units_are_up_after_boot_after_debians_xen_service() -> None:
+def test_xentoold_is_up_after_boot_after_debians_xen_service() -> None:
     xen = show("xen.service", "ActiveState", "SourcePath", "ActiveEnterTimestampMonotonic",
                "ControlGroup")
     # Debian's start-up: the unit systemd makes of xen-utils-common's init script ...
@@ -45,13 +46,33 @@ def test_units_are_up_after_boot_after_debians_xen_service() -> None:
     assert run("systemctl", "is-active", *UNITS).stdout.split() == ["active", "active"], \
         "\n".join(status(u) for u in UNITS)
     assert run("systemctl", "is-enabled", *UNITS).stdout.split() == ["enabled", "enabled"]
+    # Started at boot, not at the first command: the monitor must run with no command.
     wanted = run("systemctl", "list-dependencies", "--plain", "multi-user.target").stdout
-    for unit in UNITS:
-        assert unit in wanted, f"{unit} is not started by multi-user.target"
-        u = show(unit, "ExecMainStartTimestampMonotonic", "After")
-        assert "xen.service" in u["After"].split()
-        assert int(u["ExecMainStartTimestampMonotonic"]) >= \
-            int(xen["ActiveEnterTimestampMonotonic"]), (unit, u, xen)
+    assert DAEMON in wanted, f"{DAEMON} is not started by multi-user.target"
+    assert SOCKET in run("systemctl", "list-dependencies", "--plain", "sockets.target").stdout
+    u = show(DAEMON, "ExecMainStartTimestampMonotonic", "After")
+    assert "xen.service" in u["After"].split()
+    assert int(u["ExecMainStartTimestampMonotonic"]) >= \
+        int(xen["ActiveEnterTimestampMonotonic"]), (u, xen)
+    # One daemon: no other xentool service runs beside it.
+    others = run("systemctl", "list-units", "--no-legend", "--plain", "xentool*").stdout
+    assert others.strip() == "", others
+
+
+def test_commands_are_forwarded_to_xentoold() -> None:
+    """The installed `xentool` hands its command to the daemon: the library is never
+    imported in the client's own process (-X importtime lists what that process imports),
+    unless XENTOOL_NO_DAEMON=1 makes it run the command itself."""
+    def imported(**env: str) -> set[str]:
+        r = run("/usr/bin/python3", "-X", "importtime", XENTOOL, "list",
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env})
+        assert r.stdout.startswith("Name "), r.stdout
+        return {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+
+    forwarded = imported()
+    assert "xentool.client" in forwarded and "xentool.cli" not in forwarded, sorted(forwarded)
+    assert "xentool.cli" in imported(XENTOOL_NO_DAEMON="1")
 
 
 def test_the_monitor_answers_a_guest_that_powers_off(kit: GuestKit, guest_name: str,
@@ -63,16 +84,16 @@ def test_the_monitor_answers_a_guest_that_powers_off(kit: GuestKit, guest_name: 
     wait_for(lambda: guest_name not in domains(), "the halted guest to be destroyed")
     # Found by the guest's name, unique to this test: a journal cursor taken this early
     # after boot missed the line (the monitor logged it; --after-cursor found nothing).
-    wait_for(lambda: logged(MONITOR, None, f"({guest_name}) shut down (poweroff): action "
+    wait_for(lambda: logged(DAEMON, None, f"({guest_name}) shut down (poweroff): action "
                                            "destroy"),
              "the monitor's line in the journal", timeout=30)
-    # The unit's monitor did it: create found it holding its lock and started none of its own.
-    monitors = processes_named("xentool", "monitor")
-    assert monitors and {unit_of(p) for p in monitors} == {MONITOR}, monitors
+    # The daemon's monitor did it: create found it holding the monitor lock and started no
+    # transient `xentool monitor` of its own.
+    assert processes_named("xentool", "monitor") == []
 
 
 def test_the_controller_answers_with_the_policy() -> None:
-    assert show(SCHED, "StatusText")["StatusText"] == f"policy {POLICY}"
+    assert logged(DAEMON, None, f"sched-controller: loaded policy {POLICY}")
     # The example policy gives Domain-0 weight 512 (Xen's default is 256).
     assert "Domain-0" in POLICY.read_text()
     wait_for(lambda: sched_params("Domain-0") == (512, 0), "Domain-0's weight from the policy",

@@ -1,5 +1,5 @@
 """The package as installed at boot: by apt, from the .deb built on the host, offline; the
-running xentool is the package's, nothing of the checkout; an upgrade restarts the units."""
+running xentool is the package's, nothing of the checkout; an upgrade restarts xentoold."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import CHECKOUT, SCHED, UNITS, main_pid, run, show, wait_for
+from .helpers import CHECKOUT, DAEMON, SOCKET, main_pid, run, show, wait_for
 
 pytestmark = [pytest.mark.xen, pytest.mark.production]
 
@@ -48,31 +48,29 @@ def test_xentool_is_the_package_not_the_checkout() -> None:
             "print(xentool.__file__)\nprint(x.__file__)\n")
     for path in run("/usr/bin/python3", "-c", code).stdout.split():
         assert path.startswith("/usr/lib/python3/dist-packages/"), path
-    for unit in UNITS:
-        pid = main_pid(unit)
-        assert pid, f"{unit} has no main process"
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert argv[:2] == [b"/usr/bin/python3", b"/usr/bin/xentool"], argv
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert not [e for e in env if e.startswith(b"PYTHONPATH=")]
-        assert os.readlink(f"/proc/{pid}/cwd") == "/"
-        maps = Path(f"/proc/{pid}/maps").read_text()
-        assert str(CHECKOUT) not in maps
-    # The controller has loaded the binding: the one compiled into the package.
-    maps = Path(f"/proc/{main_pid(SCHED)}/maps").read_text()
+    pid = main_pid(DAEMON)
+    assert pid, f"{DAEMON} has no main process"
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[:2] == [b"/usr/bin/python3", b"/usr/bin/xentool"], argv
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert not [e for e in env if e.startswith(b"PYTHONPATH=")]
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert str(CHECKOUT) not in maps
+    # The daemon has loaded the binding: the one compiled into the package.
     assert "/usr/lib/python3/dist-packages/domain_builder/_xenctrl" in maps
 
 
-def test_an_upgrade_restarts_the_running_units() -> None:
+def test_an_upgrade_restarts_the_running_daemon() -> None:
     """`apt install --reinstall` runs the maintainer scripts of an upgrade: the enabled
-    units must come back with the new files, not stay stopped."""
-    before = {u: main_pid(u) for u in UNITS}
+    daemon must come back with the new files, not stay stopped."""
+    before = main_pid(DAEMON)
     run("apt", "install", "-y", "--reinstall", f"./{installed_deb().name}", cwd=INSTALLED,
         timeout=600)
-    for unit in UNITS:
-        state = wait_for(lambda u=unit: (s := show(u, "ActiveState", "MainPID"))
-                         ["ActiveState"] in ("active", "failed", "inactive") and s,
-                         f"{unit} to settle", timeout=120)
-        assert state["ActiveState"] == "active", run("systemctl", "status", unit,
-                                                     check=False).stdout
-        assert int(state["MainPID"]) != before[unit], f"{unit} was not restarted"
+    state = wait_for(lambda: (s := show(DAEMON, "ActiveState", "MainPID"))
+                     ["ActiveState"] in ("active", "failed", "inactive") and s,
+                     f"{DAEMON} to settle", timeout=120)
+    assert state["ActiveState"] == "active", run("systemctl", "status", DAEMON,
+                                                 check=False).stdout
+    assert int(state["MainPID"]) != before, f"{DAEMON} was not restarted"
+    assert run("systemctl", "is-active", SOCKET).stdout.strip() == "active"

@@ -4,7 +4,7 @@
 # xenstored and xenconsoled meanwhile, as on any Debian 12 dom0.  It does what the README
 # tells an operator: installs the xentool package built on the host with apt (no network:
 # the image holds its dependencies), puts the example scheduler policy in place and enables
-# both units.  The checkout is mounted only for the job agent and the tests it runs:
+# xentoold.  The checkout is mounted only for the job agent and the tests it runs:
 # nothing of it is on any path of the installed xentool.
 src=$1
 tb=/run/xentool-testbed
@@ -29,16 +29,16 @@ if ! DEBIAN_FRONTEND=noninteractive apt install -y -o DPkg::Lock::Timeout=300 ".
 fi
 cp /usr/share/doc/xentool/examples/sched-policy.toml /etc/xen/ \
     || die "the package has no example policy"
-systemctl enable xentool-monitor.service xentool-sched.service >> $tb/apt.log 2>&1 \
-    || die "cannot enable the xentool units"
-# Enabled now, the units are wanted by multi-user.target, whose start job was queued before
-# they existed: asking for the target again queues theirs, ordered after xen.service as at
-# any later boot; the target (and so the job agent) waits for them.
-systemctl start --no-block multi-user.target || die "cannot start multi-user.target"
-for unit in xentool-monitor.service xentool-sched.service; do
+systemctl enable xentoold.service >> $tb/apt.log 2>&1 || die "cannot enable xentoold"
+# Enabled now, xentoold is wanted by multi-user.target (its socket by sockets.target), whose
+# start jobs were queued before the units existed: asking for the targets again queues
+# theirs, ordered after xen.service as at any later boot; the target (and so the job agent)
+# waits for them.
+systemctl start --no-block sockets.target multi-user.target || die "cannot start the targets"
+for unit in xentoold.socket xentoold.service; do
     systemctl list-jobs --no-legend "$unit" | grep -q . || systemctl is-active -q "$unit" \
         || die "enabling $unit queued no start job for it"
 done
 echo "XENTOOL_SRC=$src" > $tb/env
 say "xentool $(dpkg-query -W -f '${Version}' xentool) installed with apt install ./$deb;" \
-    "units enabled"
+    "xentoold enabled"

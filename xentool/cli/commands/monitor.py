@@ -1,6 +1,7 @@
 """``xentool monitor``: the one process that applies every domain's on_* actions.
 
-Run it as a service (``contrib/systemd/xentool-monitor.service``); see ``xentool.monitor``.
+xentoold runs the same monitor as a thread (``contrib/systemd/xentoold.service``); this verb
+runs it on its own, in the foreground.  See ``xentool.monitor``.
 """
 
 from __future__ import annotations
