@@ -118,7 +118,7 @@ def create_env(**kw: str) -> dict[str, str]:
     return {**os.environ, **kw}
 
 
-def _kill_points(steps: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+def kill_points(steps: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     """Where to SIGKILL the create: every step with XENTOOL_FULL_FAULT_WALK=1; in CI the
     first, the middle and the last one (a kill differs from a failure only in who cleans
     up, and that is the same ``destroy`` for every step)."""
@@ -135,8 +135,8 @@ def test_every_injection_point_of_create_leaves_nothing(disk_and_vif_cfg: Path,
 
     trace = tmp_path / "trace"
     before = snapshot()
-    r = subprocess.run([sys.executable, "-m", "xentool", "create", "-q",
-                        str(disk_and_vif_cfg)], capture_output=True, text=True,
+    create = [sys.executable, "-m", "xentool", "create", "-q", str(disk_and_vif_cfg)]
+    r = subprocess.run(create, capture_output=True, text=True,
                        timeout=300, env=create_env(XENTOOL_FAULT_TRACE=str(trace)))
     xentool("destroy", guest_name, check=False)
     if r.returncode != 0:
@@ -145,16 +145,25 @@ def test_every_injection_point_of_create_leaves_nothing(disk_and_vif_cfg: Path,
     assert steps, f"the create traced no journal steps into {trace}"
     assert not settle(before), "a successful create + destroy leaked"
 
-    leaks_found, walked = [], 0
     failed = fault_sample(steps)
-    for mode in ("step", "kill"):
-        for _, k, name in failed if mode == "step" else _kill_points(steps):
-            walked += 1
+    leaks = walk_create(create, before, failed, kill_points(steps))
+    print(f"fault injection: {len(failed) + len(kill_points(steps))} points walked "
+          f"({len(failed)} of {len(steps)} steps failed, {len(kill_points(steps))} killed), "
+          f"{len(leaks)} leaks")
+    assert not leaks, "\n".join(leaks)
+
+
+def walk_create(argv: list[str], before: Snapshot, failed: list[tuple[str, int, str]],
+                killed: list[tuple[str, int, str]]) -> list[str]:
+    """Run the create ``argv`` with a fault injected at each step of ``failed`` and a kill
+    at each of ``killed``; after each, what it left (a killed create: once ``xentool
+    destroy`` ran) must be ``before``.  Returns the leaks found, one line a point."""
+    leaks_found = []
+    for mode, points in (("step", failed), ("kill", killed)):
+        for _, k, name in points:
             # Progress for `pytest -s`: a walk takes minutes under emulation.
             print(f"fault walk: {mode}:{k} ({name})", file=sys.stderr, flush=True)
-            r = subprocess.run([sys.executable, "-m", "xentool", "create", "-q",
-                                str(disk_and_vif_cfg)], capture_output=True, text=True,
-                               timeout=300,
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
                                env=create_env(XENTOOL_FAULT_INJECT=f"{mode}:{k}@create"))
             if mode == "step":
                 assert r.returncode == 1, f"step {k} ({name}): {r.stderr}"
@@ -171,10 +180,7 @@ def test_every_injection_point_of_create_leaves_nothing(disk_and_vif_cfg: Path,
                 # clean up so the next point starts from the same state
                 for domid in snapshot().domids - before.domids:
                     xl("destroy", str(domid), check=False)
-    print(f"fault injection: {walked} points walked ({len(failed)} of {len(steps)} steps "
-          f"failed, {walked - len(failed)} killed), "
-          f"{len(leaks_found)} leaks")
-    assert not leaks_found, "\n".join(leaks_found)
+    return leaks_found
 
 
 def test_eight_parallel_creates_then_eight_parallel_destroys(kit: GuestKit, tmp_path: Path,

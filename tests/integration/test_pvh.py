@@ -30,7 +30,7 @@ from .helpers import (
     xentool,
     xl,
 )
-from .test_create_faults import create_env, settle, snapshot
+from .test_create_faults import create_env, kill_points, settle, snapshot, walk_create
 
 if TYPE_CHECKING:
     from domain_builder.xenctrl import DomainInfo
@@ -290,9 +290,9 @@ def test_every_step_of_a_pvh_create_fails_or_dies_cleanly(kit: GuestKit, tmp_pat
     walk, and a kill at every step, with XENTOOL_FULL_FAULT_WALK=1."""
     from xentool.journal import traced_steps
 
-    full = FULL_FAULT_WALK
     cfg = tmp_path / "g.cfg"
-    cfg.write_text(pvh_cfg(kit, guest_name, memory=96) + (devices(tmp_path) if full else ""))
+    more = devices(tmp_path) if FULL_FAULT_WALK else ""
+    cfg.write_text(pvh_cfg(kit, guest_name, memory=96) + more)
     argv = [sys.executable, "-m", "xentool", "create", "-q", "-p", str(cfg)]
     trace = tmp_path / "trace"
     before = snapshot()
@@ -304,27 +304,10 @@ def test_every_step_of_a_pvh_create_fails_or_dies_cleanly(kit: GuestKit, tmp_pat
     assert [s[2] for s in steps][:3] == ["create domain", "xenstore nodes", "build"]
     assert not settle(before), "a successful PVH create + destroy leaked"
 
-    kills = steps if full else [steps[i] for i in sorted({0, len(steps) // 2, len(steps) - 1})]
+    kills = kill_points(steps)
     failed = fault_sample(steps)
-    leaks, walked = [], 0
-    for mode, points in (("step", failed), ("kill", kills)):
-        for _, k, name in points:
-            walked += 1
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                               env=create_env(XENTOOL_FAULT_INJECT=f"{mode}:{k}@create"))
-            if mode == "step":
-                assert r.returncode == 1, f"step {k} ({name}): {r.stderr}"
-                assert f"injected fault at step {k} ({name})" in r.stderr
-                assert "Traceback" not in r.stderr
-            else:
-                assert r.returncode == -9, f"kill at step {k} ({name}): rc {r.returncode}"
-                for domid in snapshot().domids - before.domids:
-                    xentool("destroy", str(domid), check=False)
-            found = settle(before)
-            if found:
-                leaks.append(f"{mode}:{k} ({name}): {'; '.join(found)}")
-                for domid in snapshot().domids - before.domids:
-                    xl("destroy", str(domid), check=False)
+    leaks = walk_create(argv, before, failed, kills)
+    walked = len(failed) + len(kills)
     print(f"PVH fault walk: {walked} points ({len(failed)} of {len(steps)} steps failed, "
           f"{walked - len(failed)} killed), {len(leaks)} leaks")
     assert not leaks, "\n".join(leaks)

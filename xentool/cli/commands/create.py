@@ -21,20 +21,13 @@ from xentool.errors import UsageError
 log = logging.getLogger(__name__)
 
 
-def configure_create(p: argparse.ArgumentParser) -> None:
-    p.usage = "xentool create [-n] [-p] [-c] [-q] [-e] [-F] [-V] [--plan] " \
-              "[-f] <ConfigFile> [KEY=VALUE ...]"
-    p.add_argument("-f", "--defconfig", dest="config_file", metavar="FILE",
-                   help="use the given configuration file")
-    p.add_argument("-n", "--dryrun", dest="dryrun", action="store_true",
-                   help="dry run: print the resolved configuration as JSON (does not "
-                        "touch Xen)")
+def add_start_options(p: argparse.ArgumentParser, done: str, doing: str) -> None:
+    """The options xl's create and restore share (how the new domain starts and is
+    watched): -p -c -e -F -V -A -d.  ``done``/``doing``: the verb's words in the help."""
     p.add_argument("-p", dest="paused", action="store_true",
-                   help="leave the domain paused after it is created")
+                   help=f"leave the domain paused after it is {done}")
     p.add_argument("-c", dest="console", action="store_true",
-                   help="connect to the console after the domain is created")
-    p.add_argument("-q", "--quiet", dest="quiet", action="store_true",
-                   help="quiet: do not print 'Parsing config from ...'")
+                   help=f"connect to the console after the domain is {done}")
     p.add_argument("-e", dest="no_monitor", action="store_true",
                    help="do not wait in the background for the death of the domain")
     p.add_argument("-F", dest="foreground", action="store_true",
@@ -44,7 +37,20 @@ def configure_create(p: argparse.ArgumentParser) -> None:
     p.add_argument("-A", "--vncviewer-autopass", dest="vncviewer_autopass",
                    action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", dest="debug", action="store_true",
-                   help="print the resolved configuration as JSON on stderr while creating")
+                   help=f"print the resolved configuration as JSON on stderr while {doing}")
+
+
+def configure_create(p: argparse.ArgumentParser) -> None:
+    p.usage = "xentool create [-n] [-p] [-c] [-q] [-e] [-F] [-V] [--plan] " \
+              "[-f] <ConfigFile> [KEY=VALUE ...]"
+    p.add_argument("-f", "--defconfig", dest="config_file", metavar="FILE",
+                   help="use the given configuration file")
+    p.add_argument("-n", "--dryrun", dest="dryrun", action="store_true",
+                   help="dry run: print the resolved configuration as JSON (does not "
+                        "touch Xen)")
+    add_start_options(p, "created", "creating")
+    p.add_argument("-q", "--quiet", dest="quiet", action="store_true",
+                   help="quiet: do not print 'Parsing config from ...'")
     p.add_argument("-i", "--ignore-global-affinity-masks", dest="ignore_masks",
                    action="store_true",
                    help="ignore the global affinity masks of xl.conf (vm.cpumask, "

@@ -10,22 +10,11 @@ from xentool.errors import UsageError
 
 
 def configure_restore(p: argparse.ArgumentParser) -> None:
+    from xentool.cli.commands.create import add_start_options
+
     p.usage = ("xentool restore [-p] [-e] [-d] [-F] [-V] [-A] [-c] [<ConfigFile>] "
                "<CheckpointFile>")
-    p.add_argument("-p", dest="paused", action="store_true",
-                   help="do not unpause the domain after restoring it")
-    p.add_argument("-e", dest="no_monitor", action="store_true",
-                   help="do not wait in the background for the death of the domain")
-    p.add_argument("-d", dest="debug", action="store_true",
-                   help="print the configuration as JSON on stderr while restoring")
-    p.add_argument("-F", dest="foreground", action="store_true",
-                   help="run in the foreground until the death of the domain")
-    p.add_argument("-V", "--vncviewer", dest="vncviewer", action="store_true",
-                   help="connect to the VNC display (accepted for xl compatibility)")
-    p.add_argument("-A", "--vncviewer-autopass", dest="vncviewer_autopass",
-                   action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("-c", dest="console", action="store_true",
-                   help="connect to the console after the domain is restored")
+    add_start_options(p, "restored", "restoring")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="[<ConfigFile>] <CheckpointFile>: as with xl, a configuration "
                         "file first replaces the one saved in the checkpoint file")
