@@ -308,7 +308,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
         log.info("created domain %d for %s", domid, config.name)
 
         def make_nodes() -> None:
-            with xs.transaction() as t:
+            with xs.transaction() as t, t.pipelined():
                 t.rm(domain_path(domid), missing_ok=True)
                 t.rm(f"/vm/{uuid_s}", missing_ok=True)
                 t.rm(libxl_domain_path(domid), missing_ok=True)
@@ -340,7 +340,7 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
     _sched_steps(j, xc, config, domid, sched, affinities, tsc=not restoring)
 
     def post_nodes() -> None:
-        with xs.transaction() as t:
+        with xs.transaction() as t, t.pipelined():
             write_nodes(t, build_post_nodes(
                 domid, uuid_s, max_memkb=prep.max_memkb, target_memkb=prep.target_memkb,
                 vcpus=bp.vcpus, max_vcpus=bp.max_vcpus, store_port=built.store_evtchn,

@@ -279,3 +279,53 @@ def test_replay_treats_tolerated_rm_outcomes_alike(xs: Store, fake) -> None:
         xs.mkdir("/p")
         t.write("/p/q/r", "1")
     assert fake.value("/p/q/r") == b"1"
+
+
+# -- pipelined transactions --------------------------------------------------------------
+
+
+def test_pipelined_writes_are_sent_without_waiting(fake_xenstored, fake) -> None:  # noqa: F811
+    srv, path = fake_xenstored
+    with Store.connect(path, timeout=3) as xs:
+        with xs.transaction() as t:
+            # The fake answers only once 8 requests have come: a client that waited for
+            # each answer would time out on the first.
+            srv.batch = 8
+            with t.pipelined():
+                for i in range(4):
+                    t.write(f"/p/{i}", str(i))
+                    t.set_perms(f"/p/{i}", Perms(0, Access.NONE, (Perm(i + 1, Access.READ),)))
+            srv.batch = 0
+            assert t.read("/p/3") == "3"
+        assert [fake.value(f"/p/{i}") for i in range(4)] == [b"0", b"1", b"2", b"3"]
+        assert xs.get_perms("/p/2").to_wire() == ["n0", "r3"]
+
+
+def test_pipelined_failure_is_raised_at_the_end_and_aborts(xs: Store, fake) -> None:
+    with pytest.raises(XenStoreError) as ei:
+        with xs.transaction() as t, t.pipelined():
+            t.write("/q/a", "1")
+            t.rm("/no/such/node")  # ENOENT, known only when the answers are collected
+            t.rm("/no/other", missing_ok=True)  # tolerated: not the failure
+            t.write("/q/b", "2")
+    assert (ei.value.errno, ei.value.path) == (errno.ENOENT, "/no/such/node")
+    assert fake.value("/q/a") is None and fake.value("/q/b") is None
+
+
+def test_pipelined_read_waits_for_the_writes_before_it(xs: Store) -> None:
+    with xs.transaction() as t, t.pipelined():
+        t.write("/r/a", "1")
+        t.mkdir("/r/dir")
+        assert sorted(t.ls("/r")) == ["a", "dir"]
+        t.write("/r/b", "2")
+    assert xs.read("/r/b") == "2"
+
+
+def test_pipelined_transaction_replays_on_eagain(xs: Store, fake) -> None:
+    fake.force_conflicts = 2
+    with xs.transaction() as t, t.pipelined():
+        t.rm("/s", missing_ok=True)
+        for i in range(40):  # more than one window
+            t.write(f"/s/{i}", str(i))
+    assert fake.commits == 1
+    assert [fake.value(f"/s/{i}") for i in (0, 39)] == [b"0", b"39"]

@@ -407,6 +407,7 @@ class Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         fake = self.server.fake
+        held: list[tuple[int, int, int, bytes]] = []
         try:
             while True:
                 op, rq, tx, size = HDR.unpack(self._recv(HDR.size))
@@ -414,7 +415,15 @@ class Handler(socketserver.BaseRequestHandler):
                 if self.server.hang:
                     continue
                 rop, body = fake.handle(self, op, tx, payload)
-                self._send(rop, rq, tx, body)
+                if self.server.batch:
+                    # Answers held until `batch` requests have come: only a client that
+                    # sends them without waiting for each answer gets any.
+                    held.append((rop, rq, tx, body))
+                    if len(held) < self.server.batch:
+                        continue
+                for answer in held or [(rop, rq, tx, body)]:
+                    self._send(*answer)
+                held.clear()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -428,6 +437,7 @@ class Server(socketserver.ThreadingUnixStreamServer):
     def __init__(self, path: str) -> None:
         self.fake = Fake()
         self.hang = False
+        self.batch = 0  # > 0: answer in batches of that many requests (see Handler)
         super().__init__(path, Handler)
 
 

@@ -120,7 +120,8 @@ def add_nodes(store: Store, dev: DeviceNodes) -> None:
         if device_exists(t, dev) or t.exists(dev.frontend) or t.exists(dev.backend):
             raise XenStoreError(errno.EEXIST, dev.frontend,
                                 f"{dev.kind} device {dev.devid} already exists")
-        write_nodes(t, dev)
+        with t.pipelined():
+            write_nodes(t, dev)
 
 
 def path_cleanup(t: Transaction | Store, path: str) -> None:
