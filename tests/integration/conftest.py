@@ -15,6 +15,7 @@ from .helpers import (
     FAULT_STRIDE,
     FULL_FAULT_WALK,
     GuestKit,
+    TcpPeer,
     Xentoold,
     domain_names,
     xl,
@@ -68,6 +69,16 @@ def kit() -> GuestKit:
         pytest.fail("XENTOOL_GUEST_DIR does not point at the guest kit "
                     "(run via contrib/testbed/run)")
     return GuestKit(Path(d))
+
+
+@pytest.fixture
+def tcp_peer() -> Iterator[TcpPeer]:
+    """dom0's end of a stateful guest's TCP connection (helpers.TcpPeer)."""
+    peer = TcpPeer()
+    try:
+        yield peer
+    finally:
+        peer.close()
 
 
 @pytest.fixture

@@ -13,8 +13,10 @@ import random
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -266,3 +268,74 @@ class Xentoold:
                if k not in ("XENTOOL_DAEMON_SOCKET", "XENTOOL_NO_DAEMON")}
         env.update({"XENTOOL_DAEMON_SOCKET": self.sock} if via else {"XENTOOL_NO_DAEMON": "1"})
         return {**env, **extra}
+
+
+class TcpPeer:
+    """dom0's end of the stateful guest's TCP connection: an address on xenbr0 and a
+    listener that accepts one connection and keeps every line the guest sends on it
+    (``XENTOOL-TCP n``, one a second).  A guest that kept the connection across a save and
+    restore or a migration goes on sending on the *same* connection, from where it was."""
+
+    HOST, GUEST, PREFIX = "10.201.0.1", "10.201.0.2", 24
+    LINE = re.compile(rb"XENTOOL-TCP (\d+)\n")
+
+    def __init__(self) -> None:
+        # check=False: the address may be left from an interrupted run.
+        subprocess.run(["ip", "addr", "add", f"{self.HOST}/{self.PREFIX}", "dev", "xenbr0"],
+                       capture_output=True, check=False)
+        self.server = socket.create_server((self.HOST, 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted = 0
+        self.numbers: list[int] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+            buf = b""
+            with conn:
+                while chunk := conn.recv(4096):
+                    buf += chunk
+                    with self.lock:
+                        self.numbers += [int(n) for n in self.LINE.findall(buf)]
+                    buf = buf[buf.rfind(b"\n") + 1:]
+
+    @property
+    def cfg(self) -> tuple[str, str]:
+        """(cmdline, xl.cfg lines) that give the guest a vif and this peer."""
+        return (f"xentool.peer={self.HOST}:{self.port} "
+                f"xentool.ip={self.GUEST}/{self.PREFIX}", "vif = [ 'bridge=xenbr0' ]\n")
+
+    def last(self, timeout: float = 120) -> int:
+        """The last number received, once there is one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.numbers:
+                    return self.numbers[-1]
+            time.sleep(0.5)
+        raise AssertionError("the guest's TCP connection sent nothing")
+
+    def assert_holds(self, after: int, timeout: float = 180) -> None:
+        """Numbers past ``after`` arrive, in order and without a gap, on the connection
+        accepted first (none other was opened)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.last() <= after + 2:
+            time.sleep(1)
+        with self.lock:
+            numbers, accepted = list(self.numbers), self.accepted
+        assert accepted == 1, f"the guest connected {accepted} times"
+        assert numbers[-1] > after + 2, f"nothing on the connection past {after}"
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), \
+            f"the connection's numbers jumped: {numbers}"
+
+    def close(self) -> None:
+        self.server.close()
+        subprocess.run(["ip", "addr", "del", f"{self.HOST}/{self.PREFIX}", "dev", "xenbr0"],
+                       capture_output=True, check=False)

@@ -23,7 +23,7 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import GuestKit, console_log, xentool, xl
+from .helpers import GuestKit, TcpPeer, console_log, xentool, xl
 from .test_create_faults import settle, snapshot
 from .test_save import assert_continues, counters, domid_of, start_stateful
 
@@ -95,13 +95,17 @@ def check_moved(name: str, old_domid: int | None, uuid: str, offsets: dict[str, 
     assert_continues(log, offsets[log], last, checksum)
 
 
-def test_localhost_live_migrations(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
+def test_localhost_live_migrations(kit: GuestKit, tmp_path: Path, guest_name: str,
+                                   tcp_peer: TcpPeer) -> None:
+    """XENTOOL_MIGRATE_ROUNDS (1; the issue's bar: 10) localhost migrations of the stateful
+    guest: its counter, tmpfs file and TCP connection to dom0 go with it every time."""
     before = snapshot()
-    checksum = start_stateful(kit, tmp_path, guest_name)
+    checksum = start_stateful(kit, tmp_path, guest_name, tcp_peer)
     uuid = uuid_of(guest_name)
     try:
         for n in range(ROUNDS):
             old = domid_of(guest_name)
+            tcp_sent = tcp_peer.last()
             last = last_counter(guest_name)
             offsets = sizes(guest_name)
             t0 = time.monotonic()
@@ -118,6 +122,7 @@ def test_localhost_live_migrations(kit: GuestKit, tmp_path: Path, guest_name: st
             summary = r.stderr.strip().splitlines()[-1]
             print(f"migration {n + 1}/{ROUNDS}: {took:.1f}s; {summary}")
             check_moved(guest_name, old, uuid, offsets, last, checksum)
+            tcp_peer.assert_holds(tcp_sent)
     finally:
         xentool("destroy", guest_name, check=False)
     assert not settle(before), "migrations leaked"

@@ -4,9 +4,10 @@ guest running and no file.
 
 The guest is the busybox guest in ``xentool.mode=stateful`` (contrib/testbed/guest/init):
 it prints ``XENTOOL-COUNTER n`` every 100 ms and checks a random file in its tmpfs against
-the checksum it took at start (``XENTOOL-STATE-SUM``, then ``-OK``/``-BAD``).  A restored
-guest whose counter goes on from where it stopped, with no second boot on its console and
-the same checksum, came back from its memory, not from a reboot.
+the checksum it took at start (``XENTOOL-STATE-SUM``, then ``-OK``/``-BAD``); given a
+:class:`TcpPeer` it also holds a TCP connection to dom0.  A restored guest whose counter goes
+on from where it stopped, with no second boot on its console, the same checksum and its
+connection still sending, came back from its memory, not from a reboot.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import GuestKit, console_log, wait_for_console, xentool, xl
+from .helpers import GuestKit, TcpPeer, console_log, wait_for_console, xentool, xl
 from .test_create_faults import settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -35,11 +36,17 @@ def counters(text: str) -> list[int]:
     return [int(n) for n in COUNTER.findall(text)]
 
 
-def start_stateful(kit: GuestKit, tmp_path: Path, name: str) -> str:
-    """Create the stateful guest with xentool; return its checksum once it checked it."""
+def start_stateful(kit: GuestKit, tmp_path: Path, name: str,
+                   peer: TcpPeer | None = None) -> str:
+    """Create the stateful guest with xentool; return its checksum once it checked it.
+    With ``peer``, the guest also holds a TCP connection to it (once it sent a line)."""
     cfg = tmp_path / f"{name}.cfg"
-    cfg.write_text(kit.busybox_cfg(name, memory=128, vcpus=2, mode="stateful"))
+    extra, more = peer.cfg if peer else ("", "")
+    cfg.write_text(kit.busybox_cfg(name, memory=128, vcpus=2, mode="stateful", extra=extra,
+                                   more=more))
     xentool("create", "-q", str(cfg), timeout=300)
+    if peer:
+        peer.last()
     log = wait_for_console(name, r"XENTOOL-STATE-OK", timeout=240)
     m = re.search(r"XENTOOL-STATE-SUM (\w+)", log)
     assert m, log[-2000:]
@@ -193,11 +200,13 @@ def test_a_failed_save_leaves_the_guest_running(kit: GuestKit, tmp_path: Path,
 ROUNDS = int(os.environ.get("XENTOOL_SAVE_ROUNDS", "1"))  # the issue's bar: 10
 
 
-def test_xentool_round_trips(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
+def test_xentool_round_trips(kit: GuestKit, tmp_path: Path, guest_name: str,
+                            tcp_peer: TcpPeer) -> None:
     """``xentool save`` then ``xentool restore``, XENTOOL_SAVE_ROUNDS times: the guest's
-    state survives every round, and once it is destroyed nothing is left."""
+    state survives every round, its TCP connection to dom0 too, and once it is destroyed
+    nothing is left."""
     before = snapshot()
-    checksum = start_stateful(kit, tmp_path, guest_name)
+    checksum = start_stateful(kit, tmp_path, guest_name, tcp_peer)
     save = tmp_path / "r.save"
     try:
         for n in range(ROUNDS):
@@ -205,6 +214,7 @@ def test_xentool_round_trips(kit: GuestKit, tmp_path: Path, guest_name: str) -> 
             xentool("save", guest_name, str(save), timeout=600)
             saved = time.monotonic() - t0
             assert domid_of(guest_name) is None
+            tcp_sent = tcp_peer.last()
             last = max(counters(console_log(guest_name).read_text(errors="replace")))
             offset = log_size(guest_name)
             t0 = time.monotonic()
@@ -212,6 +222,7 @@ def test_xentool_round_trips(kit: GuestKit, tmp_path: Path, guest_name: str) -> 
             print(f"round {n + 1}/{ROUNDS}: save {saved:.1f}s, restore "
                   f"{time.monotonic() - t0:.1f}s, counter was {last}")
             assert_continues(guest_name, offset, last, checksum)
+            tcp_peer.assert_holds(tcp_sent)
             save.unlink()
     finally:
         xentool("destroy", guest_name, check=False)
