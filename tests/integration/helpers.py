@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import TypeVar
 
 CONSOLE_LOG_DIR = Path("/var/log/xen/console")
+ROOT = Path(__file__).resolve().parents[2]
+#: How the tests run xentool: as the installed entry point does (bin/xentool: isolated and
+#: without site until a command runs in-process), not ``python3 -m xentool``, whose runpy
+#: and site cost most of a second per command under emulation.
+XENTOOL = (sys.executable, "-IS", str(ROOT / "bin" / "xentool"))
 
 # -- how much of a fault walk one run takes ------------------------------------------------
 
@@ -62,7 +67,7 @@ def xl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Compl
 
 def xentool(*args: str, check: bool = True, timeout: float = 120,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run(sys.executable, "-m", "xentool", *args, check=check, timeout=timeout, env=env)
+    return run(*XENTOOL, *args, check=check, timeout=timeout, env=env)
 
 
 @contextlib.contextmanager
@@ -158,7 +163,7 @@ def wait_for_console(name: str, pattern: str, timeout: float = 120.0) -> str:
 
 
 def console_session(*args: str, pattern: str, timeout: float = 240.0,
-                    program: Sequence[str] = (sys.executable, "-m", "xentool"),
+                    program: Sequence[str] = XENTOOL,
                     ) -> tuple[str, int]:
     """Run ``xentool ARGS`` on a pseudo-terminal like an operator would (``console NAME``,
     ``create -c CFG``), read what it shows until ``pattern`` appears, then leave with ^] as

@@ -9,14 +9,13 @@ happen with nothing but ``xentool create`` run, as they do with nothing but ``xl
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, domain_names, private_cpupool, wait_for_console, xentool, xl
+from .helpers import XENTOOL, GuestKit, domain_names, private_cpupool, wait_for_console, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -176,7 +175,7 @@ def test_create_F_stays_until_the_domain_is_gone(kit: GuestKit, cfg_file,
                                                  guest_name: str) -> None:
     cfg = cfg_file(kit.tiny_cfg(guest_name, more='on_poweroff = "destroy"\n'))
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "xentool", "create", "-q", "-F", str(cfg)],
+    r = subprocess.run([*XENTOOL, "create", "-q", "-F", str(cfg)],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "XENTOOL-TINY-UP" in wait_for_console(guest_name, "XENTOOL-TINY-UP", timeout=5)

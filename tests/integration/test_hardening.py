@@ -11,13 +11,12 @@ import errno
 import fcntl
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, run, xentool, xl
+from .helpers import XENTOOL, GuestKit, run, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -116,7 +115,7 @@ def test_attach_racing_destroy_leaves_no_device_of_a_dead_domain(
     for attempt in range(RACE_ROUNDS):
         xentool("create", "-e", "-p", str(cfg))
         domid = int(xl("domid", guest_name).stdout)
-        procs = [subprocess.Popen([sys.executable, "-m", "xentool", *argv],
+        procs = [subprocess.Popen([*XENTOOL, *argv],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for argv in (["block-attach", guest_name, f"format=raw,vdev=xvdb,target={img}"],
                               ["network-attach", guest_name, "bridge=xenbr0"])]

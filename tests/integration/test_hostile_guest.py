@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, run, wait_for_console, xentool, xl
+from .helpers import XENTOOL, GuestKit, run, wait_for_console, xentool, xl
 from .test_create_faults import settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -69,7 +68,7 @@ def timed(*args: str, expect_ok: bool = False) -> subprocess.CompletedProcess[st
 def timed_together(*argvs: list[str]) -> list[subprocess.CompletedProcess[str]]:
     """Read-only verbs run side by side (as several operators would), each checked."""
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "xentool", *a], text=True,
+    procs = [subprocess.Popen([*XENTOOL, *a], text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in argvs]
     out = []
     for argv, p in zip(argvs, procs, strict=True):

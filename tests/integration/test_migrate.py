@@ -23,7 +23,7 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import GuestKit, TcpPeer, console_log, xentool, xl
+from .helpers import XENTOOL, GuestKit, TcpPeer, console_log, xentool, xl
 from .test_create_faults import settle, snapshot
 from .test_save import assert_continues, counters, domid_of, start_stateful
 
@@ -77,7 +77,7 @@ def migrate_env(**kw: str) -> dict[str, str]:
 
 
 def run_migrate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xentool", "migrate", *args],
+    return subprocess.run([*XENTOOL, "migrate", *args],
                           capture_output=True, text=True, timeout=900,
                           env=migrate_env(**env))
 

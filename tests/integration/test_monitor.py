@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, xentool
+from .helpers import XENTOOL, GuestKit, xentool
 
 pytestmark = pytest.mark.xen
 
@@ -64,7 +64,7 @@ class MonitorProc:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xentool", "-v", "monitor", *self.extra], env=self.env,
+            [*XENTOOL, "-v", "monitor", *self.extra], env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"))  # noqa: SIM115 - the child holds it; closed on exit
         # create must find the monitor holding its lock, or it would start one of its own
@@ -210,7 +210,7 @@ def test_destroy_racing_an_on_reboot_restart_ends_clean(kit: GuestKit, tmp_path:
         if name not in domains():
             monitor.create(cfg)
         old = domains()[name]["domid"]
-        reboot = subprocess.Popen([sys.executable, "-m", "xentool", "reboot", "-F", name],
+        reboot = subprocess.Popen([*XENTOOL, "reboot", "-F", name],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   env=monitor.env)
         time.sleep(0.05 * (attempt % 5))  # vary who wins

@@ -34,7 +34,7 @@ from xenstore.client import Store
 from xenstore.errors import XenStoreError
 from xentool import Domain, Host
 
-from .helpers import FULL_FAULT_WALK, GuestKit, fault_sample, xl
+from .helpers import FULL_FAULT_WALK, XENTOOL, GuestKit, fault_sample, xl
 from .test_create_faults import Snapshot, settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.xen
 
 
 def xt(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xentool", *args], capture_output=True,
+    return subprocess.run([*XENTOOL, *args], capture_output=True,
                           text=True, timeout=180, env={**os.environ, **env})
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from .helpers import (
     FULL_FAULT_WALK,
+    XENTOOL,
     GuestKit,
     console_log,
     console_session,
@@ -293,7 +293,7 @@ def test_every_step_of_a_pvh_create_fails_or_dies_cleanly(kit: GuestKit, tmp_pat
     cfg = tmp_path / "g.cfg"
     more = devices(tmp_path) if FULL_FAULT_WALK else ""
     cfg.write_text(pvh_cfg(kit, guest_name, memory=96) + more)
-    argv = [sys.executable, "-m", "xentool", "create", "-q", "-p", str(cfg)]
+    argv = [*XENTOOL, "create", "-q", "-p", str(cfg)]
     trace = tmp_path / "trace"
     before = snapshot()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300,

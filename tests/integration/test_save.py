@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import GuestKit, TcpPeer, console_log, wait_for_console, xentool, xl
+from .helpers import XENTOOL, GuestKit, TcpPeer, console_log, wait_for_console, xentool, xl
 from .test_create_faults import settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -112,37 +111,21 @@ def test_xentool_save_xl_restore(kit: GuestKit, tmp_path: Path, guest_name: str)
         xl("destroy", guest_name, check=False)
 
 
-def test_save_c_keeps_the_guest_running(kit: GuestKit, tmp_path: Path,
-                                        guest_name: str) -> None:
-    checksum = start_stateful(kit, tmp_path, guest_name)
-    domid = domid_of(guest_name)
-    save = tmp_path / "c.save"
-    try:
-        last = max(counters(console_log(guest_name).read_text(errors="replace")))
-        offset = log_size(guest_name)
-        xentool("save", "-c", guest_name, str(save), timeout=600)
-        assert domid_of(guest_name) == domid, "save -c did not keep the same domain"
-        assert save.read_bytes()[:32] == b"Xen saved domain, xl format\n \0 \r"
-        assert_continues(guest_name, offset, last, checksum)
-    finally:
-        xentool("destroy", guest_name, check=False)
-
-
 def save_env(**kw: str) -> dict[str, str]:
     # In-process (not through xentoold): the fault plan and a SIGKILL are the command's.
     return {**os.environ, "XENTOOL_NO_DAEMON": "1", **kw}
 
 
 def run_save(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xentool", "save", *args],
+    return subprocess.run([*XENTOOL, "save", *args],
                           capture_output=True, text=True, timeout=600, env=save_env(**env))
 
 
 def test_a_failed_save_leaves_the_guest_running(kit: GuestKit, tmp_path: Path,
                                                 guest_name: str) -> None:
-    """An unwritable file, then a failure injected at every step of the save and a kill
-    while the guest is suspended: the guest runs on (its counter goes on, its state holds),
-    no file is left, nothing leaks."""
+    """An unwritable file; ``save -c``, which keeps the guest; then a failure injected at
+    every step of the save and a kill while the guest is suspended: the guest runs on (its
+    counter goes on, its state holds), no file is left, nothing leaks."""
     checksum = start_stateful(kit, tmp_path, guest_name)
     try:
         before = snapshot()
@@ -152,10 +135,18 @@ def test_a_failed_save_leaves_the_guest_running(kit: GuestKit, tmp_path: Path,
         assert str(bad) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not settle(before)
 
+        # save -c: the file is written and the same domain goes on (this run also traces
+        # the save's steps for the walk).
         trace = tmp_path / "trace"
         out = tmp_path / "f.save"
+        domid = domid_of(guest_name)
+        last = max(counters(console_log(guest_name).read_text(errors="replace")))
+        offset = log_size(guest_name)
         r = run_save("-c", guest_name, str(out), XENTOOL_FAULT_TRACE=str(trace))
         assert r.returncode == 0, r.stderr
+        assert domid_of(guest_name) == domid, "save -c did not keep the same domain"
+        assert out.read_bytes()[:32] == b"Xen saved domain, xl format\n \0 \r"
+        assert_continues(guest_name, offset, last, checksum)
         steps = list(traced_steps(trace, op="save"))
         assert len(steps) >= 4, steps
         out.unlink()

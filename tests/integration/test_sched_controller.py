@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, xentool, xl
+from .helpers import XENTOOL, GuestKit, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -78,7 +77,7 @@ def test_new_domain_gets_its_weight_fast(kit: GuestKit, tmp_path: Path,
     pol = tmp_path / "p.toml"
     pol.write_text(f'[[rule]]\nmatch = "{guest_name}-*"\nweight = 777\n')
     log = (tmp_path / "ctl.log").open("wb")
-    ctl = subprocess.Popen([sys.executable, "-m", "xentool", "sched-controller", "-f", str(pol)],
+    ctl = subprocess.Popen([*XENTOOL, "sched-controller", "-f", str(pol)],
                            stdout=log, stderr=subprocess.STDOUT)
     names = [f"{guest_name}-{i}" for i in range(5)]
     latencies = []

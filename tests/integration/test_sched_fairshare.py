@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, private_cpupool, xentool, xl
+from .helpers import XENTOOL, GuestKit, private_cpupool, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -51,7 +50,7 @@ class Controller:
         self.policy.write_text(text)
         self._log = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xentool", "sched-controller", "-f", str(self.policy)],
+            [*XENTOOL, "sched-controller", "-f", str(self.policy)],
             stdout=self._log, stderr=subprocess.STDOUT)
 
     def update(self, text: str) -> None:

@@ -21,7 +21,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -34,7 +33,7 @@ from domain_builder.xenctrl import XenCtrl
 from xenstore.client import Store
 from xenstore.errors import XenStoreError
 
-from .helpers import GuestKit, xentool, xl
+from .helpers import XENTOOL, GuestKit, xentool, xl
 from .test_create_faults import settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -108,7 +107,7 @@ def pick(rng: random.Random, names: list[str], cfgs: dict[str, Path], imgs: Path
 
 
 def perform(op: Op) -> Outcome:
-    base = ["xl"] if op.tool == "xl" else [sys.executable, "-m", "xentool"]
+    base = ["xl"] if op.tool == "xl" else [*XENTOOL]
     try:
         r = subprocess.run([*base, *op.argv], capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:

@@ -18,14 +18,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import GuestKit, domain_names, run, xentool, xl
+from .helpers import XENTOOL, GuestKit, domain_names, run, xentool, xl
 
 pytestmark = pytest.mark.xen
 
@@ -138,7 +137,7 @@ def test_global_lock_makes_xl_and_xentool_take_turns(kit: GuestKit, tmp_path: Pa
             name = f"{guest_name}-{tool[:2]}"
             cfg = tmp_path / f"{name}.cfg"
             cfg.write_text(kit.tiny_cfg(name, wait=True))
-            argv = (["xl"] if tool == "xl" else [sys.executable, "-m", "xentool"])
+            argv = (["xl"] if tool == "xl" else [*XENTOOL])
             procs[name] = subprocess.Popen([*argv, "create", "-p", "-e", str(cfg)],
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                            text=True)
