@@ -585,6 +585,14 @@ class ForeignMapping:
 #: xenctrl.h XC_OPENFLAG_NON_REENTRANT: the handle is used by one thread only.
 _OPENFLAG_NON_REENTRANT = 1 << 1
 
+# Held while a handle is opened or closed: the Xen libraries keep process-wide state for
+# that (libxentoolcore's list of open handles, under a mutex), and a process forked while
+# another thread was inside would find that mutex taken forever (xentoold forks its
+# command children while its service threads run).  os.fork() waits for it.
+_handles = _thread.allocate_lock()
+os.register_at_fork(before=_handles.acquire, after_in_parent=_handles.release,
+                    after_in_child=_handles.release)
+
 
 class XenCtrl:
     """An open libxenctrl interface.  Use as ``with XenCtrl() as xc: ...``.
@@ -625,26 +633,30 @@ class XenCtrl:
         if not os.access(PRIVCMD, os.R_OK | os.W_OK):
             raise XenError("xc_interface_open", 13,
                            f"cannot open {PRIVCMD}: this command must be run as root")
-        xch = _lib.xc_interface_open(_ffi.NULL, _ffi.NULL, self._flags)
+        with _handles:
+            xch = _lib.xc_interface_open(_ffi.NULL, _ffi.NULL, self._flags)
+            errno = _ffi.errno
         if xch == _ffi.NULL:
-            raise XenError("xc_interface_open", _ffi.errno or 5)
+            raise XenError("xc_interface_open", errno or 5)
         ver = _lib.xc_version(xch, _lib.XENVER_version, _ffi.NULL)
         mismatch = ver >= 0 and _binding.release_mismatch(ver >> 16, ver & 0xFFFF,
                                                           _binding.linked_release())
         if mismatch:
-            _lib.xc_interface_close(xch)
+            with _handles:
+                _lib.xc_interface_close(xch)
             raise XenError("xc_interface_open", 95, mismatch)  # EOPNOTSUPP
         self._xch = xch
 
     def close(self) -> None:
         fmem, self._fmem = self._fmem, None
         xch, self._xch = self._xch, None
-        try:
-            if fmem is not None:
-                _lib.xenforeignmemory_close(fmem)
-        finally:
-            if xch is not None:
-                _lib.xc_interface_close(xch)
+        with _handles:
+            try:
+                if fmem is not None:
+                    _lib.xenforeignmemory_close(fmem)
+            finally:
+                if xch is not None:
+                    _lib.xc_interface_close(xch)
 
     @property
     def _h(self) -> Any:
@@ -655,9 +667,11 @@ class XenCtrl:
     def _fm(self) -> Any:
         if self._fmem is None:
             self._h  # noqa: B018 - same "not open" error as other calls
-            fmem = _lib.xenforeignmemory_open(_ffi.NULL, 0)
+            with _handles:
+                fmem = _lib.xenforeignmemory_open(_ffi.NULL, 0)
+                errno = _ffi.errno
             if fmem == _ffi.NULL:
-                raise XenError("xenforeignmemory_open", _ffi.errno or 5)
+                raise XenError("xenforeignmemory_open", errno or 5)
             self._fmem = fmem
         return self._fmem
 

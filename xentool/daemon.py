@@ -818,6 +818,7 @@ def serve(runner: Runner, *, path: str | None = None, foreground: bool = False,
         if options is not None:
             services = server.services = Services(options)
             services.start()
+            services.settle()  # before the first fork: see Services.settle
         log.info("daemon: serving %s (pid %d); running %s", server.path, os.getpid(),
                  describe(options) if options is not None else "nothing else")
         service.ready(f"serving {server.path}")

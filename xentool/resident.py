@@ -73,6 +73,8 @@ RESTART_MAX_S = 300.0
 LOOK_WAIT_S = 30.0
 #: How often a service waiting for its lock (another process holds it) tries again.
 LOCK_RETRY_S = 5.0
+#: How long the daemon waits for its services' first pass before serving commands.
+SETTLE_S = 60.0
 
 
 # -- options (pure) -----------------------------------------------------------------------
@@ -216,8 +218,10 @@ class DomainTable:
 # -- the services ---------------------------------------------------------------------------
 
 
-def _take(lock: FileLock, stop: threading.Event, what: str) -> bool:
-    """Wait for ``lock`` (another process may do the job now); False if stopped first."""
+def _take(lock: FileLock, stop: threading.Event, what: str,
+          waiting: Callable[[], None] = lambda: None) -> bool:
+    """Wait for ``lock`` (another process may do the job now); False if stopped first.
+    ``waiting`` is called once if it has to wait."""
     from xentool.locks import LockTimeout
 
     said = False
@@ -233,6 +237,7 @@ def _take(lock: FileLock, stop: threading.Event, what: str) -> bool:
                 log.warning("daemon: %s: %s holds %s; taking over when it ends", what,
                             lock.holder() or "another process", lock.path)
                 said = True
+                waiting()
         stop.wait(LOCK_RETRY_S)
     return False
 
@@ -252,6 +257,8 @@ class Services:
         #: Set once the table has been read at the start: the monitor acts after that.
         self.looked = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
+        #: Per service, set once its first pass is over (or it failed): see settle().
+        self.settled: dict[str, threading.Event] = {}
         # The table only feeds the services: with neither, the daemon watches nothing.
         self._targets: dict[str, Callable[[], None]] = {}
         if options.monitor or options.sched:
@@ -269,7 +276,20 @@ class Services:
 
     def start(self) -> None:
         for name in self._targets:
+            self.settled[name] = threading.Event()
             self._start(name)
+
+    def settle(self, timeout: float = SETTLE_S) -> None:
+        """Wait until every service has made its first pass (connections and handles
+        opened, the table read, the first scan done).  The daemon forks its first command
+        child only then: a fork while a thread is half-way through its start-up (inside
+        an import, a library's process-wide lock) leaves the child with that lock taken
+        forever."""
+        deadline = time.monotonic() + timeout
+        for name, done in self.settled.items():
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("daemon: the %s service is still starting after %gs", name,
+                            timeout)
 
     def _start(self, name: str) -> None:
         t = threading.Thread(target=self._run, args=(name,), name=f"xentoold-{name}",
@@ -287,8 +307,15 @@ class Services:
                 return
             except Exception as e:
                 log.error("daemon: the %s service failed: %s (again in %gs)", name, e, delay)
+            finally:
+                self._settled(name)  # a service that failed is not waited for either
             self.stop_event.wait(delay)
             delay = min(delay * 2, RESTART_MAX_S)
+
+    def _settled(self, name: str) -> None:
+        event = self.settled.get(name)
+        if event is not None:
+            event.set()
 
     def check(self) -> None:
         """Start again a service whose thread ended (it logged why)."""
@@ -371,6 +398,7 @@ class Services:
                             if first:
                                 self._rebuilt()
                                 self.looked.set()
+                                self._settled("domains")
                                 first = False
                             self._dispatch(changes)
                             if rel.get(timeout=POLL_S) is not None:
@@ -413,7 +441,7 @@ class Services:
         from xentool.session import Session
 
         lock = monitor._monitor_lock()
-        if not _take(lock, self.stop_event, "monitor"):
+        if not _take(lock, self.stop_event, "monitor", lambda: self._settled("monitor")):
             return
         # The view first (what happened while no daemon ran), then the actions on it; a
         # table that cannot be read (no xenstored) does not hold the monitor up for long.
@@ -438,6 +466,7 @@ class Services:
                         log.error("daemon: monitor: scan failed: %s (again in %gs)", e, wait)
                         with contextlib.suppress(Exception):
                             s.reopen_xs()
+                    self._settled("monitor")
                     if self.monitor_wake.wait(wait):
                         self.stop_event.wait(0.05)  # let a burst of events settle
                         self.monitor_wake.clear()
@@ -452,7 +481,8 @@ class Services:
         from xentool.scheduler.policy import Policy
 
         lock = sched_lock()
-        if not _take(lock, self.stop_event, "sched-controller"):
+        if not _take(lock, self.stop_event, "sched-controller",
+                     lambda: self._settled("sched")):
             return
         current: dict[str, Store] = {}
 
@@ -474,6 +504,8 @@ class Services:
                 while not self.stop_event.is_set():
                     woke = self.sched_wake.wait(1.0)  # new domains, SIGHUP, or a second
                     self.sched_wake.clear()
+                    if stamp is not None or said_missing:
+                        self._settled("sched")  # the first pass (policy read) is over
                     if self.stop_event.is_set():
                         break
                     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,3 +248,52 @@ def test_services_start_no_monitor_or_sched_when_off() -> None:
     s = Services(Options())
     assert set(s._targets) == {"domains", "monitor", "sched"}
     assert s.threads == {}
+
+
+# -- the first fork waits for the services' start-up --------------------------------------
+
+
+def test_settle_waits_for_each_first_pass_but_not_for_a_failed_service() -> None:
+    from xentool.resident import Options, Services
+
+    svc = Services(Options(monitor=False, sched=False))
+
+    def slow() -> None:
+        time.sleep(0.3)
+        svc._settled("slow")
+        svc.stop_event.wait()
+
+    def broken() -> None:
+        raise RuntimeError("no hypervisor")
+
+    svc._targets = {"slow": slow, "broken": broken}
+    t0 = time.monotonic()
+    svc.start()
+    svc.settle(timeout=10)
+    took = time.monotonic() - t0
+    svc.stop()
+    assert 0.3 <= took < 5, took
+
+
+def test_a_fork_waits_while_a_thread_opens_a_xenctrl_handle() -> None:
+    from domain_builder import xenctrl
+
+    held = threading.Event()
+
+    def opening() -> None:
+        with xenctrl._handles:  # what XenCtrl.open() holds around xc_interface_open
+            held.set()
+            time.sleep(0.5)
+
+    t = threading.Thread(target=opening)
+    t.start()
+    held.wait(5)
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if xenctrl._handles.acquire(timeout=5) else 1)  # free in the child
+    waited = time.monotonic() - t0
+    _, status = os.waitpid(pid, 0)
+    t.join()
+    assert waited >= 0.3, waited
+    assert os.waitstatus_to_exitcode(status) == 0
