@@ -11,7 +11,7 @@ without a live backend may exist, and both tools must agree on every domain (``l
 and the host must be back to its first snapshot.
 
 ``XENTOOL_STORM_SEED`` replays a run (the seed is printed), ``XENTOOL_STORM_OPS`` sets the
-operations per client (4 in CI, 50 for the full storm) and ``XENTOOL_STORM_CHECK``
+operations per client (3 in CI, 50 for the full storm) and ``XENTOOL_STORM_CHECK``
 how often the tools are compared (every round unless set).
 """
 
@@ -179,7 +179,7 @@ def disagreements(names: list[str]) -> list[str]:
 @pytest.mark.timeout(3600)
 def test_storm(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:
     seed = int(os.environ.get("XENTOOL_STORM_SEED") or random.randrange(1 << 32))
-    ops = int(os.environ.get("XENTOOL_STORM_OPS", "4"))
+    ops = int(os.environ.get("XENTOOL_STORM_OPS", "3"))
     check_every = int(os.environ.get("XENTOOL_STORM_CHECK", "1"))
     print(f"storm seed {seed} (XENTOOL_STORM_SEED={seed} replays), "
           f"{CLIENTS} clients x {ops} operations")
