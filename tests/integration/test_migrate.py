@@ -23,7 +23,7 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import XENTOOL, GuestKit, TcpPeer, console_log, xentool, xl
+from .helpers import FULL_FAULT_WALK, XENTOOL, GuestKit, TcpPeer, console_log, xentool, xl
 from .test_create_faults import settle, snapshot
 from .test_save import assert_continues, counters, domid_of, start_stateful
 
@@ -188,7 +188,7 @@ def test_a_failed_migration_leaves_the_source_running(kit: GuestKit, tmp_path: P
         # With log-dirty mode the final round is "stop and copy", without it "stream".
         final = "stop and copy" if "stop and copy" in names else "stream"
         assert final in names, names
-        full = bool(os.environ.get("XENTOOL_FULL_FAULT_WALK"))
+        full = FULL_FAULT_WALK
         chosen = {"suspend", "ready", "rename away"}
         points = [("step", k, n) for _, k, n in steps if full or n in chosen]
         points += [("kill", k, n) for _, k, n in steps if n == final]

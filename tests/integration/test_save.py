@@ -22,7 +22,16 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import XENTOOL, GuestKit, TcpPeer, console_log, wait_for_console, xentool, xl
+from .helpers import (
+    FULL_FAULT_WALK,
+    XENTOOL,
+    GuestKit,
+    TcpPeer,
+    console_log,
+    wait_for_console,
+    xentool,
+    xl,
+)
 from .test_create_faults import settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -153,7 +162,7 @@ def test_a_failed_save_leaves_the_guest_running(kit: GuestKit, tmp_path: Path,
         points = [("step", k, n) for _, k, n in steps]
         # A kill differs from a failure only in who cleans up (the next save): in CI the
         # kill lands while the guest is suspended; every step with XENTOOL_FULL_FAULT_WALK.
-        kills = steps if os.environ.get("XENTOOL_FULL_FAULT_WALK") else \
+        kills = steps if FULL_FAULT_WALK else \
             [s for s in steps if s[2] == "write stream"]
         points += [("kill", k, n) for _, k, n in kills]
         failures = []
