@@ -23,9 +23,9 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import FULL_FAULT_WALK, XENTOOL, GuestKit, TcpPeer, console_log, xentool, xl
+from .helpers import FULL_FAULT_WALK, XENTOOL, GuestKit, TcpPeer, console_log, domid_of, xentool, xl
 from .test_create_faults import settle, snapshot
-from .test_save import assert_continues, counters, domid_of, start_stateful
+from .test_save import assert_continues, counters, start_stateful
 
 pytestmark = pytest.mark.xen
 

@@ -34,7 +34,7 @@ from xenstore.client import Store
 from xenstore.errors import XenStoreError
 from xentool import Domain, Host
 
-from .helpers import FULL_FAULT_WALK, XENTOOL, GuestKit, fault_sample, xl
+from .helpers import FULL_FAULT_WALK, XENTOOL, GuestKit, domid_of, fault_sample, xl
 from .test_create_faults import Snapshot, settle, snapshot
 
 pytestmark = pytest.mark.xen
@@ -57,15 +57,6 @@ def xs_list(path: str) -> set[str]:
             return set(store.ls(path))
         except XenStoreError:
             return set()
-
-
-def domid_of(name: str) -> int | None:
-    """``xl domid`` in-process: the walk asks this several times per point."""
-    with XenCtrl() as xc, closing(Store.connect()) as store:
-        for d in xc.domains():
-            if not d.dying and store.get(f"/local/domain/{d.domid}/name") == name:
-                return d.domid
-    return None
 
 
 class Guest:

@@ -25,6 +25,7 @@ from .helpers import (
     GuestKit,
     console_log,
     console_session,
+    domid_of,
     fault_sample,
     wait_for_console,
     xentool,
@@ -201,8 +202,10 @@ def test_pvh_guest_console_network_scheduler_and_reboot(kit: GuestKit, tmp_path:
         r = xentool("reboot", "-w", guest_name, timeout=300)
         assert r.stderr.splitlines()[-1] == \
             f"Domain {first} has been shut down, reason code 1"
-        wait_for("the guest restarted", lambda: guest_name in xl("list").stdout
-                 and int(xl("domid", guest_name).stdout) != first, timeout=180)
+        # The old domain is gone before the new one takes the name: between the two, no
+        # domain has it (xl restarts the same way).
+        wait_for("the guest restarted", lambda: (d := domid_of(guest_name)) is not None
+                 and d != first, timeout=180)
         wait_for("the marker of the second boot", lambda: console_log(guest_name)
                  .read_text(errors="replace").count(READY) >= 2, timeout=240)
         assert json.loads(xl("list", "-l", guest_name).stdout)[0]["config"]["c_info"][

@@ -24,9 +24,18 @@ import pytest
 
 from xentool.journal import traced_steps
 
-from .helpers import XENTOOL, GuestKit, console_log, console_session, wait_for_console, xentool, xl
+from .helpers import (
+    XENTOOL,
+    GuestKit,
+    console_log,
+    console_session,
+    domid_of,
+    wait_for_console,
+    xentool,
+    xl,
+)
 from .test_create_faults import settle, snapshot
-from .test_save import assert_continues, counters, domid_of
+from .test_save import assert_continues, counters
 
 pytestmark = pytest.mark.xen
 
@@ -143,11 +152,12 @@ def test_xl_save_xentool_restore_c(saved: Saved) -> None:
 
 
 def test_damaged_files_fail_cleanly(saved: Saved, tmp_path: Path) -> None:
-    """Cut in the middle of the memory, cut before the libxc END, a wrong magic number:
+    """Cut a little way into the memory, cut before the libxc END, a wrong magic number:
     one line naming the file, non-zero status, nothing left."""
     before = snapshot()
     data = saved.path.read_bytes()
-    cases = {"half": data[:len(data) // 2], "no-end": data[:len(data) - 24],
+    # An eighth in: past the first batches of pages, and a cheaper restore than half-way.
+    cases = {"cut": data[:len(data) // 8], "no-end": data[:len(data) - 24],
              "magic": b"Y" + data[1:]}
     for label, content in cases.items():
         bad = tmp_path / f"{label}.save"

@@ -28,6 +28,7 @@ from .helpers import (
     GuestKit,
     TcpPeer,
     console_log,
+    domid_of,
     wait_for_console,
     xentool,
     xl,
@@ -91,11 +92,6 @@ def assert_continues(name: str, offset: int, last: int, checksum: str,
     assert f"XENTOOL-STATE-OK {checksum}" in text, f"checksum lost:\n{text[-2000:]}"
     assert "XENTOOL-STATE-BAD" not in text
     return seen
-
-
-def domid_of(name: str) -> int | None:
-    r = xl("domid", name, check=False)
-    return int(r.stdout) if r.returncode == 0 else None
 
 
 def test_xentool_save_xl_restore(kit: GuestKit, tmp_path: Path, guest_name: str) -> None:

@@ -76,6 +76,7 @@ def run_job(spool: Path, job_file: Path) -> None:
     rc_file = spool / "done" / f"{job_id}.rc"
     if not (spool / "alive" / job_id).exists():
         return  # its host gave up while it was queued
+    fresh_checkout()
     with open(out / f"{job_id}.stdout", "wb", buffering=0) as so, \
             open(out / f"{job_id}.stderr", "wb", buffering=0) as se:
         try:
@@ -100,7 +101,17 @@ def run_job(spool: Path, job_file: Path) -> None:
     except ProcessLookupError:
         pass
     rc = proc.returncode
+    os.sync()  # what the job wrote to the cached checkout reaches the host before it reads
     write_atomic(rc_file, str(128 - rc if rc < 0 else rc))
+
+
+def fresh_checkout() -> None:
+    """Forget what the kernel cached of the checkout (mounted with cache=loose, which never
+    revalidates): the host may have changed it since the last job."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        print(f"XENTOOL-TESTBED: cannot drop the caches: {exc}", flush=True)
 
 
 def main() -> int:

@@ -39,7 +39,7 @@ spool=/run/xentool/spool
 kit=/run/xentool/kit
 mkdir -p $spool $kit
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 spool $spool || die "no spool share"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro kit $kit || die "no guest kit share"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro,cache=loose kit $kit || die "no guest kit share"
 export XENTOOL_GUEST_DIR=$kit XENTOOL_REQUIRE_XEN=1 PYTHONPATH=$src
 # No bytecode cache gets written next to the sources on the 9p share, so every command would
 # recompile xentool from source (seconds under TCG), which an installed xentool never does.

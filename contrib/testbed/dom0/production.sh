@@ -14,7 +14,7 @@ set -u
 
 mkdir -p $tb/spool $tb/kit /var/cache/xentool-testbed
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 spool $tb/spool || die "no spool share"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro kit $tb/kit \
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro,cache=loose kit $tb/kit \
     || die "no guest kit share"
 
 # The package contrib/testbed/run had contrib/build-deb leave in the checkout's dist/.
