@@ -32,7 +32,6 @@ import itertools
 import logging
 import os
 import queue
-import random
 import time
 from dataclasses import dataclass
 
@@ -490,6 +489,8 @@ class Store(_Ops):
 
 
 def _backoff(attempt: int) -> None:
+    import random  # only after a conflict: not at import (start-up cost of one-shot commands)
+
     # Exponential with full jitter, capped low: xenstore conflicts clear in milliseconds.
     time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
 

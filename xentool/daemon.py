@@ -98,9 +98,9 @@ Runner = Callable[[list[str]], int]
 
 def preload() -> list[str]:
     """Import every module the commands may need, and make what they make on first use
-    (the xenctrl result classes, the xl.cfg grammar).  Returns the modules that failed to
-    import (a host without the binding, say): their commands import them again, and fail
-    as they would without the daemon."""
+    (the xenctrl result classes, the xl.cfg grammar, the disk spec's rules).  Returns the
+    modules that failed to import (a host without the binding, say): their commands import
+    them again, and fail as they would without the daemon."""
     failed = []
     for name in PACKAGES:
         try:
@@ -117,7 +117,7 @@ def preload() -> list[str]:
                 log.debug("daemon: not preloaded: %s: %s", info.name, e)
                 failed.append(info.name)
     # What modules make on first use: domain_builder.xenctrl's result classes, the xl.cfg
-    # grammar.
+    # grammar, the disk spec's rule table.
     for name, module in list(sys.modules.items()):
         if name == __name__ or not name.startswith(tuple(f"{p}." for p in PACKAGES)):
             continue

@@ -499,8 +499,9 @@ def test_preload_imports_the_verbs() -> None:
         from xentool import daemon
         failed = daemon.preload()
         from domain_builder import xenctrl
-        from xentool.config import grammar
+        from xentool.config import disk, grammar
         assert grammar._GRAMMAR is not None
+        assert disk._first_char_index.cache_info().currsize == 1
         assert all(dataclasses.is_dataclass(getattr(xenctrl, n)) for n in xenctrl._DEFERRED)
         print(" ".join(sorted(sys.modules)))
         print(" ".join(failed) or "-")

@@ -56,6 +56,29 @@ def test_read_verbs_import_no_costly_module(argv: list[str]) -> None:
         assert not new & {"dataclasses", "inspect"}
 
 
+# What ``xentool destroy`` must not import: the config side of the device table (the
+# dataclasses and enums of xentool.config.model, the disk spec's rule table, hashlib for
+# generated MACs), which only create and the attach verbs use, and what only running a
+# hotplug script (tempfile, with shutil) or retrying a XenStore conflict (random) needs.
+NOT_ON_DESTROY_PATH = {
+    "xentool.config", "xentool.config.model", "xentool.config.disk", "xentool.config.vif",
+    "xentool.config.support", "hashlib", "_hashlib", "tempfile", "shutil", "random",
+}
+
+
+def test_destroy_verb_imports_no_costly_module() -> None:
+    # Without Xen the verb fails before it gets to xentool.destroy: import what it loads
+    # with Xen (the verb's module, the handles its session opens, the destroy itself).
+    # The device list verbs load the same device table.
+    new = _new_modules("""
+        import xentool.cli.commands.control
+        import domain_builder.xenctrl, xenstore.client
+        import xentool.destroy
+        """)
+    assert {"xentool.host", "xentool.devices", "xenstore.devices.attach"} <= new
+    assert not new & NOT_ON_DESTROY_PATH
+
+
 def test_logging_is_configured_when_a_verb_imports_it() -> None:
     # As basicConfig in main() always did: -v counts lower the level, one line format.
     r = subprocess.run([sys.executable, "-c", textwrap.dedent("""

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass
 
 from xenstore import paths
@@ -83,6 +82,8 @@ def run(inv: Invocation, backend: str, timeout: float = HOTPLUG_TIMEOUT,
     ``read_error`` fetches what the script left in the backend's ``hotplug-error`` node;
     it is only called after a failure.
     """
+    import tempfile  # with shutil and random: only for running a script (start-up cost)
+
     what = " ".join(inv.argv)
     log.info("hotplug: %s (%s)", what, inv.env.get("XENBUS_PATH", ""))
     # Output goes to a file, not a pipe: like libxl we wait for the script to exit, not for

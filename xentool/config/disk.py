@@ -10,6 +10,7 @@ position instead of xl's "near `...'" on stderr.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -271,8 +272,15 @@ _RULES: list[tuple[str, str | None, Callable[[_State, str], None]]] = [
     (r"[^=,]*,|[^=,]+,?", None, _positional),
 ]
 _Rule = tuple[re.Pattern[str], re.Pattern[str] | None, Callable[[_State, str], None]]
-_COMPILED: list[_Rule] = [(re.compile(h), re.compile(t) if t else None, a)
-                          for h, t, a in _RULES]
+
+
+# The rule table is compiled and indexed on first use, not at import: importing this module
+# must stay cheap for the verbs that never parse a disk spec (start-up cost of one-shot
+# commands).
+@functools.cache
+def _compiled() -> tuple[_Rule, ...]:
+    """``_RULES`` with their regexes compiled."""
+    return tuple((re.compile(h), re.compile(t) if t else None, a) for h, t, a in _RULES)
 
 
 def _first_chars(pattern: str) -> set[str]:
@@ -292,20 +300,26 @@ def _first_chars(pattern: str) -> set[str]:
     return {pattern[0]}
 
 
-def _first_char_index() -> dict[str, list[_Rule]]:
-    """For each ASCII char, the rules (in order) whose head can start with it."""
-    firsts = [(_first_chars(r[0].pattern), r) for r in _COMPILED]
-    return {chr(c): [r for f, r in firsts if chr(c) in f] for c in range(128)}
+@functools.cache
+def _first_char_index() -> dict[str, tuple[_Rule, ...]]:
+    """For each ASCII char, the rules (in order) whose head can start with it.
+
+    Only a handful of the 36 rules can start at a given char; trying just those keeps a
+    spec to a few dozen regex calls.
+    """
+    firsts = [(_first_chars(r[0].pattern), r) for r in _compiled()]
+    return {chr(c): tuple(r for f, r in firsts if chr(c) in f) for c in range(128)}
 
 
-# Only a handful of the 36 rules can start at a given char; trying just those keeps
-# a spec to a few dozen regex calls.
-_BY_FIRST = _first_char_index()
+def preload() -> None:
+    """Compile and index the rules now: a resident process (xentoold) forks its commands
+    with them ready, instead of building them in each one."""
+    _first_char_index()
 
 
 def _longest(spec: str, pos: int) -> tuple[int, str, Callable[[_State, str], None]] | None:
     best = None
-    rules = _BY_FIRST.get(spec[pos], _COMPILED)
+    rules = _first_char_index().get(spec[pos], _compiled())
     for head, trail, act in rules:
         m = head.match(spec, pos)
         if m is None:

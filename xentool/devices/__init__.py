@@ -34,11 +34,11 @@ from xenstore.devices.attach import (
 )
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vif import vif_nodes
-from xentool.config.model import DomainConfig
 from xentool.devices import console, vbd, vif
 from xentool.errors import DeviceError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
+    from xentool.config.model import DomainConfig
     from xentool.config.xlconf import GlobalConfig
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.console import console_nodes
-from xentool.config.model import DomainConfig
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from xentool.config.model import DomainConfig
 
 KIND = paths.CONSOLE
 

@@ -1,6 +1,11 @@
 """Virtual block devices (``disk=`` in xl.cfg, ``block-attach``): one row of the device
 table.  Specs are parsed by :mod:`xentool.config.disk` exactly as xl parses them and mapped
-here onto what blkback and the ``block`` hotplug script need."""
+here onto what blkback and the ``block`` hotplug script need.
+
+:mod:`xentool.config` (dataclasses, enums, the disk spec's rule table) is imported by the
+functions that read specs: ``destroy`` and the device list verbs load this module for its
+row of the device table only and must not pay for that (start-up cost of one-shot
+commands)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ from collections.abc import Sequence
 from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vbd import Vbd, vbd_nodes
-from xentool.config.disk import parse_disk_spec
-from xentool.config.model import DiskSpec, DomainConfig, DomainType
-from xentool.config.support import disk_unsupported
 from xentool.errors import DeviceError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from xentool.config.model import DiskSpec, DomainConfig
 
 KIND = paths.VBD
 
@@ -21,6 +27,7 @@ KIND = paths.VBD
 def vbd_from_spec(d: DiskSpec) -> Vbd:
     """Map a parsed xl disk spec onto what blkback needs; refuse what needs qemu or a
     driver domain (libxl would pick qdisk / another backend domain for those)."""
+    from xentool.config.support import disk_unsupported
 
     where = f"disk {d.vdev}"
     why = disk_unsupported(d)
@@ -39,6 +46,8 @@ def vbd_from_spec(d: DiskSpec) -> Vbd:
 
 def parse_disk_args(components: Sequence[str]) -> Vbd:
     """block-attach's disk spec components (xl joins them into one spec) to a ``Vbd``."""
+    from xentool.config.disk import parse_disk_spec
+
     spec = ",".join(components)
     try:
         parsed = parse_disk_spec(spec)
@@ -62,6 +71,8 @@ def check_disk_targets(config: DomainConfig) -> None:
 
 def config_nodes(domid: int, config: DomainConfig) -> list[DeviceNodes]:
     """The node set of every disk of ``config``, in xl's order."""
+    from xentool.config.model import DomainType
+
     protocol = native_protocol(hvm=config.type is not DomainType.PV)
     return [vbd_nodes(domid, vbd_from_spec(d), protocol) for d in config.disks]
 

@@ -1,6 +1,10 @@
 """Virtual network interfaces (``vif=`` in xl.cfg, ``network-attach``): one row of the
 device table.  Specs are parsed by :mod:`xentool.config.vif` exactly as xl parses them and
-mapped here onto what netback and the ``vif-bridge`` hotplug script need."""
+mapped here onto what netback and the ``vif-bridge`` hotplug script need.
+
+:mod:`xentool.config` (dataclasses, enums, hashlib) is imported by the functions that
+read specs: ``destroy`` and the device list verbs load this module for its row of the
+device table only and must not pay for that (start-up cost of one-shot commands)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,10 @@ from typing import TYPE_CHECKING
 from xenstore import paths
 from xenstore.devices.common import DeviceNodes
 from xenstore.devices.vif import MTU_DEFAULT, Vif, random_mac, vif_nodes
-from xentool.config.model import DomainConfig, VifSpec
-from xentool.config.support import vif_unsupported
-from xentool.config.vif import parse_vif_spec
 from xentool.errors import DeviceError, UsageError
 
 if TYPE_CHECKING:
+    from xentool.config.model import DomainConfig, VifSpec
     from xentool.config.xlconf import GlobalConfig
 
 KIND = paths.VIF
@@ -25,6 +27,8 @@ KIND = paths.VIF
 def vif_from_spec(v: VifSpec) -> Vif:
     """Map a parsed xl vif spec onto what netback needs; refuse what needs qemu or a
     driver domain."""
+    from xentool.config.support import vif_unsupported
+
     why = vif_unsupported(v)
     if why is not None:
         raise DeviceError(f"vif {v.devid}: {why}")
@@ -41,6 +45,8 @@ def parse_vif_args(tokens: Sequence[str], devid: int,
     """network-attach's ``key=value`` arguments to a ``Vif``; without ``mac=`` a random
     Xen MAC is drawn, as libxl does on attach.  xl.conf's vif defaults (``gconf``) apply
     to what the arguments leave out."""
+    from xentool.config.vif import parse_vif_spec
+
     for tok in tokens:
         if "," in tok:
             raise UsageError(f"network-attach: one setting per argument, got '{tok}'")
