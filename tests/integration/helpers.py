@@ -33,7 +33,7 @@ XENTOOL = (sys.executable, "-IS", str(ROOT / "bin" / "xentool"))
 # -- how much of a fault walk one run takes ------------------------------------------------
 
 FULL_FAULT_WALK = os.environ.get("XENTOOL_FULL_FAULT_WALK", "") not in ("", "0")
-FAULT_STRIDE = max(1, int(os.environ.get("XENTOOL_FAULT_STRIDE", "4")))
+FAULT_STRIDE = max(1, int(os.environ.get("XENTOOL_FAULT_STRIDE", "8")))
 # Chosen per run so that successive CI runs walk every step between them; printed in the
 # summary (conftest.py), and XENTOOL_FAULT_OFFSET=N takes the same points again.
 FAULT_OFFSET = int(os.environ.get("XENTOOL_FAULT_OFFSET", str(random.randrange(FAULT_STRIDE))))
@@ -43,9 +43,9 @@ _T = TypeVar("_T")
 
 def fault_sample(points: Sequence[_T]) -> list[_T]:
     """The points of a fault walk this run takes: all with ``XENTOOL_FULL_FAULT_WALK=1``;
-    otherwise the first, the last, and every ``XENTOOL_FAULT_STRIDE``-th (4) from the run's
-    offset.  One CI run costs a quarter of the walk, and the offset moves from run to run,
-    so every step's rollback is still walked by CI, over four runs rather than one."""
+    otherwise the first, the last, and every ``XENTOOL_FAULT_STRIDE``-th (8) from the run's
+    offset.  One CI run costs an eighth of the walk, and the offset moves from run to run,
+    so every step's rollback is still walked by CI, over eight runs rather than one."""
     if FULL_FAULT_WALK:
         return list(points)
     keep = {0, len(points) - 1} | set(range(FAULT_OFFSET % FAULT_STRIDE, len(points),
