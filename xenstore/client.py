@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -567,17 +568,31 @@ class Transaction(_Ops):
         failure: XenStoreError | None = None
         for op, payload, path, tolerated, rvar in pending:
             try:
-                reply = self._store._wait(rvar, op, path)
-                if reply != b"OK":
-                    raise XenStoreError(errno.EPROTO, path, f"unexpected reply {reply[:40]!r}")
+                self._logged(op, payload, path, tolerated,
+                             functools.partial(self._acked, rvar, op, path))
             except XenStoreError as e:
-                self._log.append(_Record(op, payload, path, _outcome(e, tolerated), tolerated))
                 if not (tolerated and e.errno == tolerated):
                     failure = failure or e
-                continue
-            self._log.append(_Record(op, payload, path, reply, tolerated))
         if failure is not None:
             raise failure
+
+    def _acked(self, rvar: _RVar, op: int, path: str) -> bytes:
+        reply = self._store._wait(rvar, op, path)
+        if reply != b"OK":
+            raise XenStoreError(errno.EPROTO, path, f"unexpected reply {reply[:40]!r}")
+        return reply
+
+    def _logged(self, op: int, payload: bytes, path: str, tolerated: int,
+                answer: Callable[[], bytes]) -> bytes:
+        """The reply ``answer`` gives to a request, logged as the caller saw it (a reply or
+        an errno), so that a replay after a conflict can tell whether it changed."""
+        try:
+            reply = answer()
+        except XenStoreError as e:
+            self._log.append(_Record(op, payload, path, _outcome(e, tolerated), tolerated))
+            raise
+        self._log.append(_Record(op, payload, path, reply, tolerated))
+        return reply
 
     def _request(self, op: int, payload: bytes, path: str, tolerated: int = 0) -> bytes:
         if not self._tx_id:
@@ -590,13 +605,8 @@ class Transaction(_Ops):
                     self._collect()
                 return b"OK"
             self._collect()
-        try:
-            reply = self._store._call(op, payload, self._tx_id, path)
-        except XenStoreError as e:
-            self._log.append(_Record(op, payload, path, _outcome(e, tolerated), tolerated))
-            raise
-        self._log.append(_Record(op, payload, path, reply, tolerated))
-        return reply
+        return self._logged(op, payload, path, tolerated, functools.partial(
+            self._store._call, op, payload, self._tx_id, path))
 
     def _start(self) -> int:
         reply = self._store._call(Op.TRANSACTION_START, NUL, 0, "<transaction>")
