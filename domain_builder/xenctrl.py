@@ -594,6 +594,21 @@ os.register_at_fork(before=_handles.acquire, after_in_parent=_handles.release,
                     after_in_child=_handles.release)
 
 
+class _Hypfs:
+    """A libxenhypfs handle for a ``with`` block, opened and closed under ``_handles``."""
+
+    def __enter__(self) -> Any:
+        with _handles:
+            self._fs = _lib.xenhypfs_open(_ffi.NULL, 0)
+        if self._fs == _ffi.NULL:
+            raise XenError("xenhypfs_open", _ffi.errno or 5)
+        return self._fs
+
+    def __exit__(self, *exc: object) -> None:
+        with _handles:
+            _lib.xenhypfs_close(self._fs)
+
+
 class XenCtrl:
     """An open libxenctrl interface.  Use as ``with XenCtrl() as xc: ...``.
 
@@ -866,25 +881,17 @@ class XenCtrl:
     def set_parameters(self, params: str) -> None:
         """Set hypervisor runtime parameters, ``name=value`` separated by blanks, through
         hypfs as libxl does (``/params/<name>``)."""
-        fs = _lib.xenhypfs_open(_ffi.NULL, 0)
-        if fs == _ffi.NULL:
-            raise XenError("xenhypfs_open", _ffi.errno or 5)
-        try:
+        with _Hypfs() as fs:
             for item in params.split():
                 name, sep, value = item.partition("=")
                 if not sep or not name:
                     raise XenError("xenhypfs_write", 22, f"not name=value: {item!r}")
                 if _lib.xenhypfs_write(fs, f"/params/{name}".encode(), value.encode()):
                     raise XenError("xenhypfs_write", _ffi.errno or 5, name)
-        finally:
-            _lib.xenhypfs_close(fs)
 
     def hypfs_read(self, path: str) -> str | None:
         """A hypfs node as text, None if it does not exist."""
-        fs = _lib.xenhypfs_open(_ffi.NULL, 0)
-        if fs == _ffi.NULL:
-            raise XenError("xenhypfs_open", _ffi.errno or 5)
-        try:
+        with _Hypfs() as fs:
             raw = _lib.xenhypfs_read(fs, path.encode())
             if raw == _ffi.NULL:
                 if _ffi.errno == 2:
@@ -894,8 +901,6 @@ class XenCtrl:
                 return _cstr(raw)
             finally:
                 _lib.free(raw)
-        finally:
-            _lib.xenhypfs_close(fs)
 
     # -- domains: query -----------------------------------------------------------------
     def domains(self, first: int = 0, batch: int = 1024) -> list[DomainInfo]:
