@@ -119,14 +119,14 @@ _SUITE_SECONDS: dict[str, float] = {}
 # (smaller guests, fewer rounds in CI, the full count behind an environment variable)
 # before raising its line.
 BUDGET: dict[str, float] = {
-    "test_config_xl.py": 80, "test_cpupool_verbs.py": 130, "test_create_faults.py": 220,
+    "test_config_xl.py": 80, "test_cpupool_verbs.py": 150, "test_create_faults.py": 220,
     "test_daemon.py": 260, "test_devices.py": 460, "test_domain_ops.py": 150,
     "test_fidelity.py": 160, "test_hardening.py": 60, "test_host_verbs.py": 240,
     "test_hostile_guest.py": 90, "test_migrate.py": 170, "test_mixed_use.py": 100,
-    "test_monitor.py": 220, "test_op_faults.py": 220, "test_provision.py": 45,
-    "test_pv_builder.py": 210, "test_pvh.py": 320, "test_query_verbs.py": 140,
+    "test_monitor.py": 220, "test_op_faults.py": 300, "test_provision.py": 45,
+    "test_pv_builder.py": 210, "test_pvh.py": 400, "test_query_verbs.py": 140,
     "test_restore.py": 400, "test_save.py": 240, "test_sched_controller.py": 45,
-    "test_sched_fairshare.py": 200, "test_state_parity.py": 200, "test_storm.py": 80,
+    "test_sched_fairshare.py": 200, "test_state_parity.py": 200, "test_storm.py": 100,
     "test_testbed.py": 45, "test_xenstore_live.py": 30, "test_xenstore_perms.py": 30,
     "test_xl_conf.py": 120,
 }
