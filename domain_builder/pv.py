@@ -150,34 +150,68 @@ def vcpu0_context(plan: BuildPlan, l4_mfn: int) -> VcpuContext:
                        kernel_ss=FLAT_KERNEL_SS, kernel_sp=plan.stack_top)
 
 
-def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: bytes | None,
-          *, console_domid: int = 0, xenstore_domid: int = 0,
-          claim: Callable[[int], None] | None = None) -> BuiltPv:
-    """Build the PV guest ``domid`` (created, paused, no memory yet) according to ``plan``.
+@dataclass(frozen=True)
+class Memory:
+    """A PV domain made ready for a kernel (vCPUs, limits, event channels, memory), before
+    any of its pages is written: what :func:`build` does first, and what a domain shell
+    prepared ahead of time holds (``xentool.shells``)."""
+
+    p2m: tuple[int, ...]  # pfn -> mfn
+    store_evtchn: int
+    console_evtchn: int
+
+
+def prepare(xc: _Xc, domid: int, *, nr_pages: int, max_pages: int, max_vcpus: int,
+            console_domid: int = 0, xenstore_domid: int = 0,
+            claim: Callable[[int], None] | None = None) -> Memory:
+    """Give the created (paused, empty) PV domain ``domid`` its vCPUs, memory limits,
+    console and xenstore event channels and ``nr_pages`` of memory.
 
     ``claim(n)`` claims ``n`` pages for the domain (0 releases the claim): given, the
     guest's memory is claimed before it is populated, as libxl does with claim_mode.
     """
-    if (ramdisk is None) != (plan.ramdisk is None) or (
-            ramdisk is not None and len(ramdisk) != plan.ramdisk_size):
-        raise ValueError("ramdisk does not match the plan")
-    xc.set_max_vcpus(domid, plan.max_vcpus)
+    xc.set_max_vcpus(domid, max_vcpus)
     xc.set_address_size(domid, 64)
-    max_kb = plan.max_pages * (PAGE_SIZE // 1024)
     # Xen's limit starts at the target (libxl__build_pre): raising the target later
     # (mem-set) raises it too; the memory map reaches to maxmem for the balloon.
-    xc.set_max_mem(domid, plan.nr_pages * (PAGE_SIZE // 1024) + MAXMEM_SLACK_KB)
-    xc.set_memmap_limit(domid, max_kb)
+    xc.set_max_mem(domid, nr_pages * (PAGE_SIZE // 1024) + MAXMEM_SLACK_KB)
+    xc.set_memmap_limit(domid, max_pages * (PAGE_SIZE // 1024))
 
     # Store first, then console: the order libxl allocates them in.
     store_evtchn = xc.evtchn_alloc_unbound(domid, xenstore_domid)
     console_evtchn = xc.evtchn_alloc_unbound(domid, console_domid)
 
     if claim is not None:
-        claim(plan.nr_pages)  # Xen refuses a claim above max_pages: it comes after
-    p2m = populate(xc, domid, plan.nr_pages)
+        claim(nr_pages)  # Xen refuses a claim above max_pages: it comes after
+    p2m = populate(xc, domid, nr_pages)
     if claim is not None:
         claim(0)
+    return Memory(tuple(p2m), store_evtchn, console_evtchn)
+
+
+def build(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: bytes | None,
+          *, console_domid: int = 0, xenstore_domid: int = 0,
+          claim: Callable[[int], None] | None = None) -> BuiltPv:
+    """Build the PV guest ``domid`` (created, paused, no memory yet) according to ``plan``:
+    :func:`prepare`, then :func:`load`.  ``claim`` as for :func:`prepare`."""
+    mem = prepare(xc, domid, nr_pages=plan.nr_pages, max_pages=plan.max_pages,
+                  max_vcpus=plan.max_vcpus, console_domid=console_domid,
+                  xenstore_domid=xenstore_domid, claim=claim)
+    return load(xc, domid, image, plan, ramdisk, mem, console_domid=console_domid,
+                xenstore_domid=xenstore_domid)
+
+
+def load(xc: _Xc, domid: int, image: KernelImage, plan: BuildPlan, ramdisk: bytes | None,
+         mem: Memory, *, console_domid: int = 0, xenstore_domid: int = 0) -> BuiltPv:
+    """Write the guest's boot pages into the memory :func:`prepare` gave ``domid`` (which
+    must hold ``plan.nr_pages``), pin its page tables and give vCPU 0 its registers."""
+    if (ramdisk is None) != (plan.ramdisk is None) or (
+            ramdisk is not None and len(ramdisk) != plan.ramdisk_size):
+        raise ValueError("ramdisk does not match the plan")
+    if len(mem.p2m) != plan.nr_pages:
+        raise ValueError(f"the domain has {len(mem.p2m)} pages, the plan {plan.nr_pages}")
+    p2m = list(mem.p2m)
+    store_evtchn, console_evtchn = mem.store_evtchn, mem.console_evtchn
     info = xc.domain_info(domid)
     if info is None:
         raise XenError("xc_domain_getinfo", 3, f"domain {domid} vanished while building")

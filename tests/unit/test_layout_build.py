@@ -18,7 +18,7 @@ from domain_builder.errors import XenError
 from domain_builder.image import parse_kernel
 from domain_builder.layout import PAGE_SIZE, PTE_MFN_MASK, compute
 from xenstore.client import Perms
-from xentool.create import build_post_nodes, domain_make_nodes
+from xentool.nodes import build_post_nodes, domain_make_nodes
 
 
 class FakeXc:
@@ -204,6 +204,24 @@ def test_build_init_p2m() -> None:
     assert bytes(xc.pages[p2m[first]][:8]) == struct.pack("<Q", p2m[0])
     mod_start = struct.unpack_from("<Q", si, 112)[0]
     assert read_va(xc, cr3, mod_start, 5000) == b"r" * 5000
+
+
+def test_a_prepared_domain_boots_as_one_built_at_once() -> None:
+    """A domain shell's memory, prepared ahead (pv.prepare) and loaded at create
+    (pv.load), ends with the same pages and registers as pv.build makes in one go."""
+    img = image()
+    plan = compute(img, memory_mib=32, vcpus=1, max_vcpus=2, cmdline="console=hvc0")
+    at_once, split = FakeXc(), FakeXc()
+    built = pv.build(at_once, 5, img, plan, None)
+    mem = pv.prepare(split, 5, nr_pages=plan.nr_pages, max_pages=plan.max_pages,
+                     max_vcpus=plan.max_vcpus)
+    assert split.calls == at_once.calls[:len(split.calls)]
+    assert pv.load(split, 5, img, plan, None, mem) == built
+    assert split.pages == at_once.pages and split.ctx == at_once.ctx
+    assert split.calls == at_once.calls
+    other = compute(img, memory_mib=48, vcpus=1, max_vcpus=2)
+    with pytest.raises(ValueError, match="has 8192 pages, the plan 12288"):
+        pv.load(FakeXc(), 5, img, other, None, mem)
 
 
 def test_build_rejects_mismatched_ramdisk() -> None:
