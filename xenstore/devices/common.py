@@ -149,6 +149,11 @@ def destroy_nodes(store: Store, frontend: str, backend: str, libxl: str) -> None
     The frontend goes first and on its own: the guest may write there at any moment, and a
     transaction that touched it would conflict with every such write."""
     path_cleanup(store, frontend)
-    with store.transaction() as t:
+
+    def remove(t: Transaction) -> None:
         for p in (libxl, backend):
             path_cleanup(t, p)
+
+    # Run again from the start on a conflict: what path_cleanup read decides what it
+    # removes, so the recorded requests of the first try may no longer apply.
+    store.transact(remove)
