@@ -6,10 +6,9 @@ no domain, no memory, no XenStore node, no backend and no hotplug state behind (
 domain_create failure path).  A create killed outright leaves a crash record naming the
 domid, so ``destroy`` and ``list`` know the domain is debris.
 
-The XenStore layout and permissions are libxl 4.17's (libxl__domain_make in libxl_create.c,
-libxl__build_post in libxl_dom.c): ``/local/domain/<id>`` is owned by dom0 and readable by
-the guest, the guest owns the few nodes it must write (control/shutdown, data, ...),
-``/vm/<uuid>`` mirrors name and uuid, ``/libxl/<id>`` is dom0's private bookkeeping.
+The XenStore nodes it writes are libxl 4.17's (:mod:`xentool.nodes`).  A PV guest of the
+size of a domain shell that xentoold keeps ready takes the shell instead of making a domain
+(:mod:`xentool.shells`).
 """
 
 from __future__ import annotations
@@ -20,11 +19,16 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xenstore.client import Perms
 from xenstore.paths import domain_path, libxl_domain_path
 from xentool.config.model import DomainConfig, DomainType
 from xentool.errors import XentoolError
 from xentool.logs import get_logger
+from xentool.nodes import (
+    build_post_nodes,
+    domain_make_nodes,
+    identity_nodes,
+    write_nodes,
+)
 from xentool.state import kernel_cache_dir
 
 if TYPE_CHECKING:
@@ -34,99 +38,15 @@ if TYPE_CHECKING:
     from domain_builder.image import KernelImage
     from domain_builder.layout import BuildPlan
     from domain_builder.pvh import BuiltPvh, PvhPlan
-    from domain_builder.xenctrl import XenCtrl
-    from xenstore.client import Store, Transaction
+    from domain_builder.xenctrl import CreateConfig, XenCtrl
+    from xenstore.client import Store
     from xenstore.devices.common import DeviceNodes
     from xentool.config.xlconf import GlobalConfig
     from xentool.journal import Journal
     from xentool.settings import VcpuAffinity
+    from xentool.shells import Shape, Taken
 
 log = get_logger(__name__)
-
-# ---------------------------------------------------------------------------------------------
-# XenStore nodes (pure)
-
-Node = tuple[str, str, "Perms | None"]  # path, value, perms (None: inherit from the parent)
-
-
-def domain_make_nodes(domid: int, name: str, uuid: str, dtype: str = "pv") -> list[Node]:
-    """What libxl__domain_make writes before the build, in its order."""
-    dom = domain_path(domid)
-    vm = f"/vm/{uuid}"
-    lx = libxl_domain_path(domid)
-    ro = Perms.private(0, domid)  # dom0 owns, the guest reads
-    rw = Perms.private(domid)  # the guest owns
-    no = Perms.private(0)  # dom0 only
-    nodes: list[Node] = [
-        (dom, "", ro),
-        (vm, "", ro),
-        (lx, "", no),
-        (f"{lx}/device", "", no),
-        (f"{lx}/type", dtype, None),
-        (f"{lx}/dm-version", "qemu_xen", None),  # libxl's default, written for PV too
-        (f"{dom}/vm", vm, None),
-        (f"{dom}/name", name, None),
-        (f"{vm}/name", name, None),
-        (f"{dom}/control/platform-feature-multiprocessor-suspend", "1", None),
-        (f"{dom}/control/platform-feature-xs_reset_watches", "1", None),
-        (f"{dom}/device", "", ro),
-        (f"{dom}/control", "", ro),
-        (f"{dom}/control/shutdown", "", rw),
-        (f"{dom}/control/feature-poweroff", "", rw),
-        (f"{dom}/control/feature-reboot", "", rw),
-        (f"{dom}/control/feature-suspend", "", rw),
-        (f"{dom}/control/sysrq", "", rw),
-        (f"{dom}/device/suspend/event-channel", "", rw),
-        (f"{dom}/data", "", rw),
-        (f"{dom}/drivers", "", rw),
-        (f"{dom}/feature", "", rw),
-        (f"{dom}/attr", "", rw),
-        (f"{dom}/error", "", rw),
-        (f"{vm}/uuid", uuid, None),
-    ]
-    return nodes
-
-
-def build_post_nodes(domid: int, uuid: str, *, max_memkb: int, target_memkb: int,
-                     vcpus: int, max_vcpus: int, store_port: int, store_mfn: int,
-                     start_time: float, kernel: str | None, ramdisk: str | None = None,
-                     cmdline: str | None = None) -> list[Node]:
-    """What libxl__build_post writes once the guest is built (then it introduces it),
-    with the ``/vm/<uuid>/image`` entries libxl__build_pv hands it (``kernel`` None: a
-    PVH guest, for which libxl writes only the start time)."""
-    dom = domain_path(domid)
-    nodes: list[Node] = [
-        (f"{dom}/memory/static-max", str(max_memkb), None),
-        (f"{dom}/memory/target", str(target_memkb), None),
-        (f"{dom}/memory/videoram", "0", None),
-        (f"{dom}/domid", str(domid), None),
-        (f"{dom}/store/port", str(store_port), None),
-        (f"{dom}/store/ring-ref", str(store_mfn), None),
-    ]
-    for i in range(max_vcpus):
-        nodes.append((f"{dom}/cpu/{i}/availability", "online" if i < vcpus else "offline",
-                      None))
-    vm = f"/vm/{uuid}"
-    if kernel is not None:
-        nodes += [(f"{vm}/image/ostype", "linux", None),
-                  (f"{vm}/image/kernel", kernel, None)]
-        if ramdisk is not None:
-            nodes.append((f"{vm}/image/ramdisk", ramdisk, None))
-        if cmdline:
-            nodes.append((f"{vm}/image/cmdline", cmdline, None))
-    nodes.append((f"{vm}/start_time", f"{start_time:.2f}", None))
-    return nodes
-
-
-def write_nodes(t: Transaction, nodes: list[Node]) -> None:
-    for path, value, perms in nodes:
-        if value == "" and perms is not None:
-            t.mkdir(path)
-        else:
-            t.write(path, value)
-        if perms is not None:
-            t.set_perms(path, perms)
-
 
 # ---------------------------------------------------------------------------------------------
 # create
@@ -266,7 +186,6 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
                   gconf: GlobalConfig, ignore_masks: bool) -> int:
     from domain_builder import pv
     from domain_builder.pvh import PvhPlan
-    from domain_builder.xenctrl import CreateConfig
     from xenstore.devices.attach import Force, attach, detach, ref_of
     from xenstore.devices.common import write_nodes as write_device
     from xentool.config.xlconf import global_mask
@@ -293,24 +212,29 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
         max_cpus = xc.max_cpus()
         mask = None if ignore_masks else global_mask(gconf, max_cpus, hvm=pvh)
         affinities = vcpu_affinities(config, bp.max_vcpus, max_cpus, mask)
-        cc = CreateConfig(
-            max_vcpus=bp.max_vcpus, handle=uuid.bytes,
-            grant_version=gconf.max_grant_version or 2,
-            max_grant_frames=config.max_grant_frames or -1,
-            max_maptrack_frames=config.max_maptrack_frames or -1,
-            max_evtchn_port=config.max_event_channels or 1023, cpupool_id=poolid,
-            **(_pvh_container(config) if pvh else {}),
-        )
-        domid = j.do("create domain", lambda: xc.create_domain(cc),
-                     undo=lambda d: _destroy_and_release(xc, xs, d))
-        j.note("domid", domid)
+        cc = create_config(config, gconf, poolid=poolid, max_vcpus=bp.max_vcpus,
+                           handle=uuid.bytes)
+        shell = _take_shell(j, xc, xs, cc, prep)
+        if shell is not None:
+            domid = shell.domid
+            j.note("domid", domid)
+            shell.adopted()  # the journal's record names the domain from here
+            j.do("domain handle", lambda: xc.set_handle(domid, uuid.bytes))
+        else:
+            domid = j.do("create domain", lambda: xc.create_domain(cc),
+                         undo=lambda d: _destroy_and_release(xc, xs, d))
+            j.note("domid", domid)
         j.note("uuid", uuid_s)
-        log.info("created domain %d for %s", domid, config.name)
+        log.info("%s domain %d for %s", "took shell" if shell else "created", domid,
+                 config.name)
 
         def make_nodes() -> None:
             with xs.transaction() as t, t.pipelined():
-                t.rm(domain_path(domid), missing_ok=True)
                 t.rm(f"/vm/{uuid_s}", missing_ok=True)
+                if shell is not None:  # its other nodes are the shell's
+                    write_nodes(t, identity_nodes(domid, config.name, uuid_s))
+                    return
+                t.rm(domain_path(domid), missing_ok=True)
                 t.rm(libxl_domain_path(domid), missing_ok=True)
                 write_nodes(t, domain_make_nodes(domid, config.name, uuid_s,
                                                  config.type.value))
@@ -329,6 +253,17 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
         built = j.do("restore", lambda: restore(xc, domid))
     elif isinstance(bp, PvhPlan):
         built = j.do("build", lambda: _build_pvh(xc, domid, config, prep, bp, claim))
+    elif shell is not None:
+        shell_plan = prep.plan
+        assert not isinstance(shell_plan, PvhPlan)
+        memory = shell.shell.memory
+
+        def load() -> pv.BuiltPv:
+            # The one limit that differs between guests of a shell's size: maxmem.
+            xc.set_memmap_limit(domid, shell_plan.max_pages * 4)
+            return pv.load(xc, domid, prep.image, shell_plan, prep.ramdisk, memory)
+
+        built = j.do("build", load)
     else:
         plan = prep.plan
         assert not isinstance(plan, PvhPlan)
@@ -378,6 +313,59 @@ def _create_steps(j: Journal, xc: XenCtrl, xs: Store, config: DomainConfig,
     if not paused:
         j.do("unpause", lambda: xc.unpause(domid))
     return domid
+
+
+def create_config(config: DomainConfig, gconf: GlobalConfig, *, poolid: int,
+                  max_vcpus: int, handle: bytes) -> CreateConfig:
+    """The ``XEN_DOMCTL_createdomain`` inputs of ``config``'s domain, as libxl makes them."""
+    from domain_builder.xenctrl import CreateConfig
+
+    return CreateConfig(
+        max_vcpus=max_vcpus, handle=handle,
+        grant_version=gconf.max_grant_version or 2,
+        max_grant_frames=config.max_grant_frames or -1,
+        max_maptrack_frames=config.max_maptrack_frames or -1,
+        max_evtchn_port=config.max_event_channels or 1023, cpupool_id=poolid,
+        **(_pvh_container(config) if config.type is DomainType.PVH else {}),
+    )
+
+
+def shell_shape(memory_mib: int, vcpus: int) -> Shape:
+    """The shape of a PV guest with ``memory`` MiB and ``vcpus`` vCPUs and nothing else
+    set, as create makes it with this host's xl.conf."""
+    from xentool.config.model import DomainConfig
+    from xentool.config.xlconf import apply_global_defaults, load_global_config
+    from xentool.shells import Shape
+
+    gconf = load_global_config()
+    config = apply_global_defaults(DomainConfig(source="xentoold", name="shell",
+                                                memory=memory_mib, vcpus=vcpus,
+                                                maxvcpus=vcpus), gconf)
+    pages = memory_mib << 8
+    return Shape(create_config(config, gconf, poolid=0, max_vcpus=vcpus,
+                               handle=bytes(16)), pages, pages)
+
+
+def _take_shell(j: Journal, xc: XenCtrl, xs: Store, cc: CreateConfig,
+                prep: Prepared | Restoring) -> Taken | None:
+    """A ready domain shell that fits this PV guest (:mod:`xentool.shells`), taken in a
+    step of its own (so a fault can be injected there), or None: no step at all when no
+    shell is ready, as on a host without the shell pool."""
+    from domain_builder.layout import BuildPlan
+    from xentool import shells
+
+    if not isinstance(prep, Prepared) or not isinstance(prep.plan, BuildPlan) \
+            or not shells.available():
+        return None
+    nr_pages = prep.plan.nr_pages
+
+    def undo(taken: Taken | None) -> None:
+        if taken is not None:  # destroyed with the rest, never put back
+            _destroy_and_release(xc, xs, taken.domid)
+            shells.remove_nodes(xs, taken.domid)
+            taken.adopted()
+
+    return j.do("take shell", lambda: shells.take(xc, cc, nr_pages), undo=undo)
 
 
 def _pvh_container(config: DomainConfig) -> dict[str, int]:

@@ -197,7 +197,7 @@ class Host:
                         raise DomainNotFound(q)
                     infos.append(info)
             else:
-                infos = s.xc.domains()
+                infos = _no_shells(s.xc.domains())
             names = s.names(d.domid for d in infos)
         return [(names[d.domid], d) for d in infos]
 
@@ -215,7 +215,7 @@ class Host:
         with translating():
             qualifiers = list(qualifiers)
             domids = ([s.resolve(q) for q in qualifiers] if qualifiers
-                      else [d.domid for d in s.xc.domains()])
+                      else [d.domid for d in _no_shells(s.xc.domains())])
             for domid in domids:
                 try:
                     r = retrieve(s, domid)
@@ -920,3 +920,14 @@ def _vcpu_rows(s: Session, domid: int) -> list[VcpuRow]:
         hard, soft = s.xc.vcpu_affinity(domid, vcpu)
         rows.append(VcpuRow(domid, name, s.xc.vcpu_info(domid, vcpu), hard, soft))
     return rows
+
+
+def _no_shells(infos: list[DomainInfo]) -> list[DomainInfo]:
+    """``infos`` without the domain shells kept ready for creates (:mod:`xentool.shells`),
+    made or being made: they are not guests yet."""
+    from xentool.state import shell_domids, shells_making
+
+    ready, making = shell_domids(), shells_making()
+    if not ready and not making:
+        return infos
+    return [d for d in infos if d.domid not in ready and d.handle.hex() not in making]

@@ -91,13 +91,23 @@ class Options:
     sched: bool = True
     policy: str = POLICY_PATH
     resync: float = 30.0
+    #: Domain shells kept ready (:mod:`xentool.shells`; 0: none), their memory and vCPUs.
+    prebuild: int = 0
+    prebuild_memory: int = 32  # MiB: xl's default memory=
+    prebuild_vcpus: int = 1
 
 
 _KEYS: dict[str, dict[str, type]] = {
     "monitor": {"enabled": bool, "stable_after": float, "max_delay": float,
                 "max_fast_restarts": int},
     "sched": {"enabled": bool, "policy": str, "resync": float},
+    "prebuild": {"shells": int, "memory": int, "vcpus": int},
 }
+#: The Options field each key of a table sets (the rest: the key's own name).
+_FIELDS: dict[tuple[str, str], str] = {
+    ("monitor", "enabled"): "monitor", ("sched", "enabled"): "sched",
+    ("prebuild", "shells"): "prebuild", ("prebuild", "memory"): "prebuild_memory",
+    ("prebuild", "vcpus"): "prebuild_vcpus"}
 
 
 def parse_options(text: str, source: str) -> Options:
@@ -112,7 +122,7 @@ def parse_options(text: str, source: str) -> Options:
         keys = _KEYS.get(table)
         if keys is None or not isinstance(body, dict):
             raise XentoolError(f"{source}: unknown setting {table!r} (known: "
-                               f"[monitor], [sched])")
+                               f"{', '.join(f'[{k}]' for k in _KEYS)})")
         for key, value in body.items():
             kind = keys.get(key)
             if kind is None:
@@ -126,11 +136,13 @@ def parse_options(text: str, source: str) -> Options:
                                    f"not {value!r}")
             if kind in (int, float) and value < 0:  # type: ignore[operator]
                 raise XentoolError(f"{source}: {table}.{key} must not be negative")
-            name = table if key == "enabled" else key
-            values[name] = value
+            values[_FIELDS.get((table, key)) or key] = value
     opts = Options(**values)  # type: ignore[arg-type]
     if opts.resync <= 0:
         raise XentoolError(f"{source}: sched.resync must be positive")
+    if opts.prebuild_memory < 1 or opts.prebuild_vcpus < 1:
+        raise XentoolError(f"{source}: prebuild.memory and prebuild.vcpus must be at "
+                           "least 1")
     return opts
 
 
@@ -151,11 +163,12 @@ def load_options(path: str | None = None) -> Options:
 
 
 def with_overrides(opts: Options, *, monitor: bool | None = None, sched: bool | None = None,
-                   policy: str | None = None) -> Options:
+                   policy: str | None = None, prebuild: int | None = None) -> Options:
     """``opts`` with what the command line gave (None: not given)."""
     return replace(opts, monitor=opts.monitor if monitor is None else monitor,
                    sched=opts.sched if sched is None else sched,
-                   policy=opts.policy if policy is None else policy)
+                   policy=opts.policy if policy is None else policy,
+                   prebuild=opts.prebuild if prebuild is None else prebuild)
 
 
 # -- the domain table (pure) ----------------------------------------------------------------
@@ -261,12 +274,15 @@ class Services:
         self.settled: dict[str, threading.Event] = {}
         # The table only feeds the services: with neither, the daemon watches nothing.
         self._targets: dict[str, Callable[[], None]] = {}
-        if options.monitor or options.sched:
+        if options.monitor or options.sched or options.prebuild:
             self._targets["domains"] = self._domains_main
         if options.monitor:
             self._targets["monitor"] = self._monitor_main
         if options.sched:
             self._targets["sched"] = self._sched_main
+        if options.prebuild:
+            self._targets["shells"] = self._shells_main
+        self.shells_wake = threading.Event()
         self._connect = connect
         self._xenctrl = xenctrl
         self._stores: set[Store] = set()
@@ -326,10 +342,15 @@ class Services:
                 log.error("daemon: the %s service ended; starting it again", name)
                 self._start(name)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the threads, waiting up to ``timeout`` seconds (default: 10, and a second
+        for each shell the pool may have to destroy)."""
+        if timeout is None:
+            timeout = 10.0 + self.options.prebuild
         self.stop_event.set()
         self.monitor_wake.set()
         self.sched_wake.set()
+        self.shells_wake.set()
         deadline = time.monotonic() + timeout
         for name, t in self.threads.items():
             t.join(max(0.0, deadline - time.monotonic()))
@@ -431,6 +452,9 @@ class Services:
                   list(changes.introduced), list(changes.shut_down), list(changes.released))
         if changes.introduced:
             self.sched_wake.set()
+            self.shells_wake.set()  # a create may have taken a shell
+        if changes.released:
+            self.shells_wake.set()  # or taken one and failed
         if changes.shut_down or changes.released:
             self.monitor_wake.set()
 
@@ -545,6 +569,25 @@ class Services:
             lock.release()
 
 
+    # -- the shell pool ------------------------------------------------------------------------
+
+    def _shells_main(self) -> None:
+        from domain_builder.xenctrl import XenCtrl
+        from xentool import shells
+        from xentool.create import shell_shape
+
+        o = self.options
+        keeper = shells.Keeper(
+            o.prebuild, shell_shape(o.prebuild_memory, o.prebuild_vcpus),
+            connect=self._open_store, close=self._close_store,
+            xenctrl=lambda: XenCtrl(one_thread=True),
+            stop=self.stop_event, on_ready=lambda: self._settled("shells"),
+            wake=self.shells_wake)
+        log.info("daemon: shells: keeping %d shell(s) of %d MiB, %d vCPU(s)", o.prebuild,
+                 o.prebuild_memory, o.prebuild_vcpus)
+        keeper.run()
+
+
 def _load_policy(path: str) -> Policy | None:
     """The policy in ``path``, or None (logged) if it does not load: the previous one
     stays in force."""
@@ -567,5 +610,7 @@ def describe(options: Options) -> str:
         parts.append("the monitor")
     if options.sched:
         parts.append(f"the sched-controller ({options.policy})")
+    if options.prebuild:
+        parts.append(f"{options.prebuild} domain shell(s)")
     return ", ".join(parts) if parts else "nothing else"
 

@@ -116,6 +116,32 @@ def journal_dir_name() -> str:
     return os.path.join(os.environ.get(RUN_DIR_ENV) or RUN_DIR, "journal")
 
 
+def shell_dir_name() -> str:
+    """Where the domain shells' files are (:mod:`xentool.shells`; a string: ``list`` must
+    not import pathlib for it)."""
+    return os.path.join(os.environ.get(RUN_DIR_ENV) or RUN_DIR, "shells")
+
+
+def shell_domids() -> frozenset[int]:
+    """The domids of the domain shells ready now: what ``list`` leaves out."""
+    return frozenset(int(stem) for stem in _shell_files("json")
+                     if stem.isascii() and stem.isdigit())
+
+
+def shells_making() -> frozenset[str]:
+    """The handles (hex) of the domain shells being made: their domains exist but have no
+    record yet, and ``list`` leaves them out too."""
+    return _shell_files("making")
+
+
+def _shell_files(ext: str) -> frozenset[str]:
+    try:
+        names = os.listdir(shell_dir_name())
+    except OSError:
+        return frozenset()
+    return frozenset(stem for stem, _, e in (n.partition(".") for n in names) if e == ext)
+
+
 def state_dir() -> Path:
     from pathlib import Path
 

@@ -593,7 +593,7 @@ def test_the_debian_kernel_lays_out_as_under_xl() -> None:
 
 
 def test_pvh_nodes_are_libxls() -> None:
-    from xentool.create import build_post_nodes, domain_make_nodes
+    from xentool.nodes import build_post_nodes, domain_make_nodes
 
     made = {p: v for p, v, _ in domain_make_nodes(7, "g", "u-1", "pvh")}
     assert made["/libxl/7/type"] == "pvh"

@@ -22,8 +22,8 @@ def configure_daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", default=None,
                    help="the daemon's settings (TOML: [monitor] enabled, stable_after, "
                         "max_delay, max_fast_restarts; [sched] enabled, policy, resync; "
-                        "default /etc/xen/xentoold.toml if it exists); the options below "
-                        "override it")
+                        "[prebuild] shells, memory, vcpus; default /etc/xen/xentoold.toml "
+                        "if it exists); the options below override it")
     p.add_argument("--monitor", dest="monitor", action="store_true", default=None,
                    help="apply every domain's on_poweroff/on_reboot/on_crash actions, as "
                         "'xentool monitor' does (the default)")
@@ -38,6 +38,17 @@ def configure_daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sched-policy", dest="policy", metavar="FILE", default=None,
                    help="the sched policy (default /etc/xen/sched-policy.toml; while it "
                         "does not exist, weights are left alone)")
+    p.add_argument("--prebuild", metavar="N", type=_count, default=None,
+                   help="keep N paused domain shells ready, which a create of a PV guest "
+                        "of their size takes instead of making a domain (the split "
+                        "toolstack; their size: [prebuild] memory and vcpus, default 32 "
+                        "MiB and 1); 0: none (the default)")
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count: '{text}'")
+    return int(text)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -49,7 +60,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     options = resident.with_overrides(resident.load_options(args.config),
                                       monitor=args.monitor, sched=args.sched,
-                                      policy=args.policy)
+                                      policy=args.policy, prebuild=args.prebuild)
     # The daemon works from / once in the background: a relative path would move.
     options = resident.with_overrides(options, policy=os.path.abspath(options.policy))
     service.journal_priorities()
