@@ -126,9 +126,9 @@ BUDGET: dict[str, float] = {
     "test_monitor.py": 220, "test_op_faults.py": 300, "test_provision.py": 45,
     "test_pv_builder.py": 210, "test_pvh.py": 400, "test_query_verbs.py": 140,
     "test_restore.py": 400, "test_save.py": 240, "test_sched_controller.py": 45,
-    "test_sched_fairshare.py": 200, "test_state_parity.py": 200, "test_storm.py": 100,
-    "test_testbed.py": 45, "test_xenstore_live.py": 30, "test_xenstore_perms.py": 30,
-    "test_xl_conf.py": 120,
+    "test_sched_fairshare.py": 200, "test_shells.py": 190, "test_state_parity.py": 200,
+    "test_storm.py": 100, "test_testbed.py": 45, "test_xenstore_live.py": 30,
+    "test_xenstore_perms.py": 30, "test_xl_conf.py": 120,
 }
 
 

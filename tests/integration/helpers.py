@@ -114,9 +114,16 @@ def wait_cpupool_empty(name: str, timeout: float = 60.0) -> None:
     print(f"cpupool {name} still has domains after {timeout:.0f}s:\n{xl('list').stdout}")
 
 
+#: How ``xl list`` names a domain shell (xentool.shells.NAME_PREFIX).
+SHELL_PREFIX = "xentool-shell-"
+
+
 def domain_names() -> set[str]:
+    """The names ``xl list`` shows, but the domain shells a xentoold keeps ready (which
+    come and go as creates take them; test_shells.py checks that none is left)."""
     out = xl("list").stdout.splitlines()[1:]
-    return {line.split()[0] for line in out if line.strip()}
+    return {line.split()[0] for line in out
+            if line.strip() and not line.startswith(SHELL_PREFIX)}
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,16 @@ def _xs_tree(path: str) -> dict[str, tuple[str, str]]:
 
 
 def _normalise(text: str, domid: int) -> str:
-    text = re.sub(rf"(?<![0-9]){domid}(?![0-9])", "<D>", text) if domid else text
-    return text
+    """``text`` with the domid as ``<D>``: a word that is the domid, or letters and the
+    domid (``r5`` in permissions, ``vif5``), not digits inside a hex string (a hash)."""
+    if not domid:
+        return text
+
+    def word(m: re.Match[str]) -> str:
+        w = re.fullmatch(r"([A-Za-z]*)([0-9]+)", m.group())
+        return f"{w.group(1)}<D>" if w and int(w.group(2)) == domid else m.group()
+
+    return re.sub(r"[0-9A-Za-z]+", word, text)
 
 
 def record(name: str, dom_uuid: str) -> dict[str, object]:
