@@ -3,9 +3,11 @@
 
     python3 bench/plot.py [--results bench/results] [--out bench/results]
 
-Reads ``create_scaling.json`` and ``controller.json`` (whichever exist) and writes
-``nth_create.png`` (creation time of the Nth guest, per tool), ``create_latency.png``
-(distribution per tool), ``list.png`` and ``controller.png`` (reaction times vs the bar).
+Reads ``create_scaling.json``, ``controller.json``, ``split.json`` and ``list.json``
+(whichever exist) and writes ``nth_create.png`` (creation time of the Nth guest, per tool),
+``create_latency.png`` (distribution per tool), ``list.png``, ``controller.png`` (reaction
+times vs the bar), ``split.png`` (create latency: xl, one-shot, daemon, shell pool, API)
+and ``list_destroy.png`` (list and destroy ratios to xl vs the number of guests).
 """
 
 from __future__ import annotations
@@ -83,6 +85,44 @@ def main() -> int:
         fig.tight_layout()
         fig.savefig(out / "controller.png", dpi=120)
         written.append("controller.png")
+    sp = src / "split.json"
+    if sp.exists():
+        r = json.loads(sp.read_text())
+        p1, p2 = r["phase1"], r["phase2"]
+        bars = {"xl": p1["xl"], "one-shot": p1["one-shot"], "daemon": p1["daemon"],
+                "xl (phase 2)": p2["xl"], "shell pool": p2["shells"]}
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [*bars, "API", "API + pool"]
+        heights = [statistics.median(v) * 1000 for v in bars.values()]
+        heights += [r["api"]["per_guest"] * 1000, r["api_shells"]["per_guest"] * 1000]
+        ax.bar(labels, heights, color=["grey", "C0", "C0", "grey", "C1", "C2", "C2"])
+        for i, h in enumerate(heights):
+            ax.annotate(f"{h:.0f}", (i, h), xytext=(0, 2), textcoords="offset points",
+                        ha="center", fontsize=8)
+        ax.set_ylabel("create of a tiny guest (ms, median; API: per guest)")
+        ax.set_title(f"Create latency, xentool vs xl\n{_machine(r.get('machine', {}))}",
+                     fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "split.png", dpi=120)
+        written.append("split.png")
+    lj = src / "list.json"
+    if lj.exists():
+        rows = json.loads(lj.read_text())
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for ax, key, goal in ((axes[0], "list_ratio", 1.0), (axes[1], "destroy_ratio", 1.0)):
+            n = [row["guests"] for row in rows]
+            for way in rows[0][key]:
+                if way != "xl":
+                    ax.plot(n, [row[key][way] for row in rows], marker="o", label=way)
+            ax.axhline(goal, color="red", linestyle="--", label=f"goal {goal}")
+            ax.set_xlabel("guests up")
+            ax.set_ylabel(f"{key.split('_')[0]}: xentool / xl (median)")
+            ax.set_ylim(bottom=0)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "list_destroy.png", dpi=120)
+        written.append("list_destroy.png")
     if not written:
         print(f"plot: no results in {src}", file=sys.stderr)
         return 1

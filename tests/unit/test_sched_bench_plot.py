@@ -23,10 +23,18 @@ def test_plot_writes_pngs_from_results(tmp_path: Path) -> None:
                          "xentool": [0.3] * 10},
         "list_s": {"xl": [0.1, 0.12], "xentool": [0.08, 0.09]}}))
     (res / "controller.json").write_text(json.dumps({"reaction_ms": [12.0, 15.5, 9.1]}))
+    (res / "split.json").write_text(json.dumps({
+        "phase1": {"xl": [1.0, 1.1], "one-shot": [3.0, 3.2], "daemon": [0.9, 1.0]},
+        "phase2": {"xl": [1.0, 1.2], "shells": [0.5, 0.6], "refill": [0.4]},
+        "api": {"per_guest": 0.7}, "api_shells": {"per_guest": 0.3}}))
+    (res / "list.json").write_text(json.dumps([
+        {"guests": n, "list_ratio": {"xl": 1.0, "xentool": 3.0, "daemon": 1.5},
+         "destroy_ratio": {"xl": 1.0, "xentool": 4.0, "daemon": 1.2}} for n in (1, 28, 100)]))
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "plot.py"), "--results", str(res),
                         "--out", str(tmp_path / "png")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    for name in ("nth_create.png", "create_latency.png", "list.png", "controller.png"):
+    for name in ("nth_create.png", "create_latency.png", "list.png", "controller.png",
+                 "split.png", "list_destroy.png"):
         data = (tmp_path / "png" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
