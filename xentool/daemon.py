@@ -383,13 +383,19 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)  # a dead daemon's: the lock says none runs
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            # Bound and listening under a name of its own, then renamed into place: a
+            # client never finds the path before it accepts (it would run in-process).
+            tmp = f"{self.path}.{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             old = os.umask(0o177)
             try:
-                sock.bind(self.path)
+                sock.bind(tmp)
             finally:
                 os.umask(old)
-            os.chmod(self.path, 0o600)
+            os.chmod(tmp, 0o600)
             sock.listen(64)
+            os.rename(tmp, self.path)
             self.listener = sock
         self.listener.setblocking(False)
         self.wake_r.setblocking(False)
