@@ -5,7 +5,7 @@ Run as root in a dom0 (``contrib/testbed/run -- python3 bench/create_breakdown.p
 Four figures per repetition, alternating, for the guest kit's tiny PV kernel:
 
 - ``interpreter``: ``python3 -c pass``, the floor of any one-shot Python command;
-- ``xentool``: ``python3 -m xentool create CFG``, what an operator waits for today;
+- ``xentool``: ``python3 -IS bin/xentool create CFG`` in-process (no xentoold), as installed;
 - ``preimported``: ``xentool.cli.main(["create", CFG])`` in a child forked from this
   process after it imported every module a create uses and built the config grammar, i.e.
   the best a resident xentool process (a server the CLI hands its argv to) could do, before
@@ -99,7 +99,7 @@ def main() -> int:
                     samples[how].append(forked_create(cfg))
                 else:
                     argv = XENTOOL if how == "xentool" else ["xl"]
-                    samples[how].append(run([*argv, "create", str(cfg)])[0])
+                    samples[how].append(run([*argv, "create", str(cfg)], tool=how)[0])
             finally:
                 destroy(name)
     med = {k: statistics.median(v) for k, v in samples.items()}

@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-XENTOOL = [sys.executable, "-m", "xentool"]
+#: xentool as its installed entry starts it: isolated, without site (bin/xentool).
+XENTOOL = [sys.executable, "-IS", str(Path(__file__).resolve().parents[1] / "bin" / "xentool")]
 #: The ways to run a command: xl, xentool in-process, xentool through a xentoold that
 #: main() starts for the run when it is asked for.
 TOOLS = {"xl": ["xl"], "xentool": XENTOOL, "xentoold": XENTOOL}

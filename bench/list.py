@@ -11,8 +11,8 @@ destroys it with each way in turn.  The ways: ``xl``, ``xentool`` in-process
 (``XENTOOL_NO_DAEMON=1``), ``xentool`` through a xentoold started for the run.  Prints the
 median wall time of each and the ratios to xl (goals: list <= 1.0 with 28 guests, <= 0.5
 with 100; destroy <= 1.0).  The whole start-up cost of each CLI counts: each command is a
-fresh process, xentool run the way an operator runs it (``python3 -m xentool``, or
-``--xentool CMD``).  Every guest it created is destroyed at the end, also on failure.
+fresh process, xentool run the way its installed entry runs (``python3 -IS bin/xentool``,
+or ``--xentool CMD``).  Every guest it created is destroyed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def create_guests(kernel: Path, prefix: str, start: int, count: int, running: bo
 
 
 def main() -> int:
+    from create_scaling import XENTOOL
     from split import Daemon
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,8 +65,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=11, help="runs of list per count and way")
     ap.add_argument("--destroy-reps", type=int, default=5, help="destroys per count and way")
     ap.add_argument("--running", action="store_true", help="leave the guests running")
-    ap.add_argument("--xentool", default=f"{shlex.quote(sys.executable)} -m xentool",
-                    help="command that runs xentool (default: python3 -m xentool)")
+    ap.add_argument("--xentool", default=shlex.join(XENTOOL),
+                    help="command that runs xentool (default: bin/xentool, as installed: "
+                         "python3 -IS)")
     ap.add_argument("--kernel", type=Path,
                     default=Path(os.environ.get("XENTOOL_GUEST_DIR", "/nonexistent"))
                     / "tiny-wait.elf", help="PV kernel of the tiny guests")

@@ -33,9 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # xentool itself
-from create_scaling import machine, run, tiny_guest_parser, workdir, write_cfg
-
-XENTOOL = [sys.executable, "-m", "xentool"]
+from create_scaling import XENTOOL, machine, run, tiny_guest_parser, workdir, write_cfg
 
 #: The in-process caller: argv[1] configs directory, argv[2] count; prints JSON.
 API_CHILD = r"""
