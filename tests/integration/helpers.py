@@ -33,7 +33,7 @@ XENTOOL = (sys.executable, "-IS", str(ROOT / "bin" / "xentool"))
 # -- how much of a fault walk one run takes ------------------------------------------------
 
 FULL_FAULT_WALK = os.environ.get("XENTOOL_FULL_FAULT_WALK", "") not in ("", "0")
-FAULT_STRIDE = max(1, int(os.environ.get("XENTOOL_FAULT_STRIDE", "8")))
+FAULT_STRIDE = max(1, int(os.environ.get("XENTOOL_FAULT_STRIDE", "16")))
 # Chosen per run so that successive CI runs walk every step between them; printed in the
 # summary (conftest.py), and XENTOOL_FAULT_OFFSET=N takes the same points again.
 FAULT_OFFSET = int(os.environ.get("XENTOOL_FAULT_OFFSET", str(random.randrange(FAULT_STRIDE))))
@@ -43,9 +43,10 @@ _T = TypeVar("_T")
 
 def fault_sample(points: Sequence[_T]) -> list[_T]:
     """The points of a fault walk this run takes: all with ``XENTOOL_FULL_FAULT_WALK=1``;
-    otherwise the first, the last, and every ``XENTOOL_FAULT_STRIDE``-th (8) from the run's
-    offset.  One CI run costs an eighth of the walk, and the offset moves from run to run,
-    so every step's rollback is still walked by CI, over eight runs rather than one."""
+    otherwise the first, the last, and every ``XENTOOL_FAULT_STRIDE``-th (16) from the
+    run's offset.  One CI run costs a sixteenth of the walk, and the offset moves from run
+    to run, so every step's rollback is still walked by CI, over sixteen runs rather than
+    one."""
     if FULL_FAULT_WALK:
         return list(points)
     keep = {0, len(points) - 1} | set(range(FAULT_OFFSET % FAULT_STRIDE, len(points),
@@ -182,6 +183,17 @@ def wait_for_console(name: str, pattern: str, timeout: float = 120.0) -> str:
                          f"log so far:\n{text[-3000:]}")
 
 
+def _status_of(pid: int, timeout: float = 5.0) -> str:
+    """How child ``pid`` ended, for a message (it closed its terminal: it is ending)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return f"exit status {os.waitstatus_to_exitcode(status)}"
+        time.sleep(0.05)
+    return "still running"
+
+
 def console_session(*args: str, pattern: str, timeout: float = 240.0,
                     program: Sequence[str] = XENTOOL,
                     ) -> tuple[str, int]:
@@ -215,7 +227,8 @@ def console_session(*args: str, pattern: str, timeout: float = 240.0,
             except OSError:  # EIO: the client closed the terminal (it exited)
                 chunk = b""
             if not chunk:
-                raise AssertionError(f"{what} ended before {pattern!r}; seen:\n{shown()}")
+                raise AssertionError(f"{what} ended ({_status_of(pid)}) before {pattern!r}; "
+                                     f"seen:\n{shown()}")
             seen += chunk
         os.write(fd, b"\x1d")  # ^], xenconsole's escape
         end = time.monotonic() + 30

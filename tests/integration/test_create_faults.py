@@ -6,8 +6,8 @@ must make the create fail with that cause and leave no trace: no extra domain, f
 back where it was, no XenStore node of the domain, its backends, ``/vm`` or ``/libxl``, no
 stored libxl configuration, no xentool domain or journal record, no loop device, no vif.
 ``kill:K`` kills the create at step K; ``xentool destroy`` of what it left must then get back
-to the same clean state.  In CI an eighth of the steps fail (``helpers.fault_sample``) and the
-kills are at the first, middle and last step; ``XENTOOL_FULL_FAULT_WALK=1`` walks them all.
+to the same clean state.  In CI a sixteenth of the steps fail (``helpers.fault_sample``) and
+the kills are at the first, middle and last step; ``XENTOOL_FULL_FAULT_WALK=1`` walks them all.
 The test prints how many points it walked and how many leaks it found (the bar is 0).
 """
 

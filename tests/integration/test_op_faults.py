@@ -13,7 +13,7 @@ then for every step K:
 
 One tiny paused guest serves every operation; it is created again only when an operation
 destroyed it.  Prints, per operation, the points walked and the leaks found (the bar is 0).
-The kill walk takes the last step of each verb and the step walk an eighth of the steps
+The kill walk takes the last step of each verb and the step walk a sixteenth of the steps
 (``helpers.fault_sample``) unless ``XENTOOL_FULL_FAULT_WALK=1``.
 """
 

@@ -286,7 +286,7 @@ def test_tiny_pv_kernel_is_refused_as_pvh(kit: GuestKit, tmp_path: Path,
 @pytest.mark.timeout(2400)
 def test_every_step_of_a_pvh_create_fails_or_dies_cleanly(kit: GuestKit, tmp_path: Path,
                                                           guest_name: str) -> None:
-    """The PVH create's journal: a fault injected at each step (an eighth of them in CI, see
+    """The PVH create's journal: a fault injected at each step (a sixteenth of them in CI, see
     helpers.fault_sample), and a kill at the first, middle and last step, leave nothing
     once the create failed or, after a kill, `xentool destroy` ran.  The device steps are
     those of a PV guest, walked with devices by test_create_faults.py: here they join the

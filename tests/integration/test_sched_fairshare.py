@@ -4,7 +4,8 @@ Three CPU-bound guests share one pCPU (a private cpupool on pCPU 1, so dom0 does
 under credit and under credit2.  The guests are the kit's tiny kernel spinning in a GRUB
 ``sleep``: 100 % of a vCPU from its first second, where a busybox guest needs minutes to boot
 under emulation.  ``xentool create`` makes them; the controller finds them and gives them
-weights 256/512/1024 through its policy file; over 30 s the shares must be 1:2:4 within
+weights 256/512/1024 through its policy file; over 20 s (30 s with
+``XENTOOL_FULL_WINDOWS=1``) the shares must be 1:2:4 within
 +-10 % (relative).  Then a weight changes at runtime (policy edit + SIGHUP): the new weight
 must be in force and the shares measured in the window ending 2 s after the change must
 follow it.  Then a cap of 25 % must hold within +-5 points.  Every measurement is printed
@@ -13,6 +14,7 @@ follow it.  Then a cap of 25 % must hold within +-5 points.  Every measurement i
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -25,8 +27,12 @@ from .helpers import XENTOOL, GuestKit, private_cpupool, xentool, xl
 
 pytestmark = pytest.mark.xen
 
-WINDOW = 30.0  # seconds of the 1:2:4 measurement (the window)
-CAP_WINDOW = 15.0
+# Seconds of the 1:2:4 measurement, of the look after a change and of the cap's: CI's
+# windows; XENTOOL_FULL_WINDOWS=1 the (30 s, 10 s, 15 s).
+FULL_WINDOWS = os.environ.get("XENTOOL_FULL_WINDOWS", "") not in ("", "0")
+WINDOW = 30.0 if FULL_WINDOWS else 20.0
+STEADY_WINDOW = 10.0 if FULL_WINDOWS else 6.0
+CAP_WINDOW = 15.0 if FULL_WINDOWS else 10.0
 # credit2 starts every new vCPU with the same credit: the first seconds after the creates
 # are not yet the steady state the weights promise.
 WARMUP = 5.0
@@ -151,7 +157,7 @@ def test_fair_share_weights_runtime_change_and_cap(
         domids = {n: int(xl("domid", n).stdout) for n in names}
         with XenCtrl() as xc:
             measure(xc, domids, WARMUP)
-            # 1:2:4 over the 30 s window.
+            # 1:2:4 over CI's window (the issue's: 30 s).
             shares, pct = measure(xc, domids, WINDOW)
             expected = {a: 1 / 7, b: 2 / 7, c: 4 / 7}
             report(f"[{sched}] weights 256/512/1024 over {WINDOW:.0f} s", shares, pct, expected)
@@ -173,8 +179,9 @@ def test_fair_share_weights_runtime_change_and_cap(
             for n in names:
                 assert abs(shares[n] / expected[n] - 1) <= 0.25, (n, shares)
             # A longer look confirms the new steady state at the tolerance.
-            shares, pct = measure(xc, domids, 10.0)
-            report(f"[{sched}] ... and over the next 10 s", shares, pct, expected)
+            shares, pct = measure(xc, domids, STEADY_WINDOW)
+            report(f"[{sched}] ... and over the next {STEADY_WINDOW:.0f} s", shares, pct,
+                   expected)
             for n in names:
                 assert abs(shares[n] / expected[n] - 1) <= 0.10, (n, shares)
 
