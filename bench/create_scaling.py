@@ -233,10 +233,15 @@ def measure(a: argparse.Namespace, d: Path, tools: list[str]) -> int:
               f"{per_n[-1]:.2f}, median {statistics.median(per_n):.2f}")
         list_ratio = ratio(statistics.median(lists[t]), statistics.median(lists["xl"]))
         print(f"list ratio {t}/xl: {list_ratio}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
-    print(f"results: {a.out}")
+    write_results(a.out, res)
     return 0
+
+
+def write_results(path: str | Path, results: object) -> None:
+    """``results`` as JSON in ``path`` (its folder made), named on stdout."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1) + "\n")
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # xentool itself
-from create_scaling import XENTOOL, machine, run, tiny_guest_parser, workdir, write_cfg
+from create_scaling import (
+    XENTOOL,
+    machine,
+    run,
+    tiny_guest_parser,
+    workdir,
+    write_cfg,
+    write_results,
+)
 
 #: The in-process caller: argv[1] configs directory, argv[2] count; prints JSON.
 API_CHILD = r"""
@@ -192,9 +200,7 @@ def main() -> int:
         goal = goals[k]
         print(f"ratio xentool/xl {k:<11} {v:5.2f}" + (
             f"  (goal <= {goal}: {'met' if v <= goal else 'NOT met'})" if goal else ""))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
-    print(f"results: {a.out}")
+    write_results(a.out, res)
     return 0
 
 
