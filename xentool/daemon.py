@@ -380,11 +380,10 @@ class Server:
         """Make the socket (unless systemd passed one) and serve it from the next
         :meth:`serve`."""
         if self.listener is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)  # a dead daemon's: the lock says none runs
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            # Bound and listening under a name of its own, then renamed into place: a
-            # client never finds the path before it accepts (it would run in-process).
+            # Bound and listening under a name of its own, then renamed into place (over a
+            # dead daemon's socket: the lock says none runs): a client never finds the path
+            # before it accepts (it would run in-process).
             tmp = f"{self.path}.{os.getpid()}"
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
