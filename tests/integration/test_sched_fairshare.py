@@ -5,11 +5,10 @@ under credit and under credit2.  The guests are the kit's tiny kernel spinning i
 ``sleep``: 100 % of a vCPU from its first second, where a busybox guest needs minutes to boot
 under emulation.  ``xentool create`` makes them; the controller finds them and gives them
 weights 256/512/1024 through its policy file; over 20 s (30 s with
-``XENTOOL_FULL_WINDOWS=1``) the shares must be 1:2:4 within
-+-10 % (relative).  Then a weight changes at runtime (policy edit + SIGHUP): the new weight
-must be in force and the shares measured in the window ending 2 s after the change must
-follow it.  Then a cap of 25 % must hold within +-5 points.  Every measurement is printed
-(run pytest with -s).
+``XENTOOL_FULL_WINDOWS=1``) the shares must be 1:2:4 within +-10 % (relative).  Then a
+weight changes at runtime (policy edit + SIGHUP): the new weight must be in force and the
+shares measured in the window ending 2 s after the change must follow it.  Then a cap of
+25 % must hold within +-5 points.  Every measurement is printed (run pytest with -s).
 """
 
 from __future__ import annotations
